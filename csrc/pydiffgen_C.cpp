@@ -1,0 +1,21 @@
+// Every op schema of pydiffgen._C in one place; kernels live in csrc/cpu and csrc/cuda.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(pydiffgen, m) {
+  // Running top-k merge (pydiffgen.ops.topk_merge): values/indices [M, k], tile [M, T].
+  m.def("topk_merge(Tensor values, Tensor indices, Tensor tile, int offset, bool largest)"
+        " -> (Tensor, Tensor)");
+}
+
+// A plain module so `from pydiffgen import _C` loads the library and its registrations.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* m = PyModule_Create(&module_def);
+#ifdef WITH_CUDA
+  PyModule_AddIntConstant(m, "WITH_CUDA", 1);
+#else
+  PyModule_AddIntConstant(m, "WITH_CUDA", 0);
+#endif
+  return m;
+}

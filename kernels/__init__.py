@@ -1,0 +1,24 @@
+"""Triton kernels, installed as ``pydiffgen.kernels``.
+
+Each module holds ``@triton.jit`` kernels and a plain launcher; registration and dispatch
+live in ``pydiffgen.ops``. Importing this package never fails: ``TRITON_WHY_NOT`` says why
+Triton cannot be used when it cannot.
+"""
+
+from __future__ import annotations
+
+import os
+
+try:
+    import triton  # noqa: F401
+
+    HAVE_TRITON = True
+    TRITON_WHY_NOT: str | None = None
+except ImportError as err:  # pragma: no cover - depends on the machine
+    HAVE_TRITON = False
+    TRITON_WHY_NOT = f"triton is not installed ({err})"
+
+
+def interpreted() -> bool:
+    """True when kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
