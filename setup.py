@@ -28,26 +28,33 @@ def _native_extension():
     except ImportError:
         if MODE == "1":
             raise
-        warnings.warn("torch is not importable at build time: pydiffgen._C is not built")
+        warnings.warn("torch is not importable at build time: pydiffgen._C is not built",
+                      stacklevel=2)
         return [], {}
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         if MODE == "1":
             sys.exit("PYDIFFGEN_BUILD_EXT=1 but no C++ compiler was found")
-        warnings.warn("no C++ compiler: pydiffgen._C is not built")
+        warnings.warn("no C++ compiler: pydiffgen._C is not built", stacklevel=2)
         return [], {}
 
     sources = ["csrc/pydiffgen_C.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
-    cxx_flags = ["-O3", "-fopenmp", "-std=c++17"]
+    # No -std flag: torch.utils.cpp_extension adds the standard its headers need (C++20
+    # since torch 2.10); forcing c++17 breaks the build against those headers.
+    cxx_flags = ["-O3", "-fopenmp"]
     link_flags = ["-fopenmp"]
     with_cuda = bool(torch.version.cuda) and cpp_extension.CUDA_HOME is not None
     if with_cuda and os.environ.get("PYDIFFGEN_BUILD_CUDA", "1") != "0":
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0a")
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        # csrc/cuda/*.cu: raw-pointer kernels (nvcc-compilable without torch);
+        # csrc/cuda/*.cpp: their torch bindings, which need a CUDA build of torch.
+        sources += sorted(glob.glob("csrc/cuda/*.cu")) + sorted(glob.glob("csrc/cuda/*.cpp"))
         ext = cpp_extension.CUDAExtension(
             "pydiffgen._C",
             sources,
             define_macros=[("WITH_CUDA", None)],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17", "--use_fast_math"]},
+            # no --use_fast_math: its flush-to-zero would make distinct denormal scores
+            # compare equal in the selection kernels, which must order exactly
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]},
             extra_link_args=link_flags + ["-lcusolver", "-lcublas"],
         )
     else:
@@ -67,7 +74,8 @@ def _native_extension():
             except Exception as err:  # noqa: BLE001 - any compiler failure
                 if MODE == "1":
                     raise
-                warnings.warn(f"pydiffgen._C failed to build ({err}); using Python backends")
+                warnings.warn(f"pydiffgen._C failed to build ({err}); using Python backends",
+                              stacklevel=2)
 
     return [ext], {"build_ext": OptionalBuildExt.with_options(use_ninja=True)}
 

@@ -9,9 +9,11 @@ TORCH_LIBRARY(pydiffgen, m) {
 }
 
 // A plain module so `from pydiffgen import _C` loads the library and its registrations.
-extern "C" PyObject* PyInit__C(void) {
+// PyMODINIT_FUNC = extern "C" + default visibility, so the symbol is exported.
+PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
 #ifdef WITH_CUDA
   PyModule_AddIntConstant(m, "WITH_CUDA", 1);
 #else
