@@ -1,1 +1,5 @@
-"""pydiffgen.report"""
+"""Figures and self-contained HTML reports."""
+
+from .html import Report
+
+__all__ = ["Report"]
