@@ -13,7 +13,7 @@ import torch
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from . import _dispatch
-from .topk import topk_merge
+from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
 _EXTRA_CANDIDATES = 16
@@ -73,7 +73,7 @@ def _knn_chunked(q, x, k, metric, tile_elems):
             ip = qm @ xt.T  # [m, t]
             # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²
             scores = x_sq[n0 : n0 + n_tile] - 2 * ip if metric == "l2" else ip
-            best_v, best_i = topk_merge(best_v, best_i, scores, n0, largest)
+            best_v, best_i = merge(best_v, best_i, scores, n0, largest)
         # exact re-rank of the candidates in float64
         cand = x[best_i].double()  # [m, kc, d]
         qd = q[m0 : m0 + m_chunk].double()[:, None, :]
