@@ -13,14 +13,8 @@ from torch import nn
 
 from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
-from .blocks import (
-    EDMPrecond,
-    PositionalEmbedding,
-    ResBlock,
-    check_images,
-    groupnorm_film_silu,
-    num_groups,
-)
+from . import blocks
+from .blocks import EDMPrecond, PositionalEmbedding, ResBlock, check_images, num_groups
 
 __all__ = ["UNet", "UNetBackbone"]
 
@@ -59,11 +53,11 @@ class UNetBackbone(nn.Module):
         self.encoder = nn.ModuleList()  # one ModuleList of ResBlocks per level
         c_prev = width
         for c in widths:
-            blocks = nn.ModuleList()
+            level_blocks = nn.ModuleList()
             for _ in range(blocks_per_level):
-                blocks.append(ResBlock(c_prev, c, emb_dim, dropout))
+                level_blocks.append(ResBlock(c_prev, c, emb_dim, dropout))
                 c_prev = c
-            self.encoder.append(blocks)
+            self.encoder.append(level_blocks)
         self.pool = nn.AvgPool2d(2)
         self.mid = nn.ModuleList([ResBlock(c_prev, c_prev, emb_dim, dropout) for _ in range(2)])
 
@@ -78,12 +72,12 @@ class UNetBackbone(nn.Module):
                         nn.Conv2d(c_prev, c_prev, 3, padding=1),
                     )
                 )
-            blocks = nn.ModuleList()
+            level_blocks = nn.ModuleList()
             for i in range(blocks_per_level):
                 c_in = c_prev + c if i == 0 else c  # the first block takes the skip too
-                blocks.append(ResBlock(c_in, c, emb_dim, dropout))
+                level_blocks.append(ResBlock(c_in, c, emb_dim, dropout))
                 c_prev = c
-            self.decoder.append(blocks)
+            self.decoder.append(level_blocks)
 
         self.norm_out = nn.GroupNorm(num_groups(width), width)
         self.conv_out = nn.Conv2d(width, channels, 3, padding=1)
@@ -94,22 +88,22 @@ class UNetBackbone(nn.Module):
         emb = self.embed(c_noise)  # [B, E]
         h = self.conv_in(x)  # [B, w, H, W]
         skips = []
-        for level, blocks in enumerate(self.encoder):
+        for level, level_blocks in enumerate(self.encoder):
             if level > 0:
                 h = self.pool(h)  # [B, ·, H/2^l, W/2^l]
-            for block in blocks:
+            for block in level_blocks:
                 h = block(h, emb)  # [B, w·2^l, H/2^l, W/2^l]
             skips.append(h)
         for block in self.mid:
             h = block(h, emb)  # [B, w·2^(L−1), H/2^(L−1), W/2^(L−1)]
-        for i, (blocks, skip) in enumerate(zip(self.decoder, reversed(skips))):
+        for i, (level_blocks, skip) in enumerate(zip(self.decoder, reversed(skips))):
             if i > 0:
                 h = self.upsample[i - 1](h)  # [B, ·, H/2^l, W/2^l]
             h = torch.cat([h, skip], dim=1)
-            for block in blocks:
+            for block in level_blocks:
                 h = block(h, emb)  # [B, w·2^l, H/2^l, W/2^l]
-        n = self.norm_out
-        h = groupnorm_film_silu(h, n.num_groups, n.weight, n.bias, None, None, n.eps)
+        n = self.norm_out  # looked up on the module so a fused kernel can replace it
+        h = blocks.groupnorm_film_silu(h, n.num_groups, n.weight, n.bias, None, None, n.eps)
         return self.conv_out(h)  # [B, C, H, W]
 
 

@@ -86,3 +86,22 @@ def test_positional_embedding():
     assert emb.state_dict() == {}  # fixed frequencies: not part of a checkpoint
     with pytest.raises(InputError):
         PositionalEmbedding(7)
+
+
+def test_unet_routes_every_norm_through_the_chain_function(monkeypatch):
+    from pydiffgen.models import UNet, blocks
+
+    calls = []
+    real = blocks.groupnorm_film_silu
+
+    def spy(*args):
+        calls.append(args[0].shape[1])
+        return real(*args)
+
+    monkeypatch.setattr(blocks, "groupnorm_film_silu", spy)
+    model = UNet(width=8, levels=2, blocks_per_level=1)
+    model(torch.randn(2, 1, 8, 8), 1.0)
+    n_norms = sum(isinstance(m, nn.GroupNorm) for m in model.modules())
+    n_blocks = sum(isinstance(m, ResBlock) for m in model.modules())
+    assert n_blocks == 2 + 2 + 2  # encoder, middle, decoder
+    assert len(calls) == n_norms == 2 * n_blocks + 1  # two per block + the output norm
