@@ -21,9 +21,11 @@
 // make this kernel read or write out of bounds, it only makes that row's order undefined.
 // Non-contiguous inputs are made contiguous; outputs are new contiguous tensors.
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
-#include <ATen/ATen.h>
 
 #include <algorithm>
 #include <cstdint>
