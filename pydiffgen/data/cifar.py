@@ -101,23 +101,23 @@ def _read_split(path: Path, names: tuple[str, ...]):
             f"holding data_batch_1..5 and test_batch"
         )
     try:
+        found = {}
         with tarfile.open(path, "r:*") as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [n for n in names if n not in members]
-            if missing:
-                raise DataError(
-                    f"{path}: the archive lacks CIFAR-10 batch(es) {', '.join(missing)}"
-                )
-            batches = []
-            for n in names:
-                # read into memory: nothing is extracted to disk
-                stream = io.BytesIO(tar.extractfile(members[n]).read())
-                batches.append(_read_batch(stream, f"{path}:{members[n].name}"))
-            return batches
+            # one pass in archive order (a .gz cannot seek back cheaply); each batch is
+            # read into memory, nothing is extracted to disk
+            for member in tar:
+                name = Path(member.name).name
+                if member.isfile() and name in names and name not in found:
+                    stream = io.BytesIO(tar.extractfile(member).read())
+                    found[name] = _read_batch(stream, f"{path}:{member.name}")
     except (tarfile.TarError, EOFError, OSError) as err:
         raise DataError(
             f"{path}: expected a CIFAR-10 directory or cifar-10-python.tar.gz archive ({err})"
         ) from None
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise DataError(f"{path}: the archive lacks CIFAR-10 batch(es) {', '.join(missing)}")
+    return [found[n] for n in names]
 
 
 def cifar10(*, path, split: str = "train", grayscale: bool = False):

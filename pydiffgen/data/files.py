@@ -46,7 +46,9 @@ def npy(*, path):
     """
     p = _existing(path, "file")
     try:
-        arr = np.load(p, allow_pickle=False)
+        # our own handle: np.load leaks the one it opens when the archive is corrupt
+        with open(p, "rb") as fh:
+            arr = np.load(fh, allow_pickle=False)
     except _NUMPY_READ_ERRORS as err:
         raise DataError(f"{p}: expected a .npy array written by numpy.save ({err})") from None
     if not isinstance(arr, np.ndarray):
@@ -61,7 +63,13 @@ def npz(*, path, key: str | None = None):
     """
     p = _existing(path, "file")
     try:
-        with np.load(p, allow_pickle=False) as archive:
+        # our own handle: np.load leaks the one it opens when the archive is corrupt
+        with open(p, "rb") as fh:
+            archive = np.load(fh, allow_pickle=False)
+            if isinstance(archive, np.ndarray):
+                raise DataError(
+                    f"{p}: expected an .npz archive, found a .npy array; use load('npy')"
+                )
             keys = list(archive.files)
             if key is None:
                 if len(keys) != 1:
@@ -73,10 +81,9 @@ def npz(*, path, key: str | None = None):
             if key not in keys:
                 raise DataError(f"{p} has no array {key!r}; it holds {', '.join(keys)}")
             arr = archive[key]
-    except DataError:
+    except DataError:  # a ValueError too: keep ours from being re-wrapped below
         raise
-    except (AttributeError, *_NUMPY_READ_ERRORS) as err:
-        # AttributeError: np.load returned a bare array (a .npy), which has no .files
+    except _NUMPY_READ_ERRORS as err:
         raise DataError(f"{p}: expected an .npz archive written by numpy.savez ({err})") from None
     x, info = _from_array(arr, f"{p}[{key}]")
     return x, {**info, "key": key}

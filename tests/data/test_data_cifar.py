@@ -59,15 +59,19 @@ def test_parent_directory_and_grayscale(tmp_path):
     assert torch.allclose(gray[:, 0].double(), luma * 2 - 1, atol=1e-6)
 
 
-def test_tarball_read_without_extracting(tmp_path):
-    batches = _batches(n=2, seed=1)
-    tar_path = tmp_path / "cifar-10-python.tar.gz"
+def _write_tar(tar_path, batches):
     with tarfile.open(tar_path, "w:gz") as tar:
         for name, batch in batches.items():
             payload = pickle.dumps(batch)
             member = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
             member.size = len(payload)
             tar.addfile(member, io.BytesIO(payload))
+
+
+def test_tarball_read_without_extracting(tmp_path):
+    batches = _batches(n=2, seed=1)
+    tar_path = tmp_path / "cifar-10-python.tar.gz"
+    _write_tar(tar_path, batches)
     before = set(os.listdir(tmp_path))
     x, info = load("cifar10", path=tar_path, return_info=True)
     want, labels = _expected(batches, NAMES[:5])
@@ -100,6 +104,9 @@ def test_errors(tmp_path):
     _write_dir(tmp_path / "partial", batches)
     with pytest.raises(DataError, match="missing CIFAR-10 batch file.*data_batch_3"):
         load("cifar10", path=tmp_path / "partial")
+    _write_tar(tmp_path / "partial.tar.gz", batches)
+    with pytest.raises(DataError, match="partial.tar.gz: the archive lacks.*data_batch_3"):
+        load("cifar10", path=tmp_path / "partial.tar.gz")
     (tmp_path / "broken.tar.gz").write_bytes(b"not a tarball")
     with pytest.raises(DataError, match="broken.tar.gz: expected a CIFAR-10"):
         load("cifar10", path=tmp_path / "broken.tar.gz")

@@ -78,6 +78,11 @@ def test_bad_array_files(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((2, 4, 4), np.nan, np.float32))
     with pytest.raises(DataError, match="NaN"):
         load("npy", path=tmp_path / "nan.npy")
+    np.savez(tmp_path / "fine.npz", x=np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(DataError, match=r"found a \.npy array; use load\('npy'\)"):
+        load("npz", path=tmp_path / "flat.npy")
+    with pytest.raises(DataError, match=r"found an \.npz archive; use load\('npz'\)"):
+        load("npy", path=tmp_path / "fine.npz")
 
 
 def _write_folder(root, images, suffix=".png"):
