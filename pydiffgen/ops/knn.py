@@ -4,6 +4,12 @@ Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−
 which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in float64,
 so near-duplicate keys (memorization) are ordered exactly. Candidate pool: k + 16 per
 query, enough to absorb the expansion's rounding on [-1, 1] image data.
+
+Backends in priority order:
+  CUDA: triton (score tiles by pydiffgen.kernels.l2_tile, registered as the custom op
+        ``pydiffgen::knn_score_tile``) → reference;
+  CPU:  reference (torch GEMM tiles; topk_merge dispatches to the C++ kernel when built).
+Every backend shares the streaming loop below: score tile → topk_merge → float64 re-rank.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import torch
 
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
+from ..kernels import TRITON_WHY_NOT
 from . import _dispatch
 from .topk import merge
 
@@ -45,14 +52,30 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
                    tile_elems)
 
 
-def _knn_chunked(q, x, k, metric, tile_elems):
-    """Reference backend: chunked float32 candidate GEMM + running top-k + float64 re-rank."""
+def _torch_scores(qm, xt, xt_sq, with_norm):
+    """Candidate scores [m, t] in float32: ‖x‖² − 2⟨q,x⟩ (l2) or ⟨q,x⟩."""
+    ip = qm @ xt.T  # [m, t]
+    # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²
+    return xt_sq - 2 * ip if with_norm else ip
+
+
+def _triton_scores(qm, xt, xt_sq, with_norm):
+    return torch.ops.pydiffgen.knn_score_tile(qm, xt, xt_sq, with_norm)
+
+
+def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
+    """Chunked float32 candidate scores + running top-k + float64 re-rank.
+
+    ``score_fn(q_chunk [m, D], x_tile [t, D], x_sq [t], with_norm) -> [m, t]`` makes the
+    candidate scores: torch GEMM for the reference backend, the Triton kernel for triton.
+    """
     M, N = q.shape[0], x.shape[0]
     largest = metric != "l2"
     if metric == "cosine":
-        q = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    if metric == "l2":
+        qc = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        xc = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        qc, xc = qc.float(), xc.float()
+    elif metric == "l2":
         mu = x.double().mean(0).to(x.dtype)
         qc, xc = (q - mu).float(), (x - mu).float()
     else:
@@ -70,18 +93,68 @@ def _knn_chunked(q, x, k, metric, tile_elems):
         best_i = torch.full((len(qm), kc), -1, dtype=torch.int64, device=q.device)
         for n0 in range(0, N, n_tile):
             xt = xc[n0 : n0 + n_tile]
-            ip = qm @ xt.T  # [m, t]
-            # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²
-            scores = x_sq[n0 : n0 + n_tile] - 2 * ip if metric == "l2" else ip
+            scores = score_fn(qm, xt, x_sq[n0 : n0 + n_tile], metric == "l2")
             best_v, best_i = merge(best_v, best_i, scores, n0, largest)
-        # exact re-rank of the candidates in float64
-        cand = x[best_i].double()  # [m, kc, d]
-        qd = q[m0 : m0 + m_chunk].double()[:, None, :]
-        exact = ((qd - cand) ** 2).sum(-1) if metric == "l2" else (qd * cand).sum(-1)
-        order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
-        values[m0 : m0 + m_chunk] = exact.gather(1, order).float()
-        indices[m0 : m0 + m_chunk] = best_i.gather(1, order)
+        v, i = _rerank(q[m0 : m0 + m_chunk], x, best_i, k, metric, tile_elems)
+        values[m0 : m0 + m_chunk] = v
+        indices[m0 : m0 + m_chunk] = i
     return values, indices
 
 
+def _rerank(q, x, cand_i, k, metric, tile_elems):
+    """Exact float64 scores of the candidates cand_i [m, kc]; the best k, ties to the lower
+    index (as the reference). Rows go in groups so the [rows, kc, D] gather stays bounded."""
+    largest = metric != "l2"
+    cand_i = cand_i.sort(dim=1).values  # index order first: the stable sort keeps it on ties
+    kc, D = cand_i.shape[1], x.shape[1]
+    rows = max(1, tile_elems // max(1, kc * D))
+    out_v, out_i = [], []
+    for r0 in range(0, len(q), rows):
+        ci = cand_i[r0 : r0 + rows]
+        cand = x[ci].double()  # [r, kc, D]
+        qd = q[r0 : r0 + rows].double()[:, None, :]  # [r, 1, D]
+        if metric == "l2":
+            exact = ((qd - cand) ** 2).sum(-1)
+        elif metric == "cosine":
+            qn = qd / qd.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            xn = cand / cand.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+            exact = (qn * xn).sum(-1)
+        else:
+            exact = (qd * cand).sum(-1)
+        order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
+        out_v.append(exact.gather(1, order).float())
+        out_i.append(ci.gather(1, order))
+    return torch.cat(out_v), torch.cat(out_i)
+
+
+def _knn_triton(q, x, k, metric, tile_elems):
+    return _knn_chunked(q, x, k, metric, tile_elems, score_fn=_triton_scores)
+
+
+def _triton_why_not():
+    if TRITON_WHY_NOT is not None:
+        return TRITON_WHY_NOT
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+if TRITON_WHY_NOT is None:
+    # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
+    # TRITON_INTERPRET=1, which the tests use); torch.library.triton_op would fail to
+    # register on machines without a GPU.
+    @torch.library.custom_op("pydiffgen::knn_score_tile", mutates_args=())
+    def _knn_score_tile(
+        q: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor, with_norm: bool
+    ) -> torch.Tensor:
+        from ..kernels.l2_tile import score_tile
+
+        return score_tile(q, x, x_sq, "l2" if with_norm else "ip")
+
+    @_knn_score_tile.register_fake
+    def _(q, x, x_sq, with_norm):
+        return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
+
+
+_dispatch.op("knn").register("triton", ("cuda",), _knn_triton, _triton_why_not)
 _dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_chunked)

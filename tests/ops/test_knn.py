@@ -1,0 +1,132 @@
+"""knn: every backend vs the float64 brute force on odd shapes, near-duplicates, large
+norms and bad inputs. The Triton score path also runs on CPU under the interpreter."""
+
+import importlib
+
+import pytest
+import torch
+from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
+
+from pydiffgen.errors import BackendError, InputError
+from pydiffgen.ops import _dispatch, knn, reference
+
+knn_mod = importlib.import_module("pydiffgen.ops.knn")  # the module; ops.knn is the function
+_OP = _dispatch.op("knn")
+CPU_BACKENDS = [name for name, why in _OP.reasons("cpu").items() if not why.startswith("does not")]
+TRITON_ON_CPU = TRITON_WHY_NOT is None and interpreted()
+
+
+def _assert_knn(got, want, metric):
+    v, i = got
+    assert v.dtype == torch.float32 and i.dtype == torch.int64
+    assert torch.equal(i, want[1]), (i, want[1])
+    torch.testing.assert_close(v, want[0].float(), rtol=1e-6, atol=1e-6)
+
+
+def test_reference_closed_form():
+    keys = torch.tensor([[0.0], [1.0], [3.0], [1.0]])
+    v, i = reference.knn_bruteforce(torch.tensor([[0.9]]), keys, 3)
+    assert i.tolist() == [[1, 3, 0]]  # the duplicate key: lower index first
+    torch.testing.assert_close(v, torch.tensor([[0.01, 0.01, 0.81]], dtype=torch.float64))
+    v, i = reference.knn_bruteforce(torch.tensor([[1.0, 0.0]]),
+                                    torch.tensor([[0.0, 2.0], [3.0, 0.1], [-1.0, 0.0]]), 2,
+                                    metric="cosine")
+    assert i.tolist() == [[1, 0]]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("M,N,D", [(1, 1, 3), (7, 33, 65), (127, 1025, 3), (33, 127, 64)])
+@pytest.mark.parametrize("k", [1, 5])
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_knn_matches_bruteforce(backend, M, N, D, k, metric):
+    k = min(k, N)
+    q, x = torch.randn(M, D), torch.randn(N, D)
+    # small tiles: many merges per query chunk, several query chunks
+    got = knn(q, x, k, metric, backend=backend, tile_elems=4096)
+    _assert_knn(got, reference.knn_bruteforce(q, x, k, metric), metric)
+
+
+def test_knn_images_float64_and_duplicates():
+    x = torch.randn(40, 3, 4, 4, dtype=torch.float64)
+    x = torch.cat([x, x[:10]])  # exact copies: equal distances, the lower index first
+    q = x[[3, 45, 7]] + 1e-3 * torch.randn(3, 3, 4, 4, dtype=torch.float64)
+    for metric in ("l2", "cosine", "ip"):
+        _assert_knn(knn(q, x, 6, metric, tile_elems=300),
+                    reference.knn_bruteforce(q, x, 6, metric), metric)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_near_duplicates_found(metric):
+    base = torch.rand(60, 48) * 2 - 1  # image-like data in [-1, 1]
+    copies = [base * (1 + 1e-6 * torch.randn_like(base)) for _ in range(3)]
+    keys = torch.cat([base, *copies])  # [240, 48]: four near-identical versions of each
+    pick = torch.tensor([5, 70, 131, 239, 0])
+    queries = keys[pick].clone()
+    v, i = knn(queries, keys, 4, metric, tile_elems=2048)
+    assert torch.equal(i[:, 0], pick)  # the exact copy, not a 1e-6 neighbour
+    _assert_knn((v, i), reference.knn_bruteforce(queries, keys, 4, metric), metric)
+
+
+def test_large_norm_data():
+    keys = torch.randn(500, 32) + 1e3  # offset: ‖x‖² ≈ 3e7 dwarfs the distances
+    queries = torch.randn(20, 32) + 1e3
+    _assert_knn(knn(queries, keys, 7, tile_elems=5000),
+                reference.knn_bruteforce(queries, keys, 7), "l2")
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+def test_triton_path_interpreted(metric):
+    """The triton backend's code path (Triton tiles → topk_merge → float64 re-rank), with
+    CPU tensors in the interpreter."""
+    q, x = torch.randn(9, 65), torch.randn(200, 65) + 10.0
+    got = knn_mod._knn_triton(q, x, 5, metric, 9 * 64)
+    _assert_knn(got, reference.knn_bruteforce(q, x, 5, metric), metric)
+
+
+def test_errors():
+    q, x = torch.randn(4, 8), torch.randn(10, 8)
+    with pytest.raises(InputError, match="k must be an integer >= 1"):
+        knn(q, x, 0)
+    with pytest.raises(InputError, match="exceeds the number of keys"):
+        knn(q, x, 11)
+    with pytest.raises(InputError, match="feature shape"):
+        knn(q, torch.randn(10, 9), 3)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        knn(torch.full((4, 8), float("nan")), x, 3)
+    with pytest.raises(InputError, match="floating-point"):
+        knn(q, torch.randint(0, 5, (10, 8)), 3)
+    with pytest.raises(InputError, match="metric must be one of"):
+        knn(q, x, 3, metric="hamming")
+    with pytest.raises(BackendError, match="'triton' cannot run on cpu.*reference: ok"):
+        knn(q, x, 3, backend="triton")
+
+
+def test_backend_listing():
+    reasons = _OP.reasons("cpu")
+    assert reasons["reference"] == "ok"
+    assert "triton" in reasons and reasons["triton"] != "ok"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("M,N,D,k", [(1, 1, 3, 1), (127, 1025, 65, 5), (300, 20000, 64, 50)])
+def test_knn_gpu_backends_match_bruteforce(metric, M, N, D, k):
+    q = torch.randn(M, D, device="cuda")
+    x = torch.randn(N, D, device="cuda") + 3.0
+    want = reference.knn_bruteforce(q.cpu(), x.cpu(), k, metric)
+    for backend, why in _OP.reasons("cuda").items():
+        if why != "ok":
+            continue
+        v, i = knn(q, x, k, metric, backend=backend, tile_elems=1 << 16)
+        _assert_knn((v.cpu(), i.cpu()), want, metric)
+
+
+@pytest.mark.gpu
+def test_knn_gpu_near_duplicates():
+    base = torch.rand(500, 3 * 8 * 8, device="cuda") * 2 - 1
+    keys = torch.cat([base, base * (1 + 1e-6 * torch.randn_like(base))])
+    pick = torch.arange(0, 1000, 37, device="cuda")
+    v, i = knn(keys[pick], keys, 3)
+    assert torch.equal(i[:, 0], pick)
+    assert _OP.select("cuda").name == "triton" or TRITON_WHY_NOT is not None
