@@ -15,7 +15,10 @@ config gives bitwise the same weights, and a run interrupted after a checkpoint 
 resumed gives bitwise the same weights and losses as an uninterrupted one, because the
 checkpoint holds the model, EMA and Adam tensors, the generator state and the losses.
 Models using dropout draw from torch's global RNG, which is re-seeded from (seed, step)
-every step inside ``torch.random.fork_rng`` so that stays reproducible as well.
+every step inside ``torch.random.fork_rng`` so that stays reproducible as well (the
+caller's global RNG state is restored afterwards). On CUDA the loop is just as
+deterministic, but some kernels are not: bitwise reproducibility there also needs
+``torch.use_deterministic_algorithms(True)`` (and ``CUBLAS_WORKSPACE_CONFIG=:4096:8``).
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ class TrainConfig:
                 extra = " or None" if optional else ""
                 raise ConfigError(f"TrainConfig.{name} must be an integer >= {minimum}{extra}, "
                                   f"got {v!r}")
+            object.__setattr__(self, name, int(v))  # numpy ints -> int (JSON, comparisons)
 
         def number(name, *, positive=True, optional=False, below=None):
             v = getattr(self, name)
@@ -112,6 +116,7 @@ class TrainConfig:
                     what += f" below {below}"
                 extra = " or None" if optional else ""
                 raise ConfigError(f"TrainConfig.{name} must be {what}{extra}, got {v!r}")
+            object.__setattr__(self, name, float(v))
 
         integer("steps", 1)
         integer("batch_size", 1)

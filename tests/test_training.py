@@ -325,3 +325,17 @@ def test_train_the_real_default_unet(tmp_path):
     y, s = torch.randn(2, 1, 8, 8), torch.tensor([0.3, 2.0])
     with torch.no_grad():
         torch.testing.assert_close(loaded(y, s), res.ema(y, s), rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_cuda_training_with_bf16_autocast_and_resume(tmp_path):
+    data = _data()
+    cfg = TrainConfig(steps=6, batch_size=8, device="cuda", checkpoint_every=3)
+    res = train(_model(), data, cfg, out_dir=tmp_path, progress=False)
+    assert len(res.losses) == 6 and all(v == v for v in res.losses)
+    assert next(res.model.parameters()).device.type == "cuda"
+    assert next(res.model.parameters()).dtype == torch.float32  # autocast leaves weights fp32
+    loaded = pydiffgen.load_model(tmp_path, device="cuda")
+    assert next(loaded.parameters()).device.type == "cuda"
+    again = train(_model(), data, cfg, out_dir=tmp_path, progress=False)  # already complete
+    assert again.losses == res.losses

@@ -123,7 +123,15 @@ def kadkhodaie_ascent(
     σ handed to the denoiser: blind denoisers ignore it, σ-conditioned ones need the
     current noise level, which Algorithm 1 only measures after the call. We pass σ0 at
     t = 1 and afterwards the level the algorithm predicts for x_t, (1 − β h_t)·σ_t
-    (by construction the step shrinks the noise std from σ_t to (1 − β h_t)·σ_t).
+    (by construction the step shrinks the noise std from σ_t to (1 − β h_t)·σ_t). Feeding
+    the measured σ_t keeps a σ-conditioned denoiser consistent with the algorithm's own
+    noise estimate; a fixed schedule σ0·Π(1 − β h_s) lags behind the actual noise and
+    collapses the samples onto the mean.
+
+    Regime: σ_t = ‖d_t‖/√d measures the noise only when most directions are
+    noise-dominated, as for images. On low-dimensional data whose variances are all
+    comparable to σ_∞² it underestimates the noise, the run stops early and the samples
+    keep extra variance (tests use a 64-d Gaussian with a power-law spectrum).
 
     Randomness: x0 first, then z_t for the whole batch at every step (also for samples
     that already stopped), all from ``generator``; so with equal seeds two denoisers get

@@ -276,3 +276,12 @@ def test_argument_errors():
         edm_heun(den, 2, (3,), x_init=torch.zeros(3, 3))
     with pytest.raises(InputError, match="callable"):
         sample("nope", 2, (3,))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["kadkhodaie", "heun", "ddpm"])
+def test_cuda_sampling_is_reproducible(method):
+    den = lambda y, s: 0.8 * y
+    a = sample(den, 6, (1, 4, 4), method, device="cuda", seed=1, batch_size=4)
+    b = sample(den, 6, (1, 4, 4), method, device="cuda", seed=1, batch_size=4)
+    assert a.device.type == "cuda" and torch.equal(a, b)
