@@ -9,8 +9,9 @@
 //
 // Algorithm, per row (rows in parallel with at::parallel_for / OpenMP):
 //   1. build a k-sized heap whose root is the WORST of the running list (O(k));
-//   2. stream the tile: a score enters only if it beats the root (one compare for most
-//      scores once the list is good), replacing the root and sifting down (O(log k));
+//   2. stream the tile in blocks of 64: a vectorized pre-check skips blocks in which no
+//      score can even tie the root (most blocks, once the list is good); in the others a
+//      score enters only if it beats the root, replacing it and sifting down (O(log k));
 //   3. sort_heap gives the k best, best first.
 //   Cost O(k + T + A log k + k log k) with A <= T accepted scores: O(T log k) worst case,
 //   never a sort of the whole k + T union. The running list need not be sorted.
@@ -66,6 +67,8 @@ inline void sift_down(scalar_t* hv, int64_t* hi, int64_t n, int64_t pos) {
   hi[pos] = i;
 }
 
+constexpr int64_t kBlock = 64;  // scores pre-checked at once against the current worst
+
 template <typename scalar_t, bool LARGEST>
 void merge_rows(const scalar_t* values, const int64_t* indices, const scalar_t* tile,
                 scalar_t* out_v, int64_t* out_i, int64_t M, int64_t k, int64_t T,
@@ -84,14 +87,23 @@ void merge_rows(const scalar_t* values, const int64_t* indices, const scalar_t* 
       const scalar_t* row = tile + r * T;
       scalar_t worst_v = hv[0];
       int64_t worst_i = hi[0];
-      for (int64_t j = 0; j < T; ++j) {
-        const scalar_t v = row[j];
-        if (better(v, offset + j, worst_v, worst_i)) {
-          hv[0] = v;
-          hi[0] = offset + j;
-          sift_down<scalar_t, LARGEST>(hv, hi, k, 0);
-          worst_v = hv[0];
-          worst_i = hi[0];
+      for (int64_t b0 = 0; b0 < T; b0 += kBlock) {
+        const int64_t b1 = std::min(T, b0 + kBlock);
+        // vectorizable pre-check: skip the block when no score can even tie the worst
+        bool any = false;
+        for (int64_t j = b0; j < b1; ++j) {
+          any |= LARGEST ? (row[j] >= worst_v) : (row[j] <= worst_v);
+        }
+        if (!any) continue;
+        for (int64_t j = b0; j < b1; ++j) {
+          const scalar_t v = row[j];
+          if (better(v, offset + j, worst_v, worst_i)) {
+            hv[0] = v;
+            hi[0] = offset + j;
+            sift_down<scalar_t, LARGEST>(hv, hi, k, 0);
+            worst_v = hv[0];
+            worst_i = hi[0];
+          }
         }
       }
       // heap -> best first

@@ -1,7 +1,9 @@
 """Exact k-nearest-neighbour search, streamed over key tiles (never an M×N matrix).
 
-Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion,
-which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in float64,
+Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion
+(a float32 mean of a strided subset: the expansion is shift-invariant, only cancellation
+matters), which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in
+float64,
 so near-duplicate keys (memorization) are ordered exactly. Candidate pool: k + 16 per
 query, enough to absorb the expansion's rounding on [-1, 1] image data.
 
@@ -37,8 +39,10 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     """
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    check_tensor(queries, "queries", min_ndim=2)
-    check_tensor(keys, "keys", min_ndim=2)
+    check_tensor(queries, "queries", min_ndim=2, finite=False)
+    check_tensor(keys, "keys", min_ndim=2, finite=False)
+    _check_finite(queries, "queries")
+    _check_finite(keys, "keys")
     if queries.shape[1:] != keys.shape[1:]:
         raise InputError(
             f"queries and keys must share feature shape, got {tuple(queries.shape[1:])} "
@@ -52,15 +56,31 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
                    tile_elems)
 
 
+def _check_finite(t, name):
+    """NaN/Inf check in one reduction pass: a finite sum implies finite entries (NaN and
+    ±inf propagate); only an overflowing sum pays for the elementwise check."""
+    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} contains NaN or Inf values")
+
+
 def _torch_scores(qm, xt, xt_sq, with_norm):
     """Candidate scores [m, t] in float32: ‖x‖² − 2⟨q,x⟩ (l2) or ⟨q,x⟩."""
-    ip = qm @ xt.T  # [m, t]
-    # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²
-    return xt_sq - 2 * ip if with_norm else ip
+    if with_norm:
+        # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²; one GEMM pass
+        return torch.addmm(xt_sq, qm, xt.T, alpha=-2)
+    return qm @ xt.T  # [m, t]
 
 
 def _triton_scores(qm, xt, xt_sq, with_norm):
     return torch.ops.pydiffgen.knn_score_tile(qm, xt, xt_sq, with_norm)
+
+
+def _centre(x):
+    """A point near the keys' centre, float32: the mean of at most ~8192 evenly strided keys.
+    The ranking expansion is shift-invariant and the re-rank is exact, so any point near the
+    centre removes the float32 cancellation of far-from-origin data; no full float64 pass."""
+    step = max(1, x.shape[0] // 8192)
+    return x[::step].float().mean(0)
 
 
 def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
@@ -68,32 +88,46 @@ def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
 
     ``score_fn(q_chunk [m, D], x_tile [t, D], x_sq [t], with_norm) -> [m, t]`` makes the
     candidate scores: torch GEMM for the reference backend, the Triton kernel for triton.
+    Keys are centred / normalized tile by tile, so no transformed copy of the key set is
+    ever held (the key set can be most of the device's memory).
     """
-    M, N = q.shape[0], x.shape[0]
+    (M, D), N = q.shape, x.shape[0]
     largest = metric != "l2"
+    x_scale = None
     if metric == "cosine":
-        qc = q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        xc = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        qc, xc = qc.float(), xc.float()
+        qc = (q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
+        x_scale = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # [N]
+        mu = None
     elif metric == "l2":
-        mu = x.double().mean(0).to(x.dtype)
-        qc, xc = (q - mu).float(), (x - mu).float()
+        mu = _centre(x)
+        qc = (q - mu.to(q.dtype)).float()
     else:
-        qc, xc = q.float(), x.float()
+        qc, mu = q.float(), None
     kc = min(N, k + _EXTRA_CANDIDATES)
-    n_tile = max(1, min(N, tile_elems // max(1, min(M, 1024))))
+    # key tiles: ≤ tile_elems scores per query chunk and ≤ ~2M transformed key elements
+    # (8 MB, cache- and allocator-friendly; keys are centred tile by tile)
+    n_tile = max(1, min(N, tile_elems // max(1, min(M, 1024)), max(256, (1 << 21) // max(1, D))))
     m_chunk = max(1, min(M, tile_elems // n_tile))
     fill = float("-inf") if largest else float("inf")
     values = torch.empty(M, k, dtype=torch.float32, device=q.device)
     indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
-    x_sq = (xc * xc).sum(1)
+
+    def key_tile(n0):
+        xt = x[n0 : n0 + n_tile]
+        if mu is not None:
+            xt = (xt - mu.to(xt.dtype)).float()
+            return xt, torch.linalg.vector_norm(xt, dim=1).square_()
+        if x_scale is not None:
+            xt = xt * x_scale[n0 : n0 + n_tile, None]
+        return xt.float(), None
+
     for m0 in range(0, M, m_chunk):
         qm = qc[m0 : m0 + m_chunk]
         best_v = torch.full((len(qm), kc), fill, dtype=torch.float32, device=q.device)
         best_i = torch.full((len(qm), kc), -1, dtype=torch.int64, device=q.device)
         for n0 in range(0, N, n_tile):
-            xt = xc[n0 : n0 + n_tile]
-            scores = score_fn(qm, xt, x_sq[n0 : n0 + n_tile], metric == "l2")
+            xt, xt_sq = key_tile(n0)
+            scores = score_fn(qm, xt, xt_sq if xt_sq is not None else xt[:0, 0], mu is not None)
             best_v, best_i = merge(best_v, best_i, scores, n0, largest)
         v, i = _rerank(q[m0 : m0 + m_chunk], x, best_i, k, metric, tile_elems)
         values[m0 : m0 + m_chunk] = v

@@ -1,0 +1,153 @@
+"""Shared benchmark helpers: metadata, timing, machine ceilings, JSON rows, tables.
+
+Timing: CPU with ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks),
+GPU with ``triton.testing.do_bench`` (median, L2 flushed between runs). Every result row
+carries the device, versions and git sha; ``write_json`` puts them in
+benchmarks/results/<name>.json (or $PYDIFFGEN_BENCH_OUT/<name>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(os.environ.get("PYDIFFGEN_BENCH_OUT") or ROOT / "benchmarks" / "results")
+QUICK = os.environ.get("PYDIFFGEN_BENCH_QUICK", "0") == "1"
+
+
+def parse_args(description: str):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: cuda when available, else cpu")
+    p.add_argument("--quick", action="store_true", help="smallest sizes only")
+    args = p.parse_args()
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda but no CUDA device is available")
+    args.quick = args.quick or QUICK
+    return args
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        return out.stdout.strip() + ("-dirty" if dirty.strip() else "") or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def metadata(device: str) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    from pydiffgen import _native
+
+    return {
+        "device": device,
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "git_sha": git_sha(),
+        "extension": {"cpu": _native.has_cpu_ops(), "cuda": _native.has_cuda_ops()},
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench(fn, device: str, min_run_time: float = 0.3) -> float:
+    """Median seconds of one call of fn()."""
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return do_bench(fn, return_mode="median") * 1e-3
+    from torch.utils.benchmark import Timer
+
+    fn()  # warm-up (allocations, lazy init)
+    m = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    return m.median
+
+
+_CEILINGS: dict = {}
+
+
+def ceilings(device: str) -> dict:
+    """This machine's measured fp32 GEMM GFLOP/s and copy GB/s (read + write)."""
+    if device in _CEILINGS:
+        return _CEILINGS[device]
+    n = 2048 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    t = bench(lambda: a @ b, device)
+    elems = (1 << 28 if device == "cuda" else 1 << 25)
+    src = torch.empty(elems, dtype=torch.float32, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    tc = bench(lambda: dst.copy_(src), device)
+    _CEILINGS[device] = {"gemm_fp32_gflops": 2 * n**3 / t / 1e9,
+                         "copy_gbs": 2 * src.numel() * 4 / tc / 1e9}
+    return _CEILINGS[device]
+
+
+def write_json(name: str, rows: list[dict], meta: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "meta": meta, "rows": rows}, indent=1))
+    return path
+
+
+def fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def print_table(rows: list[dict], cols: list[str]) -> None:
+    def cell(r, c):
+        v = r.get(c)
+        if isinstance(v, float):
+            return fmt_s(v) if c.endswith("_s") else f"{v:.3g}"
+        return "-" if v is None else str(v)
+
+    table = [[cell(r, c) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in table)) if table else len(c)
+              for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for t in table:
+        print("  ".join(x.ljust(w) for x, w in zip(t, widths)))
