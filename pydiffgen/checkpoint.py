@@ -101,6 +101,7 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
         raise CheckpointError(f"{desc}: cannot rebuild the model: {err}") from None
     tensors = read_tensors(weights, token=info.get("token"), token_source=desc)
     load_state_tensors(model, tensors, source=weights)
+    model.meta = info.get("meta") or {}  # e.g. data_shape and train_config from train()
     return model.to(device).eval()
 
 

@@ -316,6 +316,7 @@ def train(
                 "step": steps_done,
                 "train_config": config.to_dict(),
                 "final_loss": losses[-1] if losses else None,
+                "data_shape": list(x_all.shape[1:]),
             })
     model.eval()
     if ema_model is not None:

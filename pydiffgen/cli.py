@@ -1,0 +1,180 @@
+"""The ``pydiffgen`` command. Errors print one line and exit with status 1."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import config as cfgmod
+from .errors import PydiffgenError
+
+
+def cmd_demo(args) -> int:
+    from .experiments.generalization import generalization_sweep, preset
+
+    config = preset("demo")
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    generalization_sweep(config, out, progress=not args.quiet)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .experiments.generalization import (
+        SweepConfig,
+        generalization_sweep,
+        plan,
+        preset,
+    )
+
+    base = preset(args.preset) if args.preset else SweepConfig()
+    config = cfgmod.from_arguments(SweepConfig, args, base)
+    if args.dry_run:
+        print(plan(config))
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    generalization_sweep(config, out, resume=args.resume, progress=not args.quiet)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .experiments.generalization import write_report
+
+    write_report(args.run)
+    print(f"report: {Path(args.run) / 'report.html'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from . import data, models, training
+
+    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
+    config = cfgmod.from_arguments(training.TrainConfig, args, training.TrainConfig(steps=2000, batch_size=64))
+    model = models.build(args.model, channels=x.shape[1], **cfgmod.parse_options(args.model_option))
+    result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
+                            progress=not args.quiet)
+    print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+
+    from .checkpoint import load_model
+    from .diffusion.sampling import sample
+    from .errors import InputError
+
+    model = load_model(args.model).eval()
+    if args.shape:
+        shape = tuple(int(s) for s in args.shape.split(","))
+    else:
+        shape = tuple(getattr(model, "meta", {}).get("data_shape") or ())
+        if not shape:
+            raise InputError("the checkpoint does not record the image shape; pass --shape C,H,W")
+    x = sample(model, args.n, shape, method=args.method, seed=args.seed, device=args.device,
+               progress=not args.quiet, **cfgmod.parse_options(args.sampler_option))
+    out = Path(args.out)
+    if out.suffix == ".png":
+        from .report import figures
+
+        fig = figures.image_grid([("", x[i : i + 8].numpy()) for i in range(0, len(x), 8)])
+        fig.savefig(out, dpi=110, bbox_inches="tight")
+    else:
+        from .io import atomic_path
+
+        with atomic_path(out) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, x.numpy())
+    print(f"samples: {out} {tuple(x.shape)}")
+    return 0
+
+
+def cmd_backends(args) -> int:
+    from . import available_backends
+
+    print(json.dumps(available_backends(), indent=2))
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data import DATASETS
+
+    for name, text in DATASETS.items():
+        print(f"{name:10s} {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .experiments.generalization import PRESETS, SweepConfig
+    from .training import TrainConfig
+
+    p = argparse.ArgumentParser(prog="pydiffgen", description=__doc__.splitlines()[0])
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("demo", help="the memorization→generalization sweep on built-in data")
+    s.add_argument("--out", help="output folder (default runs/demo)")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sweep", help="train pairs of models on disjoint subsets, compare")
+    s.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
+    s.add_argument("--out", help="output folder (default runs/<name>)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="skip what a previous run of the same config finished")
+    cfgmod.add_arguments(s, SweepConfig)
+    s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("report", help="rebuild report.html of a finished sweep")
+    s.add_argument("run", help="the sweep's output folder")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("train", help="train one denoiser")
+    s.add_argument("--data", required=True, help="dataset name (pydiffgen datasets)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--model", default="bf_unet", help="bf_unet | bf_cnn | unet | mlp")
+    s.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--out", required=True, help="checkpoint folder")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    cfgmod.add_arguments(s, TrainConfig)
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sample", help="sample from a trained denoiser")
+    s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--shape", help="C,H,W (default: from the checkpoint)")
+    s.add_argument("--method", default="kadkhodaie", help="kadkhodaie | euler | heun | ddpm")
+    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", required=True, help=".npy array or .png grid")
+    s.set_defaults(func=cmd_sample)
+
+    s = sub.add_parser("backends", help="what was built and which backends can run")
+    s.set_defaults(func=cmd_backends)
+    s = sub.add_parser("datasets", help="list dataset names")
+    s.set_defaults(func=cmd_datasets)
+    return p
+
+
+def main(argv=None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except PydiffgenError as err:
+        print(f"pydiffgen: error: {err}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        print(f"pydiffgen: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("pydiffgen: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,328 @@
+"""The memorization-to-generalization sweep of Kadkhodaie et al. (ICLR 2024, §2, Fig. 2).
+
+For each training-set size N: de-duplicate the data, take two disjoint subsets S1, S2 of
+size N, train one denoiser on each, sample both from the same seeds (same initial noise,
+same injected noise), and measure how close the two models' samples are to each other
+and to their training images. Small N: each model reproduces its own training images.
+Large N: the two models generate nearly the same images, far from every training image.
+
+Every (N, subset) model, its samples and the per-N metrics are written to disk as soon
+as they exist, so a killed sweep rerun with the same config resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import config as cfgmod
+from ..errors import ConfigError
+from ..io import atomic_path, read_json, write_json
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """One sweep. CLI flags map 1:1 to these fields (``pydiffgen sweep --help``)."""
+
+    name: str = field(default="sweep", metadata={"help": "run name; output in runs/<name>"})
+    dataset: str = field(default="digits", metadata={"help": "pydiffgen.data.load name"})
+    dataset_options: tuple = ()
+    sizes: tuple[int, ...] = field(default=(1, 10, 100, 1000),
+                                   metadata={"help": "training-set sizes N"})
+    dedup_threshold: float | None = field(
+        default=0.95, metadata={"help": "drop one of each pair with |corr| above (none: keep)"})
+    model: str = field(default="bf_unet", metadata={"help": "pydiffgen.models name"})
+    model_options: tuple = ()
+    steps: int = field(default=2000, metadata={"help": "training steps per model"})
+    batch_size: int = 64
+    lr: float = 1e-3
+    lr_halve_every: int | None = None
+    ema: float | None = None
+    sigma_dist: str = field(default="kadkhodaie", metadata={"help": "kadkhodaie | edm"})
+    sigma_max: float = 2.0
+    same_init: bool = field(default=False,
+                            metadata={"help": "initialize models A and B identically"})
+    sampler: str = field(default="kadkhodaie", metadata={"help": "kadkhodaie|euler|heun|ddpm"})
+    sampler_options: tuple = ()
+    n_samples: int = field(default=64, metadata={"help": "samples per model"})
+    sample_seed: int = 0
+    seed: int = field(default=0, metadata={"help": "split, initialization and training seed"})
+    center: bool = field(default=False,
+                         metadata={"help": "remove each image's mean before cosines"})
+    n_eval: int = field(default=64, metadata={"help": "images per PSNR curve"})
+    psnr_levels: tuple[float, ...] = field(
+        default=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0),
+        metadata={"help": "input PSNRs (dB) of the PSNR curves"})
+    n_baseline: int = field(default=1000, metadata={"help": "S1 images in the S1-S2 baseline"})
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if not self.sizes or any(int(n) < 1 for n in self.sizes):
+            raise ConfigError(f"sizes must be positive integers, got {self.sizes}")
+        if len(set(self.sizes)) != len(self.sizes):
+            raise ConfigError(f"sizes must be distinct, got {self.sizes}")
+        for name in ("steps", "batch_size", "n_samples", "n_eval", "n_baseline"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
+            raise ConfigError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
+
+
+# Presets: "demo" is what `make demo` runs (see README for what it shows).
+PRESETS: dict[str, SweepConfig] = {
+    "demo": SweepConfig(
+        name="demo", dataset="digits", sizes=(2, 16, 128, 640), model="bf_unet",
+        model_options=(("levels", 2), ("width", 32)), steps=1500, batch_size=64,
+        n_samples=64, center=True,
+    ),
+    "digits": SweepConfig(
+        name="digits", dataset="digits", sizes=(1, 4, 16, 64, 256, 640), model="bf_unet",
+        model_options=(("levels", 2), ("width", 64)), steps=6000, batch_size=128,
+        lr_halve_every=2000, n_samples=256, center=True,
+    ),
+    "patches32": SweepConfig(
+        name="patches32", dataset="patches", dataset_options=(("size", 32), ("stride", 8)),
+        sizes=(1, 10, 100, 1000, 10000), model="bf_unet",
+        model_options=(("levels", 3), ("width", 64)), steps=20000, batch_size=128,
+        lr_halve_every=5000, n_samples=256, center=True,
+    ),
+}
+
+
+def preset(name: str) -> SweepConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def plan(config: SweepConfig) -> str:
+    """Human-readable plan of what a sweep will do (``--dry-run``)."""
+    c = config
+    lines = [
+        f"sweep {c.name!r}: dataset {c.dataset} {dict(c.dataset_options) or ''}".rstrip(),
+        f"  de-duplicate at |corr| > {c.dedup_threshold}" if c.dedup_threshold else
+        "  no de-duplication",
+        f"  sizes N = {', '.join(map(str, c.sizes))}: two disjoint subsets each "
+        f"({2 * len(c.sizes)} models)",
+        f"  model {c.model} {dict(c.model_options)}; {c.steps} steps, batch {c.batch_size}, "
+        f"lr {c.lr}, sigma {c.sigma_dist}",
+        f"  {c.n_samples} samples per model with {c.sampler} (seed {c.sample_seed}), "
+        "the same seeds for both models",
+        "  metrics: paired cosine, nearest-training cosine, S1-S2 baseline, memorization "
+        "ratio, train/test PSNR curves",
+    ]
+    return "\n".join(lines)
+
+
+def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = True,
+                         progress: bool = True, log=None) -> dict:
+    """Run (or resume) the sweep; write models, samples, metrics.json and report.html.
+
+    Returns the metrics dict also written to ``<out_dir>/metrics.json``.
+    """
+    from ..data import deduplicate, disjoint_split, load
+
+    out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _claim_directory(out, config, resume)
+    t_start = time.perf_counter()
+
+    x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
+    groups = info.get("groups")
+    n_raw = len(x)
+    if config.dedup_threshold is not None:
+        x, kept = deduplicate(x, threshold=config.dedup_threshold, return_index=True)
+        groups = groups[kept] if groups is not None else None
+    log(f"[sweep] {config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
+        f"shape {tuple(x.shape[1:])}")
+    if 2 * max(config.sizes) > len(x):
+        raise ConfigError(
+            f"the largest N={max(config.sizes)} needs {2 * max(config.sizes)} distinct images "
+            f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
+        )
+
+    per_n = {}
+    for n in sorted(config.sizes):
+        done = out / f"n{n}" / "metrics.json"
+        if resume and done.exists():
+            log(f"[sweep] N={n}: done earlier, loading {done}")
+            per_n[n] = read_json(done)
+            continue
+        idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
+        per_n[n] = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log)
+        write_json(done, per_n[n])
+
+    dataset = {"name": config.dataset, "raw": n_raw, "deduplicated": len(x),
+               "shape": list(x.shape[1:])}
+    write_json(out / "dataset.json", dataset)
+    metrics = write_report(out, seconds=time.perf_counter() - t_start)
+    log(f"[sweep] report: {out / 'report.html'}")
+    return metrics
+
+
+def write_report(out_dir, seconds: float | None = None) -> dict:
+    """Aggregate the stored per-N results of a finished sweep into metrics.json and
+    report.html (``pydiffgen report``). Needs no dataset and no model."""
+    from ..report.sweep import write_sweep_report
+
+    out = Path(out_dir)
+    config = cfgmod.from_dict(SweepConfig, read_json(out / "config.json"))
+    missing = [n for n in config.sizes if not (out / f"n{n}" / "metrics.json").exists()]
+    if missing:
+        raise ConfigError(
+            f"{out} is missing results for N = {', '.join(map(str, missing))}; "
+            "rerun the sweep with the same config to finish them"
+        )
+    per_n = {n: read_json(out / f"n{n}" / "metrics.json") for n in sorted(config.sizes)}
+    metrics = {
+        "config": cfgmod.to_dict(config),
+        "dataset": read_json(out / "dataset.json"),
+        "sizes": {str(n): _summary(per_n[n]) for n in per_n},
+    }
+    if seconds is not None:
+        metrics["seconds"] = seconds
+    write_json(out / "metrics.json", metrics)
+    write_sweep_report(out, config, per_n, metrics)
+    return metrics
+
+
+def _split(disjoint_split, x, n, seed, groups):
+    """S1, S2 index tensors: disjoint, size n, nested across N for a fixed seed."""
+    _, _, idx1, idx2 = disjoint_split(x, n, seed=seed, groups=groups, return_index=True)
+    return idx1, idx2
+
+
+def _claim_directory(out: Path, config: SweepConfig, resume: bool) -> None:
+    stored = out / "config.json"
+    if stored.exists():
+        previous = read_json(stored)
+        if previous != cfgmod.to_dict(config):
+            raise ConfigError(
+                f"{out} holds a sweep with a different config; use another --out or --name, "
+                "or delete it"
+            )
+        if not resume:
+            raise ConfigError(f"{out} already holds this sweep; rerun without --no-resume")
+    write_json(stored, cfgmod.to_dict(config))
+
+
+def _train_or_load(config, run_dir: Path, data, init_seed, progress, log, label):
+    from .. import checkpoint, models, training
+
+    if (run_dir / "model.json").exists():
+        return checkpoint.load_model(run_dir)
+    torch.manual_seed(init_seed)
+    model = models.build(config.model, channels=data.shape[1], **dict(config.model_options))
+    train_config = training.TrainConfig(
+        steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+        lr_halve_every=config.lr_halve_every,
+        sigma_dist=config.sigma_dist, sigma_max=config.sigma_max, ema=config.ema,
+        seed=init_seed, device=config.device,
+    )
+    log(f"[sweep] {label}: training {config.model} on {len(data)} images")
+    result = training.train(model, data, train_config, out_dir=run_dir, resume=True,
+                            progress=progress)
+    return result.ema if result.ema is not None else result.model
+
+
+def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
+    from .. import metrics
+    from ..diffusion.sampling import sample
+
+    n = len(s1)
+    init_b = config.seed if config.same_init else config.seed + 1
+    model_a = _train_or_load(config, run_dir / "A", s1, config.seed, progress, log, f"N={n} A")
+    model_b = _train_or_load(config, run_dir / "B", s2, init_b, progress, log, f"N={n} B")
+    for m in (model_a, model_b):
+        m.eval().to(config.device)
+
+    samples_path = run_dir / "samples.safetensors"
+    if samples_path.exists():
+        from safetensors.torch import load_file
+
+        stored = load_file(str(samples_path))
+        xa, xb = stored["A"], stored["B"]
+    else:
+        log(f"[sweep] N={n}: sampling {config.n_samples} images from each model")
+        kw = dict(config.sampler_options)
+        shape = tuple(s1.shape[1:])
+        xa = sample(model_a, config.n_samples, shape, method=config.sampler,
+                    seed=config.sample_seed, device=config.device, **kw).cpu()
+        xb = sample(model_b, config.n_samples, shape, method=config.sampler,
+                    seed=config.sample_seed, device=config.device, **kw).cpu()
+
+    c = config.center
+    paired = metrics.paired_cosine(xa, xb, center=c)
+    near_a, nn_a = metrics.nearest_cosine(xa, s1, center=c, return_index=True)
+    near_b, nn_b = metrics.nearest_cosine(xb, s2, center=c, return_index=True)
+    if not samples_path.exists():
+        from safetensors.torch import save_file
+
+        # the nearest training images travel with the samples: the report needs no dataset
+        tensors = {"A": xa, "B": xb, "nearest_A": s1[nn_a], "nearest_B": s2[nn_b]}
+        with atomic_path(samples_path) as tmp:
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    baseline = metrics.closest_pairs_cosine(s1[: config.n_baseline], s2, center=c)
+    if n >= 2:
+        mem_a, mem_b = metrics.memorization(xa, s1), metrics.memorization(xb, s2)
+        mem = {"fraction": (mem_a.fraction + mem_b.fraction) / 2,
+               "ratio": mem_a.ratio.tolist() + mem_b.ratio.tolist()}
+    else:  # the nearest/second-nearest ratio needs two training images
+        mem = {"fraction": None, "ratio": []}
+
+    sigmas = [metrics.sigma_for_psnr(p) for p in config.psnr_levels]
+    k = config.n_eval
+    curves = {}
+    for split_name, imgs_a, imgs_b in (("train", s1[:k], s2[:k]), ("test", s2[:k], s1[:k])):
+        ca = metrics.denoising_psnr_curve(model_a, imgs_a.to(config.device), sigmas)
+        cb = metrics.denoising_psnr_curve(model_b, imgs_b.to(config.device), sigmas)
+        curves[split_name] = {
+            "sigma": ca["sigma"], "input_psnr": ca["input_psnr"],
+            "output_psnr": [(a + b) / 2 for a, b in zip(ca["output_psnr"], cb["output_psnr"])],
+        }
+    gap = [tr - te for tr, te in zip(curves["train"]["output_psnr"],
+                                      curves["test"]["output_psnr"])]
+    return {
+        "n": n,
+        "paired": paired.tolist(),
+        "nearest": near_a.tolist() + near_b.tolist(),
+        "nearest_index_A": nn_a.tolist(),
+        "nearest_index_B": nn_b.tolist(),
+        "baseline": baseline.tolist(),
+        "memorization": mem,
+        "psnr": curves,
+        "psnr_gap_db": sum(gap) / len(gap),
+        "generalization_score": (metrics.generalization_score(xa, s1)
+                                 + metrics.generalization_score(xb, s2)) / 2,
+    }
+
+
+def _median(values):
+    return float(torch.tensor(values, dtype=torch.float64).median()) if values else None
+
+
+def verdict(summary: dict) -> str:
+    """memorizing / transition / generalizing from the per-N medians (see README)."""
+    mem = summary["memorized_fraction"]
+    if summary["nearest_median"] >= 0.95 and (mem is None or mem >= 0.5):
+        return "memorizing"
+    if summary["paired_median"] >= 0.9 and summary["paired_median"] > summary["nearest_median"]:
+        return "generalizing"
+    return "transition"
+
+
+def _summary(r: dict) -> dict:
+    s = {
+        "paired_median": _median(r["paired"]),
+        "nearest_median": _median(r["nearest"]),
+        "baseline_median": _median(r["baseline"]),
+        "memorized_fraction": r["memorization"]["fraction"],
+        "psnr_gap_db": r["psnr_gap_db"],
+        "generalization_score": r["generalization_score"],
+    }
+    s["verdict"] = verdict(s)
+    return s
