@@ -18,7 +18,9 @@ SMALL = {
 
 
 def test_registry_lists_the_four_models():
-    assert set(MODELS) == {"bf_unet", "bf_cnn", "unet", "mlp"}
+    # other test modules register their own tiny Denoisers; the library ships these four
+    library = {k for k, v in MODELS.items() if v.__module__.startswith("pydiffgen.models")}
+    assert library == {"bf_unet", "bf_cnn", "unet", "mlp"}
     assert MODELS["bf_unet"] is models.BiasFreeUNet
     assert MODELS["bf_cnn"] is models.BFCNN
     assert MODELS["unet"] is models.UNet
