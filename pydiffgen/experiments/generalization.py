@@ -83,16 +83,25 @@ PRESETS: dict[str, SweepConfig] = {
         model_options=(("levels", 2), ("width", 32)), steps=1500, batch_size=64,
         sigma_dist="edm", sampler="heun", n_samples=64, center=True,
     ),
+    # the demo's sweep with more sizes, samples and training (≈ 35 min on a 2-core CPU)
     "digits": SweepConfig(
-        name="digits", dataset="digits", sizes=(1, 4, 16, 64, 256, 640), model="bf_unet",
-        model_options=(("levels", 2), ("width", 64)), steps=6000, batch_size=128,
-        lr_halve_every=2000, n_samples=256, center=True,
+        name="digits", dataset="digits", sizes=(2, 8, 32, 128, 320, 640), model="unet",
+        model_options=(("levels", 2), ("width", 32)), steps=3000, batch_size=64,
+        sigma_dist="edm", sampler="heun", n_samples=256, center=True,
     ),
+    # the paper's own setting: blind bias-free UNet, σ = U², stochastic ascent (Alg. 1)
+    "digits-blind": SweepConfig(
+        name="digits-blind", dataset="digits", sizes=(2, 8, 32, 128, 320, 640),
+        model="bf_unet", model_options=(("levels", 2), ("width", 32)), steps=3000,
+        batch_size=64, sampler="kadkhodaie", n_samples=256, center=True,
+    ),
+    # 32×32 photograph patches up to N = 10^4 (a GPU run; see README for times)
     "patches32": SweepConfig(
         name="patches32", dataset="patches", dataset_options=(("size", 32), ("stride", 8)),
-        sizes=(1, 10, 100, 1000, 10000), model="bf_unet",
+        sizes=(1, 10, 100, 1000, 10000), model="unet",
         model_options=(("levels", 3), ("width", 64)), steps=20000, batch_size=128,
-        lr_halve_every=5000, n_samples=256, center=True,
+        lr_halve_every=8000, sigma_dist="edm", sampler="heun", n_samples=256, center=True,
+        device="cuda",
     ),
 }
 
