@@ -1,1 +1,7 @@
 """pydiffgen.analysis"""
+
+from .empirical import (  # noqa: F401 - public API
+    BlurredEmpiricalDenoiser,
+    EmpiricalDenoiser,
+    SmoothedEmpiricalDenoiser,
+)
