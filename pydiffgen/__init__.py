@@ -7,6 +7,8 @@ __version__ = "0.1.0"
 from . import errors  # noqa: E402
 from .errors import PydiffgenError  # noqa: E402
 
+__all__ = ["PydiffgenError", "available_backends", "errors", "load_model", "sample", "train"]
+
 
 def available_backends() -> dict:
     """What was built and what can run here: the extension, Triton and every op's backends.

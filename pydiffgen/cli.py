@@ -52,8 +52,10 @@ def cmd_train(args) -> int:
     from . import data, models, training
 
     x = data.load(args.data, **cfgmod.parse_options(args.data_option))
-    config = cfgmod.from_arguments(training.TrainConfig, args, training.TrainConfig(steps=2000, batch_size=64))
-    model = models.build(args.model, channels=x.shape[1], **cfgmod.parse_options(args.model_option))
+    defaults = training.TrainConfig(steps=2000, batch_size=64)
+    config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
+    model_options = cfgmod.parse_options(args.model_option)
+    model = models.build(args.model, channels=x.shape[1], **model_options)
     result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
                             progress=not args.quiet)
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
