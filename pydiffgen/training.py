@@ -73,6 +73,9 @@ class TrainConfig:
     autocast:         bf16 autocast of the forward pass on CUDA (ignored on CPU); the
                       loss, weights and optimiser stay float32.
     log_every:        refresh the progress bar's loss and images/s every this many steps.
+    label_dropout:    with ``train(..., labels=...)``: the probability that a step's label is
+                      replaced by the model's null label (classifier-free guidance training,
+                      Ho & Salimans 2022); written to checkpoints only when non-zero.
     """
 
     steps: int
@@ -91,6 +94,7 @@ class TrainConfig:
     device: str = "cpu"
     autocast: bool = True
     log_every: int = 50
+    label_dropout: float = 0.0
 
     def __post_init__(self):
         def integer(name, minimum, optional=False):
@@ -131,6 +135,12 @@ class TrainConfig:
         number("sigma_data")
         number("ema", optional=True, below=1.0)
         number("grad_clip", optional=True)
+        if (isinstance(self.label_dropout, bool) or not isinstance(
+                self.label_dropout, (int, float, np.floating, np.integer))
+                or not 0.0 <= self.label_dropout <= 1.0):
+            raise ConfigError(f"TrainConfig.label_dropout must be a number in [0, 1], "
+                              f"got {self.label_dropout!r}")
+        object.__setattr__(self, "label_dropout", float(self.label_dropout))
         if self.sigma_dist not in SIGMA_DISTS:
             raise ConfigError(
                 f"TrainConfig.sigma_dist must be one of {', '.join(SIGMA_DISTS)}, "
@@ -148,7 +158,10 @@ class TrainConfig:
                               "('cpu', 'cuda', 'cuda:0', ...)") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["label_dropout"] == 0.0:  # checkpoints of unconditional runs stay as before
+            del d["label_dropout"]
+        return d
 
 
 @dataclass
@@ -180,6 +193,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     callback: Callable | None = None,
+    labels=None,
 ) -> TrainResult:
     """Train ``model`` (``model(y, sigma) -> D``) on ``data`` [N, *F] by denoising score matching.
 
@@ -193,6 +207,11 @@ def train(
     progress: show a tqdm bar with the loss and images/s.
     callback: called as ``callback(step, loss, model)`` after every step (and after that
               step's checkpoint); an exception it raises stops training.
+    labels:   optional int [N] class labels of ``data`` for a class-conditional model
+              (called ``model(y, sigma, class_labels)``, e.g. ``UNet(num_classes=K)``);
+              each label is replaced by ``model.null_label`` with probability
+              ``config.label_dropout``, drawn from the generator after the noise.
+              Without labels the steps draw exactly what they always drew.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -206,6 +225,9 @@ def train(
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("TrainConfig.device is 'cuda' but no CUDA device is available here")
     x_all = _as_data(data).to(device)  # [N, *F]
+    y_all = _as_labels(labels, model, len(x_all), device)  # [N] or None
+    if config.label_dropout and y_all is None:
+        raise ConfigError("TrainConfig.label_dropout > 0 needs labels=... in train()")
     out_dir = Path(out_dir) if out_dir is not None else None
 
     model.to(device)
@@ -270,9 +292,16 @@ def train(
             x = x_all[idx]  # [B, *F]
             sigma = _draw_sigma(config, gen, device)  # [B]
             noise = torch.randn(x.shape, generator=gen, device=device)  # [B, *F]
+            net = model
+            if y_all is not None:
+                lab = y_all[idx]  # [B]
+                if config.label_dropout:
+                    drop = torch.rand(config.batch_size, generator=gen, device=device)
+                    lab = torch.where(drop < config.label_dropout, model.null_label, lab)
+                net = _Conditioned(model, lab)
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = loss_fn(model, x, sigma, noise)
+                loss = loss_fn(net, x, sigma, noise)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -341,6 +370,36 @@ def _as_data(data) -> torch.Tensor:
         )
     check_tensor(data, "data", min_ndim=2)
     return data.detach().float().contiguous()
+
+
+class _Conditioned:
+    """``model(y, sigma, labels)`` seen by the losses as a plain ``denoiser(y, sigma)``."""
+
+    def __init__(self, model, labels):
+        self.model, self.labels = model, labels
+
+    def __call__(self, y, sigma):
+        return self.model(y, sigma, self.labels)
+
+
+def _as_labels(labels, model, n: int, device):
+    if labels is None:
+        return None
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if (not isinstance(labels, torch.Tensor) or labels.is_floating_point()
+            or labels.shape != (n,)):
+        got = (f"shape {tuple(labels.shape)} dtype {labels.dtype}"
+               if isinstance(labels, torch.Tensor) else type(labels).__name__)
+        raise InputError(f"labels must be an int tensor of shape [{n}] (one per image), got {got}")
+    k = getattr(model, "num_classes", 0)
+    if not k:
+        raise InputError("labels were given but the model is not class-conditional; build it "
+                         "with num_classes=K (e.g. models.build('unet', num_classes=K))")
+    if int(labels.min()) < 0 or int(labels.max()) >= k:
+        raise InputError(f"labels must lie in [0, {k}) for a model with num_classes={k}, got "
+                         f"[{int(labels.min())}, {int(labels.max())}]")
+    return labels.to(device=device, dtype=torch.long)
 
 
 def _loss_fn(config: TrainConfig):

@@ -4,6 +4,12 @@
 DDPM++-style UNet: residual blocks (GroupNorm → FiLM from the σ-embedding → SiLU → conv),
 average-pool down-sampling, nearest up-sampling + conv, skip connections by concatenation.
 Defaults are sized to train in minutes on a 2-core CPU at 16×16 … 32×32.
+
+Class conditioning (``num_classes > 0``): a learned embedding of the label is added to the
+σ-embedding (EDM's ``map_label``); labels go in as ``D(y, σ, class_labels)`` with ints in
+``[0, num_classes)``, and the extra index ``num_classes`` (:attr:`UNet.null_label`, also
+used when ``class_labels`` is None) is the "no label" of classifier-free guidance
+(Ho & Salimans 2022), trained by dropping labels (``TrainConfig.label_dropout``).
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import check_positive_float, check_positive_int
+from .._checks import as_sigma, check_positive_float, check_positive_int
 from ..errors import InputError
 from . import blocks
 from .blocks import EDMPrecond, PositionalEmbedding, ResBlock, check_images, num_groups
@@ -36,6 +42,7 @@ class UNetBackbone(nn.Module):
         blocks_per_level: int,
         emb_dim: int,
         dropout: float,
+        num_classes: int = 0,
     ):
         super().__init__()
         widths = [width * 2**level for level in range(levels)]  # e.g. 32, 64, 128
@@ -48,6 +55,12 @@ class UNetBackbone(nn.Module):
             nn.Linear(emb_dim, emb_dim),
             nn.SiLU(),
         )
+        # class embedding [num_classes + 1, emb_dim]; the last row is the null label.
+        # Zero at initialisation, so a conditional model starts as an unconditional one.
+        self.class_embed = None
+        if num_classes:
+            self.class_embed = nn.Embedding(num_classes + 1, emb_dim)
+            nn.init.zeros_(self.class_embed.weight)
         self.conv_in = nn.Conv2d(channels, width, 3, padding=1)
 
         self.encoder = nn.ModuleList()  # one ModuleList of ResBlocks per level
@@ -84,8 +97,11 @@ class UNetBackbone(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(c_noise)  # [B, E]
+        if self.class_embed is not None and class_labels is not None:
+            emb = emb + self.class_embed(class_labels)  # [B, E]
         h = self.conv_in(x)  # [B, w, H, W]
         skips = []
         for level, level_blocks in enumerate(self.encoder):
@@ -118,6 +134,9 @@ class UNet(EDMPrecond):
         emb_dim: σ-embedding size (default ``4 · width``).
         sigma_data: the data standard deviation σ_d of the EDM preconditioning.
         dropout: dropout rate inside the residual blocks.
+        num_classes: 0 (unconditional) or the number of class labels; ``forward`` then
+            takes ``class_labels`` (int [B] in ``[0, num_classes]``, ``num_classes`` =
+            :attr:`null_label` = no label; None = all null).
     """
 
     name = "unet"
@@ -131,6 +150,7 @@ class UNet(EDMPrecond):
         emb_dim: int | None = None,
         sigma_data: float = 0.5,
         dropout: float = 0.0,
+        num_classes: int = 0,
     ):
         super().__init__(
             channels=channels,
@@ -140,6 +160,7 @@ class UNet(EDMPrecond):
             emb_dim=emb_dim,
             sigma_data=sigma_data,
             dropout=dropout,
+            num_classes=num_classes,
         )
         self.channels = check_positive_int(channels, "channels")
         self.levels = check_positive_int(levels, "levels")
@@ -149,11 +170,53 @@ class UNet(EDMPrecond):
             check_positive_int(emb_dim, "emb_dim")
         if not 0.0 <= dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {dropout!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise InputError(f"num_classes must be an integer >= 0, got {num_classes!r}")
+        self.num_classes = num_classes
         self.sigma_data = check_positive_float(sigma_data, "sigma_data")
         self.multiple = 2 ** (levels - 1)
         self.F = UNetBackbone(
-            channels, width, levels, blocks_per_level, emb_dim or 4 * width, dropout
+            channels, width, levels, blocks_per_level, emb_dim or 4 * width, dropout,
+            num_classes,
         )
+
+    @property
+    def null_label(self) -> int:
+        """The label index meaning "no label" (classifier-free guidance): ``num_classes``."""
+        return self.num_classes
+
+    def forward(self, y: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+        if not self.num_classes:
+            if class_labels is not None:
+                raise InputError("class_labels given to a UNet built with num_classes=0; "
+                                 "build it with num_classes=K to condition on labels")
+            return super().forward(y, sigma)
+        y = self.check_input(y)  # [B, C, H, W]
+        sigma = as_sigma(sigma, y.shape[0], device=y.device, dtype=y.dtype)  # [B]
+        labels = self.check_labels(class_labels, y.shape[0], y.device)  # [B]
+        c_skip, c_out, c_in, c_noise = self.coefficients(sigma, self.sigma_data)
+        shape = (-1, 1, 1, 1)
+        F_x = self.F(c_in.view(shape) * y, c_noise, labels)  # [B, C, H, W]
+        # Karras et al. 2022 (EDM), Eq. 7: D(y; σ, c) = c_skip y + c_out F(c_in y; c_noise, c)
+        return c_skip.view(shape) * y + c_out.view(shape) * F_x.to(y.dtype)
+
+    def check_labels(self, class_labels, batch: int, device) -> torch.Tensor:
+        """Labels as int64 ``[batch]`` in ``[0, num_classes]``; None → all :attr:`null_label`."""
+        if class_labels is None:
+            return torch.full((batch,), self.null_label, dtype=torch.long, device=device)
+        if isinstance(class_labels, int) and not isinstance(class_labels, bool):
+            class_labels = torch.full((batch,), class_labels, dtype=torch.long)
+        if (not isinstance(class_labels, torch.Tensor) or class_labels.is_floating_point()
+                or class_labels.shape not in ((batch,), (1,), ())):
+            got = (f"shape {tuple(class_labels.shape)} dtype {class_labels.dtype}"
+                   if isinstance(class_labels, torch.Tensor) else type(class_labels).__name__)
+            raise InputError(f"class_labels must be an int tensor of shape [{batch}], got {got}")
+        labels = class_labels.to(device=device, dtype=torch.long).expand(batch)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
+            raise InputError(f"class_labels must lie in [0, {self.num_classes}] (the last is the "
+                             f"null label), got values in [{int(labels.min())}, "
+                             f"{int(labels.max())}]")
+        return labels
 
     def check_input(self, y: torch.Tensor) -> torch.Tensor:
         return check_images(y, self.channels, self.multiple)  # [B, C, H, W]
