@@ -4,7 +4,7 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP := .make/installed
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu csrc/*.h csrc/cpu/*.h)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h)
 
 .PHONY: install demo test test-all bench lint clean
 

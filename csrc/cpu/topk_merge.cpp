@@ -28,6 +28,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "../topk_merge_args.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <tuple>
@@ -123,16 +125,7 @@ std::tuple<at::Tensor, at::Tensor> topk_merge_cpu(const at::Tensor& values,
                                                   const at::Tensor& indices,
                                                   const at::Tensor& tile, int64_t offset,
                                                   bool largest) {
-  TORCH_CHECK(values.dim() == 2, "topk_merge: values must be [M, k], got ", values.sizes());
-  TORCH_CHECK(tile.dim() == 2, "topk_merge: tile must be [M, T], got ", tile.sizes());
-  TORCH_CHECK(indices.sizes() == values.sizes(), "topk_merge: indices ", indices.sizes(),
-              " must have the shape of values ", values.sizes());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "topk_merge: indices must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(tile.size(0) == values.size(0), "topk_merge: tile has ", tile.size(0),
-              " rows but values has ", values.size(0));
-  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
-              "topk_merge (C++): values must be float32 or float64, got ", values.scalar_type());
+  check_topk_merge_args(values, indices, tile, "C++");
   TORCH_CHECK(values.device().is_cpu() && indices.device().is_cpu() && tile.device().is_cpu(),
               "topk_merge (C++ CPU): every input must be on the CPU");
 

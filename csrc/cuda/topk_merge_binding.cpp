@@ -9,6 +9,8 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../topk_merge_args.h"
+
 #include <tuple>
 
 #include "topk_merge.h"
@@ -20,16 +22,7 @@ std::tuple<at::Tensor, at::Tensor> topk_merge_cuda(const at::Tensor& values,
                                                    const at::Tensor& indices,
                                                    const at::Tensor& tile, int64_t offset,
                                                    bool largest) {
-  TORCH_CHECK(values.dim() == 2, "topk_merge: values must be [M, k], got ", values.sizes());
-  TORCH_CHECK(tile.dim() == 2, "topk_merge: tile must be [M, T], got ", tile.sizes());
-  TORCH_CHECK(indices.sizes() == values.sizes(), "topk_merge: indices ", indices.sizes(),
-              " must have the shape of values ", values.sizes());
-  TORCH_CHECK(indices.scalar_type() == at::kLong, "topk_merge: indices must be int64, got ",
-              indices.scalar_type());
-  TORCH_CHECK(tile.size(0) == values.size(0), "topk_merge: tile has ", tile.size(0),
-              " rows but values has ", values.size(0));
-  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble,
-              "topk_merge (CUDA): values must be float32 or float64, got ", values.scalar_type());
+  check_topk_merge_args(values, indices, tile, "CUDA");
   TORCH_CHECK(values.is_cuda() && indices.device() == values.device() &&
                   tile.device() == values.device(),
               "topk_merge (CUDA): every input must be on one CUDA device");
