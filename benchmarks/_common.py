@@ -121,6 +121,15 @@ def ceilings(device: str) -> dict:
     return _CEILINGS[device]
 
 
+def ratio_rows(case: str, times: dict[str, float], ours: str) -> list[dict]:
+    """One row per peer: speedup = peer time / our time, both measured in this run."""
+    return [
+        {"kind": "ratio", "case": case, "ours": ours, "peer": peer, "ours_s": times[ours],
+         "peer_s": t, "speedup": t / times[ours]}
+        for peer, t in times.items() if peer != ours
+    ]
+
+
 def write_json(name: str, rows: list[dict], meta: dict) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"

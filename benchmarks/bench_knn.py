@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench, ceilings, metadata, parse_args, print_table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    bench,
+    ceilings,
+    metadata,
+    parse_args,
+    print_table,
+    ratio_rows,
+    write_json,
+)
 
 from pydiffgen.ops import _dispatch, knn  # noqa: E402
 
@@ -89,12 +97,7 @@ def run_case(dev, M, N, D, k, backends, ceil, rows, ratios, notes):
                      "gflops": gflops, "frac_gemm": gflops / ceil["gemm_fp32_gflops"],
                      "recall@k_vs_fp64": 1.0 if name.startswith("knn") else
                      (recall if name == "cdist+topk" else None)})
-    ours = f"knn[{backends[0]}]"
-    for peer in impls:
-        if peer != ours:
-            ratios.append({"kind": "ratio", "case": case, "ours": ours, "peer": peer,
-                           "ours_s": times[ours], "peer_s": times[peer],
-                           "speedup": times[peer] / times[ours]})
+    ratios.extend(ratio_rows(case, times, f"knn[{backends[0]}]"))
 
 
 def main():

@@ -16,7 +16,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench, ceilings, metadata, parse_args, print_table, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    bench,
+    ceilings,
+    metadata,
+    parse_args,
+    print_table,
+    ratio_rows,
+    write_json,
+)
 
 from pydiffgen.ops import _dispatch, reference  # noqa: E402
 from pydiffgen.ops.topk import merge  # noqa: E402
@@ -67,12 +75,7 @@ def run_case(dev, M, k, T, native, ceil, rows, ratios):
         gbs = M * T * 4 / t / 1e9
         rows.append({"kind": "time", "case": case, "impl": name, "time_s": t,
                      "tile_gbs": gbs, "frac_copy": gbs / ceil["copy_gbs"]})
-    ours = native or "reference"
-    for peer in impls:
-        if peer != ours:
-            ratios.append({"kind": "ratio", "case": case, "ours": ours, "peer": peer,
-                           "ours_s": times[ours], "peer_s": times[peer],
-                           "speedup": times[peer] / times[ours]})
+    ratios.extend(ratio_rows(case, times, native or "reference"))
 
 
 def main():

@@ -46,14 +46,7 @@ class TinySigmaNet(Denoiser):
         return y - self.conv2(self.drop(h))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: a single thread is fastest and immune to OpenMP spin-waits when the
-    # 2-core CI machine is busy.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _data(n=32, size=8, seed=0):

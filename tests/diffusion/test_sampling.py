@@ -19,14 +19,7 @@ from pydiffgen.errors import InputError
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These tests run thousands of tiny ops; a single thread is fastest for them and
-    # immune to OpenMP spin-waits on a busy 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Gaussian:
