@@ -6,6 +6,9 @@ TORCH_LIBRARY(pydiffgen, m) {
   // Running top-k merge (pydiffgen.ops.topk_merge): values/indices [M, k], tile [M, T].
   m.def("topk_merge(Tensor values, Tensor indices, Tensor tile, int offset, bool largest)"
         " -> (Tensor, Tensor)");
+  // Empirical optimal denoiser (pydiffgen.ops.empirical_denoiser): y [M, D], train [N, D],
+  // sigma [M] float64 -> (out [M, D], per-row logit error estimate [M] float64).
+  m.def("empirical_denoiser(Tensor y, Tensor train, Tensor sigma) -> (Tensor, Tensor)");
 }
 
 // A plain module so `from pydiffgen import _C` loads the library and its registrations.

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _native
 from .._checks import as_sigma, check_tensor
 from ..errors import InputError
 from . import _dispatch, reference
@@ -76,17 +77,17 @@ def _validate(y, train, sigma, topk):
 
 
 def _topk(y, x, sig, k, backend):
-    """Softmax over the k nearest training points only (exact float64 logits)."""
+    """Softmax over the k nearest training points only (exact float64 logits); autograd
+    flows through the gathered torch computation."""
     from .knn import knn
 
     _, idx = knn(y.detach(), x, k)  # [M, k]
-    out = []
     rows = max(1, (1 << 22) // max(1, k * y.shape[1]))
+    out = []
     for m0 in range(0, y.shape[0], rows):
         cand = x[idx[m0 : m0 + rows]].double()  # [m, k, D]
-        yd = y[m0 : m0 + rows].double()[:, None, :]
-        logits = -((yd - cand) ** 2).sum(-1) / (2 * sig[m0 : m0 + rows, None] ** 2)  # [m, k]
-        w = torch.softmax(logits, dim=1)
+        d2 = (y[m0 : m0 + rows].double()[:, None, :] - cand).square().sum(-1)  # [m, k]
+        w = torch.softmax(-d2 / (2 * sig[m0 : m0 + rows, None] ** 2), dim=1)
         out.append((w[:, :, None] * cand).sum(1))
     return torch.cat(out).to(y.dtype)
 
@@ -208,5 +209,113 @@ def _reference(y, x, sig):
     return _apply(torch.ops.pydiffgen.empirical_denoiser_ref, y, x, sig)
 
 
+# --- exact rows: the fast backends' small-σ path ------------------------------------------
+
+# A row whose estimated logit error exceeds LOGIT_TOL is recomputed exactly: the output
+# error of D is about (logit error) × (spread of the weighted points).
+LOGIT_TOL = 1e-2
+# Candidates per row for the exact path and the logit margin that certifies them: every
+# training point outside the C nearest has a logit below max − MARGIN (weight < e^-40).
+_CANDIDATES = 64
+_MARGIN = 40.0
+
+
+def _gather_softmax(y, x, sig, idx, rows=None):
+    """Exact float64 softmax over the training points idx [M, k] of each row: direct
+    differences ‖y − x_i‖², no expansion. Returns (D float64 [M, D], d2 float64 [M, k])."""
+    k, D = idx.shape[1], y.shape[1]
+    rows = rows or max(1, (1 << 22) // max(1, k * D))
+    outs, dists = [], []
+    for m0 in range(0, y.shape[0], rows):
+        cand = x[idx[m0 : m0 + rows]].double()  # [m, k, D]
+        d2 = (y[m0 : m0 + rows].double()[:, None, :] - cand).square().sum(-1)  # [m, k]
+        w = torch.softmax(-d2 / (2 * sig[m0 : m0 + rows, None].double() ** 2), dim=1)
+        outs.append((w[:, :, None] * cand).sum(1))
+        dists.append(d2)
+    return torch.cat(outs), torch.cat(dists)
+
+
+def _exact_rows(y, x, sig):
+    """D_M for rows whose fast logits are too coarse (small σ), float64-exact.
+
+    The C = 64 nearest training points (``knn``, exact float64 re-rank) get direct float64
+    logits; if the C-th is more than MARGIN below the best (d2_C − d2_1 > 2σ²·MARGIN) the
+    softmax over them is D_M to within e^-40·N relative. Rows where it is not (many near
+    ties at that σ) are recomputed by the float64 streamed reference.
+    """
+    from .knn import knn
+
+    N = x.shape[0]
+    C = min(N, _CANDIDATES)
+    _, idx = knn(y, x, C)
+    out, d2 = _gather_softmax(y, x, sig, idx)
+    if C < N:
+        gap = d2.max(1).values - d2.min(1).values
+        bad = gap <= 2 * sig.double() ** 2 * _MARGIN
+        if bool(bad.any()):
+            out[bad] = reference.empirical_denoiser(y[bad], x, sig[bad])
+    return out
+
+
+def _corrected(fast_op):
+    """A fast backend's forward: fast_op(y, x, σ) -> (out, err); rows with err > LOGIT_TOL
+    are replaced by ``_exact_rows``."""
+
+    def forward(y, x, sig):
+        out, err = fast_op(y, x, sig)
+        bad = err > LOGIT_TOL
+        if bool(bad.any()):
+            out = out.clone()
+            out[bad] = _exact_rows(y[bad], x, sig[bad]).to(out.dtype)
+        return out
+
+    return forward
+
+
+def _register_fast_autograd(name):
+    """Fake kernel, autograd (VJP op, output `err` not differentiable) and vmap for a fast
+    backend's custom op ``name`` with schema (y, train, sigma) -> (out, err)."""
+
+    def fake(y, train, sigma):
+        torch._check(y.dim() == 2 and train.dim() == 2 and y.shape[1] == train.shape[1])
+        return y.new_empty(y.shape), y.new_empty(y.shape[0], dtype=torch.float64)
+
+    def setup_context(ctx, inputs, output):
+        y, train, sigma = inputs
+        ctx.save_for_backward(y, train, sigma, output[0])
+
+    def backward(ctx, grad, _grad_err):
+        return _backward(ctx, grad)
+
+    torch.library.register_fake(name, fake)
+    torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
+# --- cpp backend ----------------------------------------------------------------------------
+
+_NATIVE_DTYPES = (torch.float32, torch.float64)
+
+
+def _cpp_why_not():
+    if not _native.has_cpu_ops():
+        return _native.WHY_NOT
+    if not hasattr(torch.ops.pydiffgen, "empirical_denoiser"):
+        return "pydiffgen._C predates the empirical_denoiser kernel; rebuild the extension"
+    return None
+
+
+if _cpp_why_not() is None:
+    _register_fast_autograd("pydiffgen::empirical_denoiser")
+
+
+def _cpp_forward(y, x, sig):
+    return _corrected(torch.ops.pydiffgen.empirical_denoiser)(y, x, sig)
+
+
+def _cpp(y, x, sig):
+    return _apply(_cpp_forward, y, x, sig)
+
+
 _op = _dispatch.op("empirical_denoiser")
+_op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
 _op.register("reference", ("cpu", "cuda"), _reference)
