@@ -28,6 +28,7 @@ import torch
 from .. import _native
 from .._checks import as_sigma, check_tensor
 from ..errors import InputError
+from ..kernels import TRITON_WHY_NOT
 from . import _dispatch, reference
 
 
@@ -316,6 +317,41 @@ def _cpp(y, x, sig):
     return _apply(_cpp_forward, y, x, sig)
 
 
+# --- triton backend -------------------------------------------------------------------------
+
+
+def _triton_why_not():
+    if TRITON_WHY_NOT is not None:
+        return TRITON_WHY_NOT
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None
+
+
+if TRITON_WHY_NOT is None:
+    # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
+    # TRITON_INTERPRET=1, which the tests use); torch.library.triton_op would fail to
+    # register on machines without a GPU.
+    @torch.library.custom_op("pydiffgen::empirical_denoiser_triton", mutates_args=())
+    def _ed_triton(
+        y: torch.Tensor, train: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..kernels.empirical import empirical_denoiser as launch
+
+        return launch(y, train, sigma)
+
+    _register_fast_autograd("pydiffgen::empirical_denoiser_triton")
+
+
+def _triton_forward(y, x, sig):
+    return _corrected(torch.ops.pydiffgen.empirical_denoiser_triton)(y, x, sig)
+
+
+def _triton(y, x, sig):
+    return _apply(_triton_forward, y, x, sig)
+
+
 _op = _dispatch.op("empirical_denoiser")
+_op.register("triton", ("cuda",), _triton, _triton_why_not)
 _op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
 _op.register("reference", ("cpu", "cuda"), _reference)

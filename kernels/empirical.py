@@ -1,0 +1,143 @@
+"""Empirical optimal denoiser, flash-decoding style: split over the training set.
+
+Formula: D_M(y; σ) = Σ_i softmax_i(−‖y − x_i‖²/(2σ²)) x_i,  y [M, D], x [N, D], σ [M].
+
+Program (pid_m, pid_s) owns BLOCK_M queries and the training rows of split s. For each
+training block of BLOCK_N rows:
+  1. logits: S = (⟨y − μ, x − μ⟩ − ½‖x − μ‖²)/σ² accumulated over the feature dim in
+     BLOCK_D chunks (d in the thousands does not fit one tile);
+  2. online softmax within the split: m' = max(m, max_j S), α = exp(m − m'),
+     p = exp(S − m'), l = α·l + Σ p;
+  3. accumulate over d: for each BLOCK_D chunk, acc[:, chunk] = α·acc[:, chunk] + p·x[:, chunk]
+     (read-modify-write of the split's partial accumulator, float32 [S, M, D], which stays
+     in L2 for one program's rows).
+The launcher merges the splits in float64 (flash-decoding reduction):
+  m* = max_s m_s, w_s = exp(m_s − m*), D = Σ_s w_s·acc_s / Σ_s w_s·l_s.
+
+Numerics:
+- float32 inputs; tl.dot with input_precision="ieee" (true fp32, never TF32: the logit
+  error is the distance error / 2σ²).
+- μ (the mean of ≤ 8192 strided training rows) is subtracted inside the logit dot, and
+  ‖x − μ‖² is computed once per call by the launcher (float32, chunked).
+- the weighted sum uses the raw x, so a lone dominant point returns x_i exactly.
+- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖), the
+  float32 logit-error estimate; pydiffgen.ops.empirical recomputes rows above its
+  tolerance exactly (small σ).
+- masked loads fill 0; masked training columns get logit −inf.
+
+The launcher takes torch tensors on a CUDA device, or on the CPU when TRITON_INTERPRET=1
+was set before triton was imported (the interpreter runs programs in numpy; slow).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def empirical_split_kernel(
+    y_ptr, x_ptr, mu_ptr, sq_ptr, iv_ptr, acc_ptr, max_ptr, sum_ptr,
+    M, N, D, n_per_split,
+    stride_ym, stride_xn, stride_as, stride_am,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    mask_m = offs_m < M
+    offs_d = tl.arange(0, BLOCK_D)
+    iv = tl.load(iv_ptr + offs_m, mask=mask_m, other=1.0)  # 1/σ²  [BM]
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    n_start = pid_s * n_per_split
+    n_end = tl.minimum(N, n_start + n_per_split)
+    acc_base = acc_ptr + pid_s * stride_as + offs_m[:, None] * stride_am
+    for n0 in range(n_start, n_end, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)  # [BN]
+        mask_n = offs_n < n_end
+        s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + offs_d
+            mask_d = d < D
+            mu = tl.load(mu_ptr + d, mask=mask_d, other=0.0)  # [BD]
+            yb = tl.load(y_ptr + offs_m[:, None] * stride_ym + d[None, :],
+                         mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # y − μ  [BM, BD]
+            xb = tl.load(x_ptr + offs_n[:, None] * stride_xn + d[None, :],
+                         mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BN, BD]
+            xb = tl.where(mask_n[:, None] & mask_d[None, :], xb - mu[None, :], 0.0)
+            s = tl.dot(yb, tl.trans(xb), s, input_precision="ieee")  # [BM, BN]
+        sq = tl.load(sq_ptr + offs_n, mask=mask_n, other=0.0)  # ‖x − μ‖²  [BN]
+        logits = (s - 0.5 * sq[None, :]) * iv[:, None]
+        logits = tl.where(mask_n[None, :], logits, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(logits, 1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(logits - m_new[:, None])  # [BM, BN]
+        l_i = l_i * alpha + tl.sum(p, 1)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + offs_d
+            mask_d = d < D
+            xb = tl.load(x_ptr + offs_n[:, None] * stride_xn + d[None, :],
+                         mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # raw x [BN, BD]
+            amask = mask_m[:, None] & mask_d[None, :]
+            acc = tl.load(acc_base + d[None, :], mask=amask, other=0.0)  # [BM, BD]
+            acc = tl.dot(p, xb, acc * alpha[:, None], input_precision="ieee")
+            tl.store(acc_base + d[None, :], acc, mask=amask)
+        m_i = m_new
+    tl.store(max_ptr + pid_s * M + offs_m, m_i, mask=mask_m)
+    tl.store(sum_ptr + pid_s * M + offs_m, l_i, mask=mask_m)
+
+
+def _centre(x):
+    step = max(1, x.shape[0] // 8192)
+    return x[::step].float().mean(0)
+
+
+def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int = 32,
+                       block_n: int = 64, block_d: int = 64):
+    """(D_M [M, D] in y's dtype, err [M] float64) for y [M, D], x [N, D], sigma [M] > 0.
+
+    ``splits``: how many training-set splits run in parallel (default: enough programs to
+    fill the device, at least BLOCK_N rows each).
+    """
+    M, D = y.shape
+    N = x.shape[0]
+    xf = x.float().contiguous()
+    mu = _centre(xf)  # [D]
+    yc = (y.float() - mu).contiguous()  # [M, D]
+    sq = torch.empty(N, dtype=torch.float32, device=x.device)
+    rows = max(1, (1 << 22) // D)
+    for n0 in range(0, N, rows):  # ‖x − μ‖², chunked: no centred copy of x
+        sq[n0 : n0 + rows] = (xf[n0 : n0 + rows] - mu).square().sum(1)
+    sig = sigma.double()
+    iv = (1.0 / sig.square()).float().contiguous()
+    m_blocks = triton.cdiv(M, block_m)
+    if splits is None:
+        sms = (torch.cuda.get_device_properties(x.device).multi_processor_count
+               if x.is_cuda else 4)
+        splits = max(1, min(triton.cdiv(N, block_n), triton.cdiv(4 * sms, m_blocks)))
+    n_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n
+    splits = triton.cdiv(N, n_per_split)
+    acc = torch.zeros(splits, M, D, dtype=torch.float32, device=x.device)
+    mx = torch.empty(splits, M, dtype=torch.float32, device=x.device)
+    sm = torch.empty(splits, M, dtype=torch.float32, device=x.device)
+    if M:
+        empirical_split_kernel[(m_blocks, splits)](
+            yc, xf, mu, sq, iv, acc, mx, sm,
+            M, N, D, n_per_split,
+            yc.stride(0), xf.stride(0), acc.stride(0), acc.stride(1),
+            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        )
+    # flash-decoding merge of the splits, float64
+    mx64 = mx.double()
+    top = mx64.max(0).values  # [M]
+    w = torch.exp(mx64 - top)  # [S, M]
+    total = (w * sm.double()).sum(0)  # [M]
+    out = (w[:, :, None] * acc.double()).sum(0) / total[:, None]
+    R2 = float(sq.max()) if N else 0.0
+    u = torch.finfo(torch.float32).eps / 2
+    err = 2 * u * math.sqrt(D) * (yc.double().norm(dim=1) * math.sqrt(R2) + R2 / 2) / sig.square()
+    return out.to(y.dtype), err
