@@ -11,10 +11,23 @@ from .empirical import (  # noqa: F401 - public API
     EmpiricalDenoiser,
     SmoothedEmpiricalDenoiser,
 )
+from .gap import (  # noqa: F401 - public API
+    GapResult,
+    default_sigmas,
+    noise_level_gap,
+    noise_level_gap_over_training,
+)
 from .gaussian import GaussianDenoiser, eigh, gaussian_moments  # noqa: F401 - public API
+from .information import (  # noqa: F401 - public API
+    IdentificationResult,
+    identification_bound,
+    identification_bound_from_denoisers,
+    optimum_copy_fraction,
+)
 from .linear import (  # noqa: F401 - public API
     LinearDenoiser,
     compare_weights,
     linear_distill,
     subspace_cosines,
 )
+from .trajectory import TrajectoryProbe, trajectory_probe  # noqa: F401 - public API
