@@ -105,8 +105,8 @@ class BlurredEmpiricalDenoiser(Denoiser):
         self.delta = delta
 
     @property
-    def train(self) -> torch.Tensor:
-        return self.optimum.train
+    def train_set(self) -> torch.Tensor:
+        return self.optimum.train_set
 
     def _coeffs(self, y, sigma):
         sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
@@ -159,8 +159,8 @@ class SmoothedEmpiricalDenoiser(Denoiser):
         self.s = s
 
     @property
-    def train(self) -> torch.Tensor:
-        return self.optimum.train
+    def train_set(self) -> torch.Tensor:
+        return self.optimum.train_set
 
     def forward(self, y: torch.Tensor, sigma) -> torch.Tensor:
         _check_y(y, self.train_set)

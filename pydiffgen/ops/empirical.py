@@ -44,9 +44,9 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
     y, train, sig = _validate(y, train, sigma, topk)
     M = y.shape[0]
     shape = y.shape
-    y2, x2 = y.reshape(M, -1), train.reshape(train.shape[0], -1)
     if M == 0:
         return y.clone()
+    y2, x2 = y.reshape(M, -1), train.reshape(train.shape[0], -1)
     if topk is not None:
         return _topk(y2, x2, sig, topk, backend).reshape(shape)
     impl = _dispatch.op("empirical_denoiser").select(y.device.type, backend)
