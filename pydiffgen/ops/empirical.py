@@ -30,6 +30,7 @@ from .._checks import as_sigma, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT
 from . import _dispatch, reference
+from .knn import _check_finite
 
 
 def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int | None = None):
@@ -54,8 +55,10 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
 
 
 def _validate(y, train, sigma, topk):
-    check_tensor(y, "y", min_ndim=2, nonempty=False)
-    check_tensor(train, "train", min_ndim=2)
+    check_tensor(y, "y", min_ndim=2, nonempty=False, finite=False)
+    check_tensor(train, "train", min_ndim=2, finite=False)
+    _check_finite(y, "y")
+    _check_finite(train, "train")  # no [N, D] temporary: the op's memory stays O(tiles)
     if y.shape[1:] != train.shape[1:]:
         raise InputError(
             f"y and train must share feature shape, got y {tuple(y.shape)} and train "
