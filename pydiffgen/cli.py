@@ -94,6 +94,64 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_memorization(args) -> int:
+    """Where models memorize: gap (+ trajectory probe) of a trained model, the 2-D toy,
+    factor sweeps, or a rebuilt factor report."""
+    from .experiments import memorization_factors as mf
+    from .io import write_json
+
+    if args.action == "report":
+        print(f"report: {mf.write_factor_report(args.run)}")
+        return 0
+    if args.action == "factors":
+        config = cfgmod.from_arguments(mf.FactorConfig, args,
+                                       mf.preset(args.preset) if args.preset else None)
+        if args.dry_run:
+            for p in mf.factor_points(config):
+                print(f"{p['factor']}={p['value']}: N={p['n']} width={p['width']} "
+                      f"k={p['k']} steps={p['steps']} w={p['w']}")
+            return 0
+        out = Path(args.out) if args.out else Path("runs") / config.name
+        mf.memorization_factors(config, out, resume=args.resume, progress=not args.quiet)
+        print(f"report: {out / 'report.html'}")
+        return 0
+    from .report import memorization as rm
+    from .report.html import Report
+
+    out = Path(args.out)
+    if args.action == "toy2d":
+        from .analysis.toy2d import Toy2DConfig, toy2d_experiment
+
+        toy = toy2d_experiment(Toy2DConfig(steps=args.steps, delta=args.delta,
+                                           n_points=args.n_points), progress=not args.quiet)
+        for name, d in toy["denoisers"].items():
+            g = d["gap"]
+            print(f"{name:8s} peak G {g['peak_gap']:.3g} at sigma {g['peak_sigma']:.3g}; "
+                  f"memorized {d['memorized_fraction']:.2f}; nearer held-out "
+                  f"{d['nearer_heldout_fraction']:.2f}")
+        print(f"fitted delta {toy['fit_delta']['delta']}; report: {rm.toy2d_report(toy, out)}")
+        return 0
+    # gap: a checkpoint trained on the first --n-train images of --data
+    from . import data
+    from .analysis import noise_level_gap, trajectory_probe
+    from .checkpoint import load_model
+
+    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
+    model = load_model(args.model).eval()
+    if getattr(model, "name", "") == "mlp":
+        x = x.reshape(len(x), -1)
+    train, heldout = x[: args.n_train], x[len(x) - args.n_heldout:]
+    gap = noise_level_gap(model, train, heldout, n_images=min(len(train), len(heldout)))
+    probe = trajectory_probe(model, train, heldout, n_samples=args.n_samples)
+    write_json(out / "gap.json", {"gap": gap.to_dict(), "trajectory": probe.summary()})
+    rep = Report(f"Noise-level gap: {args.model}", out)
+    rep.figure(rm.gap_figure({"model": gap.to_dict()}), "gap")
+    rep.figure(rm.trajectory_figure(probe.summary()), "trajectory")
+    peak_sigma, peak = gap.peak()
+    print(f"peak gap {peak:.3g} at sigma {peak_sigma:.3g}; report: {rep.save()}")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from . import available_backends
 
@@ -154,6 +212,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", required=True, help=".npy array or .png grid")
     s.set_defaults(func=cmd_sample)
+
+    from .experiments.memorization_factors import PRESETS as FACTOR_PRESETS
+    from .experiments.memorization_factors import FactorConfig
+
+    s = sub.add_parser("memorization", help="where models memorize: noise-level gap, "
+                       "trajectory probe, 2-D toy, factor sweeps")
+    acts = s.add_subparsers(dest="action", required=True)
+    a = acts.add_parser("gap", help="gap vs sigma and trajectory probe of a trained model")
+    a.add_argument("--model", required=True, help="checkpoint folder")
+    a.add_argument("--data", required=True, help="the dataset the model was trained on")
+    a.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    a.add_argument("--n-train", type=int, required=True, help="trained on the first N images")
+    a.add_argument("--n-heldout", type=int, default=64, help="held-out: the last images")
+    a.add_argument("--n-samples", type=int, default=64, help="samples for the probe")
+    a.add_argument("--out", required=True, help="output folder")
+    a = acts.add_parser("toy2d", help="the 2-D circle toy: MLP vs exact vs blurred optimum")
+    a.add_argument("--steps", type=int, default=1500)
+    a.add_argument("--delta", type=float, default=0.1)
+    a.add_argument("--n-points", type=int, default=32)
+    a.add_argument("--out", default="runs/toy2d")
+    a = acts.add_parser("factors", help="factor sweeps (time, width, N, classes, guidance)")
+    a.add_argument("--preset", help=f"start from a preset: {', '.join(FACTOR_PRESETS)}")
+    a.add_argument("--out", help="output folder (default runs/<name>)")
+    a.add_argument("--dry-run", action="store_true", help="list the points and exit")
+    a.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
+    cfgmod.add_arguments(a, FactorConfig)
+    a = acts.add_parser("report", help="rebuild report.html of a finished factor sweep")
+    a.add_argument("run", help="the sweep's output folder")
+    s.set_defaults(func=cmd_memorization)
 
     s = sub.add_parser("backends", help="what was built and which backends can run")
     s.set_defaults(func=cmd_backends)

@@ -111,6 +111,7 @@ def noise_level_gap(
     seed: int = 0,
     optimum="empirical",
     batch_size: int = 256,
+    class_labels=None,
 ) -> GapResult:
     """G(σ) = (E_val − E_train)/E_train of ``denoiser`` (Kaiser & Kollmann 2026).
 
@@ -124,6 +125,8 @@ def noise_level_gap(
                  ``seed`` (train) and ``seed + 1`` (held-out).
     optimum:     "empirical" (the empirical optimum D_M of all of ``train``), another
                  denoiser to measure the distance to, or None (skip the distance).
+    class_labels: for a class-conditional denoiser called ``denoiser(y, sigma, labels)``:
+                 ``(train_labels [N], heldout_labels [N'])`` int tensors.
     Returns a :class:`GapResult`.
     """
     if not callable(denoiser):
@@ -151,6 +154,14 @@ def noise_level_gap(
     elif optimum is not None and not callable(optimum):
         raise InputError(f"optimum must be 'empirical', a denoiser or None, got {optimum!r}")
 
+    lab_tr = lab_va = None
+    if class_labels is not None:
+        try:
+            lab_tr, lab_va = (torch.as_tensor(v)[:n].repeat_interleave(noise_draws, 0)
+                              for v in class_labels)
+        except (TypeError, ValueError):
+            raise InputError("class_labels must be a pair (train_labels, heldout_labels) of "
+                             "int tensors") from None
     x_tr = train[:n].repeat_interleave(noise_draws, 0)  # [n·r, *F]
     x_va = heldout[:n].repeat_interleave(noise_draws, 0)  # [n·r, *F]
     z_tr = _noise(x_tr, seed)
@@ -158,8 +169,8 @@ def noise_level_gap(
     e_tr, e_va, gap, rmse, nmse = [], [], [], [], []
     for s in sig:
         y_tr, y_va = x_tr + s * z_tr, x_va + s * z_va  # y = x + σ n
-        D_tr = _apply(denoiser, y_tr, s, batch_size)
-        D_va = _apply(denoiser, y_va, s, batch_size)
+        D_tr = _apply_labeled(denoiser, y_tr, s, batch_size, lab_tr)
+        D_va = _apply_labeled(denoiser, y_va, s, batch_size, lab_va)
         # E(σ) = mean ‖D(x + σn, σ) − x‖²/d (Kaiser & Kollmann 2026)
         et, ev = _mse(D_tr, x_tr), _mse(D_va, x_va)
         e_tr.append(et)
@@ -224,6 +235,28 @@ def noise_level_gap_over_training(
 
     train_fn(model, train, config, out_dir=out_dir, progress=progress, callback=callback)
     return results
+
+
+def _apply_labeled(denoiser, y, sigma: float, batch_size: int, labels):
+    if labels is None:
+        return _apply(denoiser, y, sigma, batch_size)
+    if len(labels) != len(y):
+        raise InputError(f"class_labels hold {len(labels)} labels for {len(y)} images")
+    was_training = isinstance(denoiser, torch.nn.Module) and denoiser.training
+    if was_training:
+        denoiser.eval()
+    try:
+        outs = []
+        for i in range(0, len(y), batch_size):
+            lab = labels[i: i + batch_size].to(y.device)
+
+            def den(yb, sb, lab=lab):
+                return denoiser(yb, sb, lab)
+            outs.append(_apply(den, y[i: i + batch_size], sigma, batch_size))
+        return torch.cat(outs)
+    finally:
+        if was_training:
+            denoiser.train()
 
 
 def _check_sigmas(sigmas) -> list[float]:
