@@ -94,6 +94,24 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def cmd_gaussian(args) -> int:
+    from .experiments import gaussian_structure as gs
+
+    if args.report_only:
+        gs.write_gaussian_report(args.report_only)
+        print(f"report: {Path(args.report_only) / 'report.html'}")
+        return 0
+    config = cfgmod.from_arguments(gs.GaussianConfig, args,
+                                   gs.preset(args.preset) if args.preset else None)
+    if args.dry_run:
+        print(gs.plan(config))
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    gs.gaussian_structure(config, out, resume=args.resume, progress=not args.quiet)
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 def cmd_memorization(args) -> int:
     """Where models memorize: gap (+ trajectory probe) of a trained model, the 2-D toy,
     factor sweeps, or a rebuilt factor report."""
@@ -212,6 +230,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.add_argument("--out", required=True, help=".npy array or .png grid")
     s.set_defaults(func=cmd_sample)
+
+    from .experiments.gaussian_structure import PRESETS as GAUSSIAN_PRESETS
+    from .experiments.gaussian_structure import GaussianConfig
+
+    s = sub.add_parser("gaussian", help="hidden Gaussian structure: network vs linear, "
+                       "Gaussian and empirical denoisers across noise levels")
+    s.add_argument("--preset", help=f"start from a preset: {', '.join(GAUSSIAN_PRESETS)}")
+    s.add_argument("--out", help="output folder (default runs/<name>)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the models and analyses a previous run of the same config stored")
+    cfgmod.add_arguments(s, GaussianConfig)
+    s.set_defaults(func=cmd_gaussian)
 
     from .experiments.memorization_factors import PRESETS as FACTOR_PRESETS
     from .experiments.memorization_factors import FactorConfig

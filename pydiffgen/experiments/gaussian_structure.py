@@ -1,0 +1,429 @@
+"""The hidden Gaussian structure of trained denoisers (Li, Dai & Qu, NeurIPS 2024, §3-4).
+
+Trains small EDM UNets on a built-in data set and compares, at log-spaced noise levels σ,
+four denoisers on held-out noisy images:
+
+- the network D_θ;
+- D_L, its best affine approximation at that σ (``linear_distill``, exact least squares);
+- D_G, the optimal denoiser of the Gaussian with the training set's mean and covariance;
+- D_M, the empirical optimum (softmax-weighted mean of the training images).
+
+The main model gives the distance curves, the linearity score and W_L vs W_G; the same
+RMSE(D_θ, D_G) curves are repeated across training-set size N, model width and training
+time (checkpoints of the main model), with the generalization score of samples. Li et al.
+find three regimes: high σ, everything agrees; low σ, D_L ≈ D_G ≈ identity;
+intermediate σ, the network is nonlinear, D_M fails and D_L ≈ D_G — and a Gaussian bias
+that is strongest for larger N, smaller models and early in training.
+
+Every trained model (``models/``) and every per-model analysis (``analysis/*.json``) is
+stored as soon as it exists; a rerun with the same config reuses them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import config as cfgmod
+from ..errors import ConfigError
+from ..io import read_json, write_json
+
+__all__ = ["GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset", "regimes",
+           "write_gaussian_report"]
+
+
+@dataclass(frozen=True)
+class GaussianConfig:
+    """One run. CLI flags map 1:1 to these fields (``pydiffgen gaussian --help``)."""
+
+    name: str = field(default="gaussian", metadata={"help": "run name; output in runs/<name>"})
+    dataset: str = field(default="digits", metadata={"help": "pydiffgen.data.load name"})
+    dataset_options: tuple = ()
+    dedup_threshold: float | None = field(
+        default=0.95, metadata={"help": "drop one of each pair with |corr| above (none: keep)"})
+    n_train: int = field(default=1000, metadata={"help": "training-set size of the main model"})
+    n_eval: int = field(default=128, metadata={"help": "held-out images for distances"})
+    sizes: tuple[int, ...] = field(default=(16, 128, 1000),
+                                   metadata={"help": "training-set sizes N of the size sweep"})
+    width: int = field(default=16, metadata={"help": "UNet width of the main model"})
+    widths: tuple[int, ...] = field(default=(4, 16), metadata={"help": "widths of the width sweep"})
+    levels: int = 2
+    steps: int = field(default=1000, metadata={"help": "training steps of every model"})
+    checkpoints: tuple[int, ...] = field(
+        default=(50, 200), metadata={"help": "earlier steps of the main model to analyse"})
+    batch_size: int = 64
+    lr: float = 2e-3
+    n_sigmas: int = field(default=16, metadata={"help": "log-spaced noise levels"})
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    adam_sigmas: tuple[float, ...] = field(
+        default=(0.1, 1.0, 10.0), metadata={"help": "σ where Adam distillation is checked"})
+    tol: float = field(default=0.05, metadata={"help": "RMSE below which denoisers agree"})
+    n_samples: int = field(default=64, metadata={"help": "samples per model (generalization)"})
+    sampler_steps: int = 18
+    seed: int = 0
+    threads: int | None = field(
+        default=1, metadata={"help": "torch CPU threads (1: no OpenMP contention on small "
+                                     "models; none: leave torch's setting)"})
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("n_train", "n_eval", "width", "levels", "steps", "batch_size", "n_sigmas",
+                     "n_samples", "sampler_steps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        if not self.sizes or any(n < 1 or n > self.n_train for n in self.sizes):
+            raise ConfigError(f"sizes must lie in [1, n_train={self.n_train}], got {self.sizes}")
+        if not self.widths or any(w < 1 for w in self.widths):
+            raise ConfigError(f"widths must be positive integers, got {self.widths}")
+        if any(s < 1 or s >= self.steps for s in self.checkpoints):
+            raise ConfigError(f"checkpoints must lie in [1, steps={self.steps}), "
+                              f"got {self.checkpoints}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, "
+                              f"{self.sigma_max}")
+        if any(not s > 0 for s in self.adam_sigmas):
+            raise ConfigError(f"adam_sigmas must be positive, got {self.adam_sigmas}")
+        if not self.tol > 0:
+            raise ConfigError(f"tol must be > 0, got {self.tol}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1 or none, got {self.threads}")
+
+    @property
+    def sigmas(self) -> list[float]:
+        lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+        n = self.n_sigmas
+        return [math.exp(lo + (hi - lo) * i / max(1, n - 1)) for i in range(n)]
+
+
+PRESETS: dict[str, GaussianConfig] = {
+    # ≈ 3 min on a 2-core CPU: 8×8 digits, four small EDM UNets (N = 16, 128, 1000 at
+    # width 16; width 4 at N = 1000), checkpoints at 50 / 200 / 1000 steps
+    "demo": GaussianConfig(name="gaussian-demo"),
+    # fuller sweep (≈ 30-40 min on a 2-core CPU)
+    "digits": GaussianConfig(
+        name="gaussian-digits", sizes=(8, 32, 128, 512, 1000), width=32,
+        widths=(4, 8, 16, 32, 64), steps=4000, checkpoints=(100, 300, 1000, 2000),
+        lr=1e-3, n_sigmas=24, n_samples=256,
+    ),
+}
+
+
+def preset(name: str) -> GaussianConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def plan(config: GaussianConfig) -> str:
+    c = config
+    keys = _model_keys(c)
+    return "\n".join([
+        f"gaussian structure {c.name!r}: dataset {c.dataset} {dict(c.dataset_options) or ''}"
+        .rstrip(),
+        f"  {len(keys)} EDM UNets (levels {c.levels}), {c.steps} steps each: "
+        + ", ".join(f"N={n} width={w}" for n, w in keys),
+        f"  main model N={c.n_train} width={c.width}, also analysed at steps "
+        f"{', '.join(map(str, c.checkpoints))}",
+        f"  {c.n_sigmas} log-spaced sigma in [{c.sigma_min}, {c.sigma_max}] on {c.n_eval} "
+        "held-out images: network, linear distillation D_L, Gaussian D_G, empirical D_M",
+        f"  generalization score of {c.n_samples} Heun samples per model",
+    ])
+
+
+def _model_keys(c: GaussianConfig) -> list[tuple[int, int]]:
+    keys = [(c.n_train, c.width)]
+    keys += [(n, c.width) for n in sorted(c.sizes) if n != c.n_train]
+    keys += [(c.n_train, w) for w in sorted(c.widths) if w != c.width]
+    return keys
+
+
+@contextmanager
+def _threads(n):
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = True,
+                       progress: bool = True, log=None) -> dict:
+    """Run (or resume) the experiment; write models, analyses, metrics.json, report.html.
+
+    Returns the metrics dict also written to ``<out_dir>/metrics.json``.
+    """
+    out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    _claim_directory(out, config, resume)
+    t0 = time.perf_counter()
+    with _threads(config.threads):
+        train, held = _data(config, log)
+        n_eval = min(config.n_eval, len(held) // 2)
+        evalset, distill = held[:n_eval], held[n_eval:]
+        results = {"models": {}, "checkpoints": {}}
+        main_key = f"n{config.n_train}_w{config.width}"
+        for n, w in _model_keys(config):
+            key = f"n{n}_w{w}"
+
+            def analyse(steps, full, n=n, w=w):
+                model = _train(config, out, n, w, steps, progress, log, train)
+                return _analyse(config, model, train[:n], evalset, distill, full=full)
+
+            if key == main_key:  # earlier checkpoints first: training only moves forward
+                for step in sorted(config.checkpoints):
+                    results["checkpoints"][step] = _cached(
+                        out, f"{key}_step{step}", resume, log,
+                        lambda step=step, analyse=analyse: analyse(step, False))
+            results["models"][key] = _cached(
+                out, key, resume, log,
+                lambda analyse=analyse, full=key == main_key: analyse(config.steps, full))
+        results["checkpoints"][config.steps] = results["models"][main_key]
+    write_json(out / "dataset.json", {"name": config.dataset, "train": len(train),
+                                      "held_out": len(held), "eval": n_eval,
+                                      "distill": len(distill), "shape": list(train.shape[1:])})
+    metrics = write_gaussian_report(out, seconds=time.perf_counter() - t0)
+    log(f"[gaussian] report: {out / 'report.html'}")
+    return metrics
+
+
+def _claim_directory(out: Path, config: GaussianConfig, resume: bool) -> None:
+    stored = out / "config.json"
+    if stored.exists():
+        if read_json(stored) != cfgmod.to_dict(config):
+            raise ConfigError(f"{out} holds a run with a different config; use another --out "
+                              "or --name, or delete it")
+        if not resume:
+            raise ConfigError(f"{out} already holds this run; rerun without --no-resume")
+    write_json(stored, cfgmod.to_dict(config))
+
+
+def _data(config, log):
+    from ..data import deduplicate, load
+
+    x = load(config.dataset, **dict(config.dataset_options))
+    n_raw = len(x)
+    if config.dedup_threshold is not None:
+        x = deduplicate(x, threshold=config.dedup_threshold)
+    need = config.n_train + 4
+    if len(x) < need:
+        raise ConfigError(f"{config.dataset} has {len(x)} images after de-duplication; "
+                          f"n_train={config.n_train} leaves too few held out (need {need})")
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
+    x = x[perm]
+    log(f"[gaussian] {config.dataset}: {n_raw} images, {len(x)} after de-duplication; "
+        f"{config.n_train} train, {len(x) - config.n_train} held out")
+    return x[: config.n_train], x[config.n_train :]
+
+
+def _train(config, out, n, width, steps, progress, log, train):
+    """Train (or resume) the (n, width) model up to ``steps``; snapshots under step<k>/."""
+    from .. import checkpoint, models, training
+
+    run_dir = out / "models" / f"n{n}_w{width}"
+    final = steps == config.steps
+    snap = run_dir if final else run_dir / f"step{steps}"  # step<k>.{json,safetensors}
+    desc = run_dir / "model.json" if final else checkpoint.model_paths(snap)[1]
+    # run_dir/model.json is rewritten at every stage: reuse it only at the final step
+    if desc.exists() and (not final or (read_json(desc).get("meta") or {}).get("step") == steps):
+        return checkpoint.load_model(snap)
+    seed = config.seed + 1000 * width + n
+    torch.manual_seed(seed)
+    model = models.build("unet", channels=train.shape[1], width=width, levels=config.levels)
+    tc = training.TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                              sigma_dist="edm", ema=None, checkpoint_every=None, seed=seed,
+                              device=config.device)
+    log(f"[gaussian] training N={n} width={width} to step {steps}")
+    result = training.train(model, train[:n], tc, out_dir=run_dir, resume=True,
+                            progress=progress)
+    if snap != run_dir:
+        checkpoint.save_model(snap, result.model, meta={"step": steps})
+    return result.model
+
+
+def _cached(out, key, resume, log, compute):
+    path = out / "analysis" / f"{key}.json"
+    if resume and path.exists():
+        return read_json(path)
+    result = compute()
+    write_json(path, result)
+    log(f"[gaussian] analysed {key}")
+    return result
+
+
+def _empirical(train):
+    from ..analysis import EmpiricalDenoiser
+
+    return EmpiricalDenoiser(train)
+
+
+def _analyse(config, net, train, evalset, distill, *, full: bool) -> dict:
+    """Per-σ comparison of ``net`` with D_G (and, if ``full``, D_L, D_M and the identity)."""
+    from ..analysis import (
+        GaussianDenoiser,
+        compare_weights,
+        denoiser_outputs,
+        linear_distill,
+        linearity_score,
+        output_distance,
+    )
+    from ..diffusion.sampling import sample
+    from ..metrics import generalization_score
+
+    dev = config.device
+    net = net.eval().to(dev)
+    train, evalset, distill = train.to(dev), evalset.to(dev), distill.to(dev)
+    G = GaussianDenoiser.fit(train).to(dev)
+    M = _empirical(train) if full else None
+    d = train[0].numel()
+    n_noise = max(1, math.ceil(4 * (d + 1) / len(distill)))
+    res = {"n": len(train), "sigma": config.sigmas, "dist": {}, "linearity": {},
+           "weights": {"rel_error": [], "mean_cosine": []}}
+
+    def add(pair, dist):
+        entry = res["dist"].setdefault(pair, {"rmse": [], "nmse": []})
+        entry["rmse"].append(dist["rmse"])
+        entry["nmse"].append(dist["nmse"])
+
+    for s in config.sigmas:
+        y, D_net = denoiser_outputs(net, evalset, s, seed=config.seed)
+        _, D_G = denoiser_outputs(G, evalset, s, seed=config.seed)
+        add("net-G", output_distance(D_net, D_G))
+        res["linearity"].setdefault("net", []).append(
+            linearity_score(net, evalset, s, seed=config.seed))
+        if not full:
+            continue
+        L = linear_distill(net, distill, s, n_noise=n_noise, seed=config.seed + 1).to(dev)
+        _, D_L = denoiser_outputs(L, evalset, s, seed=config.seed)
+        _, D_M = denoiser_outputs(M, evalset, s, seed=config.seed)
+        outs = {"net": D_net, "L": D_L, "G": D_G, "M": D_M, "y": y}
+        for pair in ("net-L", "L-G", "net-M", "G-M", "net-y", "L-y", "G-y"):
+            a, b = pair.split("-")
+            add(pair, output_distance(outs[a], outs[b]))
+        res["linearity"].setdefault("M", []).append(
+            linearity_score(M, evalset, s, seed=config.seed))
+        W_G, _ = G.weight(s)
+        cmp = compare_weights(L.weight, W_G.float(), k=min(16, d))
+        res["weights"]["rel_error"].append(cmp["rel_error"])
+        res["weights"]["mean_cosine"].append(cmp["mean_cosine"])
+    if full:
+        mid = min(range(len(config.sigmas)), key=lambda i: abs(math.log(config.sigmas[i])))
+        s_mid = config.sigmas[mid]
+        L = linear_distill(net, distill, s_mid, n_noise=n_noise, seed=config.seed + 1)
+        res["weights"]["example"] = {"sigma": s_mid, "W_L": L.weight.tolist(),
+                                     "W_G": G.weight(s_mid)[0].tolist()}
+        res["adam"] = []
+        for s in config.adam_sigmas:
+            A = linear_distill(net, distill, s, n_noise=n_noise, seed=config.seed + 1)
+            B = linear_distill(net, distill, s, method="adam", n_noise=n_noise,
+                               seed=config.seed + 1)
+            res["adam"].append({"sigma": s,
+                                "rel_error_vs_lstsq": compare_weights(B.weight, A.weight)
+                                ["rel_error"],
+                                "adam_vs_G": compare_weights(B.weight, G.weight(s)[0].float())
+                                ["rel_error"]})
+    shape = tuple(train.shape[1:])
+    x_net = sample(net, config.n_samples, shape, method="heun", seed=config.seed,
+                   device=dev, steps=config.sampler_steps, sigma_min=config.sigma_min,
+                   sigma_max=config.sigma_max)
+    res["generalization"] = {"net": generalization_score(x_net, train)}
+    if full:
+        x_G = G.sample(config.n_samples, sigma_max=config.sigma_max, seed=config.seed)
+        res["generalization"]["G"] = generalization_score(x_G.to(dev), train)
+        res["generalization"]["net_vs_G_rmse"] = float(
+            (x_net - x_G.to(dev)).reshape(len(x_G), -1).pow(2).mean(1).sqrt().mean())
+    return res
+
+
+def regimes(sigmas, dist: dict, tol: float) -> list[str]:
+    """Label each σ: "low" (D_L and D_G both within ``tol`` RMSE of the identity), else
+    "high" (network, D_L, D_G and D_M all within ``tol`` of each other), else
+    "intermediate" (Li et al.'s three regimes)."""
+    labels = []
+    for i, _ in enumerate(sigmas):
+        if dist["L-y"]["rmse"][i] < tol and dist["G-y"]["rmse"][i] < tol:
+            labels.append("low")
+        elif all(dist[p]["rmse"][i] < tol for p in ("net-G", "net-L", "L-G", "net-M", "G-M")):
+            labels.append("high")
+        else:
+            labels.append("intermediate")
+    return labels
+
+
+def _summary(config, results) -> dict:
+    main = results["models"][f"n{config.n_train}_w{config.width}"]
+    sig = main["sigma"]
+    labels = regimes(sig, main["dist"], config.tol)
+    mid = [i for i, lab in enumerate(labels) if lab == "intermediate"]
+
+    def mean_over(values, idx):
+        return sum(values[i] for i in idx) / len(idx) if idx else None
+
+    band = mid or list(range(len(sig)))
+    out = {
+        "regimes": labels,
+        "intermediate_sigma": [sig[i] for i in mid],
+        "intermediate": {
+            "rmse_L_G": mean_over(main["dist"]["L-G"]["rmse"], mid),
+            "rmse_net_G": mean_over(main["dist"]["net-G"]["rmse"], mid),
+            "rmse_net_M": mean_over(main["dist"]["net-M"]["rmse"], mid),
+            "linearity_net": mean_over(main["linearity"]["net"], mid),
+            "linearity_M": mean_over(main["linearity"]["M"], mid),
+        },
+        "band_sigma": [sig[i] for i in band],
+        "sizes": {}, "widths": {}, "steps": {},
+        "generalization": main["generalization"],
+        "adam": main.get("adam", []),
+    }
+    for key, r in results["models"].items():
+        n, w = (int(p[1:]) for p in key.split("_"))
+        entry = {"rmse_net_G": mean_over(r["dist"]["net-G"]["rmse"], band),
+                 "generalization": r["generalization"]["net"]}
+        if w == config.width:
+            out["sizes"][str(n)] = entry
+        if n == config.n_train:
+            out["widths"][str(w)] = entry
+    for step, r in sorted(results["checkpoints"].items(), key=lambda kv: int(kv[0])):
+        out["steps"][str(step)] = {"rmse_net_G": mean_over(r["dist"]["net-G"]["rmse"], band),
+                                   "generalization": r["generalization"]["net"]}
+    return out
+
+
+def write_gaussian_report(out_dir, seconds: float | None = None) -> dict:
+    """Aggregate the stored analyses of a finished run into metrics.json and report.html."""
+    from ..report.gaussian import write_report
+
+    out = Path(out_dir)
+    config = cfgmod.from_dict(GaussianConfig, read_json(out / "config.json"))
+    results = {"models": {}, "checkpoints": {}}
+    main_key = f"n{config.n_train}_w{config.width}"
+    for n, w in _model_keys(config):
+        path = out / "analysis" / f"n{n}_w{w}.json"
+        if not path.exists():
+            raise ConfigError(f"{out} is missing {path.name}; rerun with the same config")
+        results["models"][f"n{n}_w{w}"] = read_json(path)
+    for step in config.checkpoints:
+        results["checkpoints"][step] = read_json(out / "analysis" / f"{main_key}_step{step}.json")
+    results["checkpoints"][config.steps] = results["models"][main_key]
+    summary = _summary(config, results)
+    metrics = {"config": cfgmod.to_dict(config), "dataset": read_json(out / "dataset.json"),
+               "summary": summary,
+               "main": {k: results["models"][main_key][k]
+                        for k in ("sigma", "dist", "linearity", "generalization")}}
+    metrics["main"]["weights"] = {k: v for k, v in
+                                  results["models"][main_key]["weights"].items()
+                                  if k != "example"}
+    if seconds is not None:
+        metrics["seconds"] = seconds
+    write_json(out / "metrics.json", metrics)
+    write_report(out, config, results, summary)
+    return metrics
