@@ -44,14 +44,18 @@ def eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(matrix)
 
 
-def gaussian_moments(train, *, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def gaussian_moments(train, *, chunk_size: int = 1024,
+                     block: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Empirical mean ``[d]`` and covariance ``[d, d]`` (1/N normalisation), float64.
 
     ``train`` [N, *F] is read in chunks of ``chunk_size`` images; peak extra memory is
-    one float64 chunk plus the d×d accumulator.
+    one float64 chunk plus the d×d accumulator. Σ is symmetric, so only its upper
+    block-triangle is accumulated (block-rows of ``block`` columns: ≈ half the flops of
+    a full Xcᵀ Xc, like BLAS syrk) and mirrored at the end.
     """
     train = check_tensor(train, "train", min_ndim=2)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
+    block = check_positive_int(block, "block")
     n = train.shape[0]
     flat = train.reshape(n, -1)  # [N, d] (a view when train is contiguous)
     d = flat.shape[1]
@@ -62,9 +66,14 @@ def gaussian_moments(train, *, chunk_size: int = 1024) -> tuple[torch.Tensor, to
     cov = torch.zeros(d, d, dtype=torch.float64, device=train.device)
     for s in range(0, n, chunk_size):
         xc = flat[s : s + chunk_size].to(torch.float64) - mean  # [b, d]
-        cov.addmm_(xc.T, xc)  # Σ += Xcᵀ Xc
+        for i0 in range(0, d, block):
+            i1 = min(i0 + block, d)
+            # Σ[i0:i1, i0:] += Xc[:, i0:i1]ᵀ Xc[:, i0:] (upper block-triangle only)
+            cov[i0:i1, i0:].addmm_(xc[:, i0:i1].T, xc[:, i0:])
+    for i0 in range(0, d, block):  # mirror: lower block-triangle = upperᵀ
+        i1 = min(i0 + block, d)
+        cov[i1:, i0:i1] = cov[i0:i1, i1:].T
     cov /= n
-    cov = 0.5 * (cov + cov.T)  # exact symmetry for eigh
     return mean, cov
 
 
@@ -138,7 +147,8 @@ class GaussianDenoiser(Denoiser):
         if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
             raise InputError(f"rtol must be a number in [0, 1), got {rtol!r}")
         cov = cov.to(torch.float64)
-        lam, U = eigh(0.5 * (cov + cov.T))  # ascending
+        lam, U = eigh(cov)  # ascending; LAPACK reads one triangle, so no symmetrised copy
+        del cov
         lam, U = lam.flip(0), U.flip(1)  # descending: principal directions first
         lam_max = float(lam[0].clamp_min(0))
         lam = torch.where(lam > rtol * lam_max, lam, torch.zeros_like(lam))

@@ -299,7 +299,9 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
         }
     gap = [tr - te for tr, te in zip(curves["train"]["output_psnr"],
                                       curves["test"]["output_psnr"])]
+    gaussian = _gaussian_rmse(model_a, s1, s2[:k], config.device)
     return {
+        "gaussian": gaussian,
         "n": n,
         "paired": paired.tolist(),
         "nearest": near_a.tolist() + near_b.tolist(),
@@ -312,6 +314,20 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
         "generalization_score": (metrics.generalization_score(xa, s1)
                                  + metrics.generalization_score(xb, s2)) / 2,
     }
+
+
+def _gaussian_rmse(model, train, held, device, max_dim: int = 4096):
+    """RMSE between ``model`` and the Gaussian denoiser D_G of its training set across 12
+    log-spaced σ in [0.002, 80] on held-out images (Li, Dai & Qu 2024); None when
+    d > ``max_dim`` (the d×d eigendecomposition would dominate the sweep)."""
+    if train[0].numel() > max_dim:
+        return None
+    from ..analysis import GaussianDenoiser, denoiser_distance
+
+    sigmas = [0.002 * (80 / 0.002) ** (i / 11) for i in range(12)]
+    G = GaussianDenoiser.fit(train).to(device)
+    dist = denoiser_distance(model, G, held.to(device), sigmas)
+    return {"sigma": sigmas, "rmse": dist["rmse"]}
 
 
 def _median(values):

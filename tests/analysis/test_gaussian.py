@@ -48,11 +48,14 @@ def test_fit_from_many_samples_approaches_the_true_optimum():
 
 def test_moments_are_chunk_invariant_and_match_torch_cov():
     x = torch.randn(257, 3, 2, 2) * 3 + 5
-    m1, c1 = gaussian_moments(x, chunk_size=1)
-    m2, c2 = gaussian_moments(x, chunk_size=1000)
+    m1, c1 = gaussian_moments(x, chunk_size=1, block=5)  # d = 12: ragged last block
+    m2, c2 = gaussian_moments(x, chunk_size=1000, block=1)
+    m3, c3 = gaussian_moments(x, chunk_size=100, block=100)
     ref = torch.cov(x.reshape(257, -1).double().T, correction=0)
     torch.testing.assert_close(c1, ref)
     torch.testing.assert_close(c2, ref)
+    torch.testing.assert_close(c3, ref)
+    torch.testing.assert_close(c1, c1.T, rtol=0, atol=1e-14)
     torch.testing.assert_close(m1, x.reshape(257, -1).double().mean(0))
     torch.testing.assert_close(m1, m2)
 

@@ -91,3 +91,27 @@ def test_demo_preset_sizes_fit_the_data():
     c = preset("demo")
     n = len(deduplicate(load(c.dataset), threshold=c.dedup_threshold))
     assert c.n_train + c.n_eval < n
+
+
+def test_sweep_report_gains_a_gaussian_section(tmp_path):
+    from pydiffgen.analysis import GaussianDenoiser
+    from pydiffgen.data import load
+    from pydiffgen.experiments.generalization import (
+        SweepConfig,
+        _gaussian_rmse,
+        generalization_sweep,
+    )
+
+    x = load("digits")[:60]
+    G = GaussianDenoiser.fit(x[:40])
+    same = _gaussian_rmse(G, x[:40], x[40:], "cpu")
+    assert len(same["sigma"]) == 12 and max(same["rmse"]) < 1e-6
+    assert _gaussian_rmse(G, x[:40], x[40:], "cpu", max_dim=10) is None
+    config = SweepConfig(
+        name="tiny", dataset="digits", sizes=(2, 5), model="bf_unet",
+        model_options=(("levels", 1), ("width", 4)), steps=4, batch_size=8, n_samples=4,
+        n_eval=4, n_baseline=20, psnr_levels=(5.0,), sampler="euler",
+        sampler_options=(("steps", 3),))
+    generalization_sweep(config, tmp_path / "sweep", progress=False, log=lambda m: None)
+    assert "Gaussian structure" in (tmp_path / "sweep" / "report.html").read_text()
+    assert (tmp_path / "sweep" / "gaussian_rmse.png").exists()
