@@ -35,26 +35,22 @@ __all__ = ["BlurredOptimum", "Toy2DConfig", "circle_split", "fit_delta", "flow_f
 class BlurredOptimum(torch.nn.Module):
     """y_δ(x, t) = (t²·y*(x; t² + δ²) + δ²·x)/(t² + δ²) for the empirical optimum y* of
     ``train`` [N, *F] (Kaiser & Kollmann 2026): the exact posterior mean when every
-    training point is smeared by N(0, δ²I). δ = 0 is the optimum itself."""
+    training point is smeared by N(0, δ²I). δ = 0 is the optimum itself
+    (:class:`pydiffgen.analysis.EmpiricalDenoiser`); δ > 0 is
+    :class:`pydiffgen.analysis.BlurredEmpiricalDenoiser`."""
 
     def __init__(self, train: torch.Tensor, delta: float):
-        from .empirical import EmpiricalDenoiser
+        from .empirical import BlurredEmpiricalDenoiser, EmpiricalDenoiser
 
         super().__init__()
         if not (isinstance(delta, (int, float)) and math.isfinite(delta) and delta >= 0):
             raise InputError(f"delta must be a finite number >= 0, got {delta!r}")
-        self.optimum = EmpiricalDenoiser(train)
         self.delta = float(delta)
+        self.denoiser = (BlurredEmpiricalDenoiser(train, self.delta) if self.delta > 0
+                         else EmpiricalDenoiser(train))
 
     def forward(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        from .._checks import as_sigma
-
-        t = as_sigma(sigma, x.shape[0], device=x.device, dtype=torch.float64)  # [B]
-        var = t.square() + self.delta**2  # t² + δ²
-        D = self.optimum(x, var.sqrt().to(x.dtype))  # y*(x; t² + δ²)
-        a = (t.square() / var).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-        # Kaiser & Kollmann 2026: y_δ = (t² y* + δ² x)/(t² + δ²)
-        return a * D + (1 - a) * x
+        return self.denoiser(x, sigma)
 
 
 @dataclass(frozen=True)
