@@ -104,10 +104,11 @@ class GaussianConfig:
 
 
 PRESETS: dict[str, GaussianConfig] = {
-    # ≈ 3 min on a 2-core CPU: 8×8 digits, four small EDM UNets (N = 16, 128, 1000 at
-    # width 16; width 4 at N = 1000), checkpoints at 50 / 200 / 1000 steps
+    # ≈ 1.5 min on a busy 2-core CPU (93 s measured): 8×8 digits, four EDM UNets
+    # (N = 16, 128, 1000 at width 16; width 4 at N = 1000), checkpoints at 50 / 200 / 1000
     "demo": GaussianConfig(name="gaussian-demo"),
-    # fuller sweep (≈ 30-40 min on a 2-core CPU)
+    # fuller sweep: 9 models × 4000 steps, widths up to 64 (not timed here; from the demo's
+    # per-step times, an hour or more on a 2-core CPU)
     "digits": GaussianConfig(
         name="gaussian-digits", sizes=(8, 32, 128, 512, 1000), width=32,
         widths=(4, 8, 16, 32, 64), steps=4000, checkpoints=(100, 300, 1000, 2000),
