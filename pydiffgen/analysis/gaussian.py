@@ -53,7 +53,9 @@ def gaussian_moments(train, *, chunk_size: int = 1024,
     block-triangle is accumulated (block-rows of ``block`` columns: ≈ half the flops of
     a full Xcᵀ Xc, like BLAS syrk) and mirrored at the end.
     """
-    train = check_tensor(train, "train", min_ndim=2)
+    # finiteness is checked on the float64 sums below: a full-size isfinite() would cost
+    # more memory than the whole fit
+    train = check_tensor(train, "train", min_ndim=2, finite=False)
     chunk_size = check_positive_int(chunk_size, "chunk_size")
     block = check_positive_int(block, "block")
     n = train.shape[0]
@@ -63,6 +65,8 @@ def gaussian_moments(train, *, chunk_size: int = 1024,
     for s in range(0, n, chunk_size):
         mean += flat[s : s + chunk_size].to(torch.float64).sum(0)
     mean /= n
+    if not bool(torch.isfinite(mean).all()):  # any NaN/Inf pixel makes its column's sum so
+        raise InputError("train contains NaN or Inf values")
     cov = torch.zeros(d, d, dtype=torch.float64, device=train.device)
     for s in range(0, n, chunk_size):
         xc = flat[s : s + chunk_size].to(torch.float64) - mean  # [b, d]
@@ -124,7 +128,7 @@ class GaussianDenoiser(Denoiser):
         chunk_size: images per float64 accumulation step (memory ≈ chunk_size·d·8 bytes
                plus the d×d covariance and eigenvectors).
         """
-        train = check_tensor(train, "train", min_ndim=2)
+        train = check_tensor(train, "train", min_ndim=2, finite=False)  # checked in moments
         if train.shape[0] < 1:
             raise InputError("train needs at least one image")
         mean, cov = gaussian_moments(train, chunk_size=chunk_size)

@@ -139,6 +139,13 @@ def test_errors_name_the_argument():
         GaussianDenoiser.from_moments(torch.zeros(3), torch.eye(4))
     with pytest.raises(InputError, match="train"):
         GaussianDenoiser.fit([[1.0]])
+    bad = torch.randn(10, 4)
+    bad[3, 2] = float("inf")
+    with pytest.raises(InputError, match="train contains NaN or Inf"):
+        GaussianDenoiser.fit(bad)
+    bad[3, 2] = float("nan")
+    with pytest.raises(InputError, match="train contains NaN or Inf"):
+        GaussianDenoiser.fit(bad, chunk_size=3)
     assert math.isclose(float(G(torch.zeros(1, 4), 1e9).sub(G.mean.float()).abs().max()), 0,
                         abs_tol=1e-6)
 
