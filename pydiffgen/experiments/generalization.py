@@ -287,6 +287,12 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
     else:  # the nearest/second-nearest ratio needs two training images
         mem = {"fraction": None, "ratio": []}
 
+    # Yi, Sun & Li (2023): I(sample; training set) ≥ log 2 − CE of identifying, from
+    # nearest-neighbour distances, which of the two disjoint sets a sample came from
+    from ..analysis.information import identification_bound
+
+    ident = identification_bound([xa, xb], [s1, s2], seed=config.seed)
+
     sigmas = [metrics.sigma_for_psnr(p) for p in config.psnr_levels]
     k = config.n_eval
     curves = {}
@@ -311,6 +317,8 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
         "memorization": mem,
         "psnr": curves,
         "psnr_gap_db": sum(gap) / len(gap),
+        "identification_bits": max(0.0, ident.bound_bits),
+        "identification_accuracy": ident.accuracy,
         "generalization_score": (metrics.generalization_score(xa, s1)
                                  + metrics.generalization_score(xb, s2)) / 2,
     }
@@ -357,6 +365,7 @@ def _summary(r: dict) -> dict:
         "memorized_fraction": r["memorization"]["fraction"],
         "psnr_gap_db": r["psnr_gap_db"],
         "generalization_score": r["generalization_score"],
+        "identification_bits": r.get("identification_bits"),
     }
     s["verdict"] = verdict(s)
     return s

@@ -25,7 +25,10 @@ def verdict_sentence(n: int, s: dict) -> str:
         f"{s['paired_median']:.3f}; of each sample to its nearest training image: "
         f"{s['nearest_median']:.3f} (closest S1–S2 training pairs: {s['baseline_median']:.3f}); "
         f"memorized samples (nearest/second-nearest distance < 1/3): {mem_text}; "
-        f"train − test denoising PSNR gap: {s['psnr_gap_db']:.2f} dB."
+        f"train − test denoising PSNR gap: {s['psnr_gap_db']:.2f} dB"
+        + (f"; which model made a sample is identifiable from its training set with "
+           f"I ≥ {s['identification_bits']:.2f} of 1 bit." if s.get("identification_bits")
+           is not None else ".")
     )
 
 
@@ -47,10 +50,12 @@ def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
         rep.paragraph(verdict_sentence(n, summaries[n]), css_class="verdict")
     rep.table(
         ["N", "verdict", "paired median", "nearest median", "S1–S2 baseline",
-         "memorized", "PSNR gap (dB)", "gen. score"],
+         "memorized", "PSNR gap (dB)", "gen. score", "I(sample; set) ≥ (bits)"],
         [[n, s["verdict"], s["paired_median"], s["nearest_median"], s["baseline_median"],
           "n/a" if s["memorized_fraction"] is None else s["memorized_fraction"],
-          s["psnr_gap_db"], s["generalization_score"]] for n, s in summaries.items()],
+          s["psnr_gap_db"], s["generalization_score"],
+          "n/a" if s.get("identification_bits") is None else s["identification_bits"]]
+         for n, s in summaries.items()],
     )
 
     rep.heading("Similarity histograms")
