@@ -32,9 +32,17 @@ def check_tensor(
         raise InputError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if nonempty and x.numel() == 0:
         raise InputError(f"{name} is empty (shape {tuple(x.shape)}); expected at least one element")
-    if finite and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+    if finite and x.is_floating_point() and x.numel() and not all_finite(x):
         raise InputError(f"{name} contains NaN or Inf values")
     return x
+
+
+def all_finite(x: torch.Tensor, chunk_elems: int = 1 << 22) -> bool:
+    """isfinite over row chunks: no temporary the size of a dataset."""
+    if x.ndim == 0 or x.numel() <= chunk_elems:
+        return bool(torch.isfinite(x).all())
+    rows = max(1, chunk_elems // max(1, x[0].numel()))
+    return all(bool(torch.isfinite(c).all()) for c in x.split(rows))
 
 
 def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
