@@ -22,3 +22,14 @@ except ImportError as err:  # pragma: no cover - depends on the machine
 def interpreted() -> bool:
     """True when kernels run in Triton's CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def cuda_why_not() -> str | None:
+    """None when Triton kernels can run on a CUDA device here, else the reason."""
+    if TRITON_WHY_NOT is not None:
+        return TRITON_WHY_NOT
+    import torch
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return None

@@ -33,6 +33,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
+from ._runs import claim_run_directory
 
 __all__ = ["GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset", "regimes",
            "write_gaussian_report"]
@@ -165,7 +166,7 @@ def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = T
     """
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    _claim_directory(out, config, resume)
+    claim_run_directory(out, config, resume, "run")
     t0 = time.perf_counter()
     with _threads(config.threads):
         train, held = _data(config, log)
@@ -196,16 +197,6 @@ def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = T
     log(f"[gaussian] report: {out / 'report.html'}")
     return metrics
 
-
-def _claim_directory(out: Path, config: GaussianConfig, resume: bool) -> None:
-    stored = out / "config.json"
-    if stored.exists():
-        if read_json(stored) != cfgmod.to_dict(config):
-            raise ConfigError(f"{out} holds a run with a different config; use another --out "
-                              "or --name, or delete it")
-        if not resume:
-            raise ConfigError(f"{out} already holds this run; rerun without --no-resume")
-    write_json(stored, cfgmod.to_dict(config))
 
 
 def _data(config, log):

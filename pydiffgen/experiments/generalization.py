@@ -22,6 +22,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import atomic_path, read_json, write_json
+from ._runs import claim_run_directory
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
 
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    _claim_directory(out, config, resume)
+    claim_run_directory(out, config, resume, "sweep")
     t_start = time.perf_counter()
 
     x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
@@ -208,19 +209,6 @@ def _split(disjoint_split, x, n, seed, groups):
     _, _, idx1, idx2 = disjoint_split(x, n, seed=seed, groups=groups, return_index=True)
     return idx1, idx2
 
-
-def _claim_directory(out: Path, config: SweepConfig, resume: bool) -> None:
-    stored = out / "config.json"
-    if stored.exists():
-        previous = read_json(stored)
-        if previous != cfgmod.to_dict(config):
-            raise ConfigError(
-                f"{out} holds a sweep with a different config; use another --out or --name, "
-                "or delete it"
-            )
-        if not resume:
-            raise ConfigError(f"{out} already holds this sweep; rerun without --no-resume")
-    write_json(stored, cfgmod.to_dict(config))
 
 
 def _train_or_load(config, run_dir: Path, data, init_seed, progress, log, label):

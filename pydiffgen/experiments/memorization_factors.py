@@ -31,6 +31,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
+from ._runs import claim_run_directory
 
 __all__ = ["FACTORS", "FactorConfig", "PRESETS", "factor_points", "memorization_factors",
            "preset", "write_factor_report"]
@@ -158,7 +159,7 @@ def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = T
     c = config
     out = Path(out_dir) if out_dir is not None else Path("runs") / c.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    _claim(out, c, resume)
+    claim_run_directory(out, c, resume, "factor sweep")
     t0 = time.perf_counter()
     x = load(c.dataset, **dict(c.dataset_options))
     pts = factor_points(c)
@@ -205,16 +206,6 @@ def write_factor_report(out_dir) -> Path:
     results = {p["key"]: read_json(out / "points" / f"{p['key']}.json") for p in pts}
     return factor_report(out, config, pts, results)
 
-
-def _claim(out: Path, config: FactorConfig, resume: bool) -> None:
-    stored = out / "config.json"
-    if stored.exists():
-        if read_json(stored) != cfgmod.to_dict(config):
-            raise ConfigError(f"{out} holds a factor sweep with a different config; use another "
-                              "--out or --name, or delete it")
-        if not resume:
-            raise ConfigError(f"{out} already holds this sweep; rerun without --no-resume")
-    write_json(stored, cfgmod.to_dict(config))
 
 
 def _pseudo_labels(train, heldout, k: int, seed: int):

@@ -28,7 +28,7 @@ import torch
 from .. import _native
 from .._checks import as_sigma, check_tensor
 from ..errors import InputError
-from ..kernels import TRITON_WHY_NOT
+from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import _dispatch, reference
 from .knn import _check_finite
 
@@ -323,14 +323,6 @@ def _cpp(y, x, sig):
 # --- triton backend -------------------------------------------------------------------------
 
 
-def _triton_why_not():
-    if TRITON_WHY_NOT is not None:
-        return TRITON_WHY_NOT
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
-
-
 if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
     # TRITON_INTERPRET=1, which the tests use); torch.library.triton_op would fail to
@@ -355,6 +347,6 @@ def _triton(y, x, sig):
 
 
 _op = _dispatch.op("empirical_denoiser")
-_op.register("triton", ("cuda",), _triton, _triton_why_not)
+_op.register("triton", ("cuda",), _triton, cuda_why_not)
 _op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
 _op.register("reference", ("cpu", "cuda"), _reference)

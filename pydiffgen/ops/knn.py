@@ -20,7 +20,7 @@ import torch
 
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
-from ..kernels import TRITON_WHY_NOT
+from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import _dispatch
 from .topk import merge
 
@@ -165,14 +165,6 @@ def _knn_triton(q, x, k, metric, tile_elems):
     return _knn_chunked(q, x, k, metric, tile_elems, score_fn=_triton_scores)
 
 
-def _triton_why_not():
-    if TRITON_WHY_NOT is not None:
-        return TRITON_WHY_NOT
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
-
-
 if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
     # TRITON_INTERPRET=1, which the tests use); torch.library.triton_op would fail to
@@ -190,5 +182,5 @@ if TRITON_WHY_NOT is None:
         return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
 
 
-_dispatch.op("knn").register("triton", ("cuda",), _knn_triton, _triton_why_not)
+_dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
 _dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_chunked)
