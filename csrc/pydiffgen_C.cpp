@@ -9,6 +9,9 @@ TORCH_LIBRARY(pydiffgen, m) {
   // Empirical optimal denoiser (pydiffgen.ops.empirical_denoiser): y [M, D], train [N, D],
   // sigma [M] float64 -> (out [M, D], per-row logit error estimate [M] float64).
   m.def("empirical_denoiser(Tensor y, Tensor train, Tensor sigma) -> (Tensor, Tensor)");
+  // Batched symmetric eigendecomposition (pydiffgen.ops.eigh), CUDA only (cuSOLVER):
+  // A [B, n, n] -> (eigenvalues [B, n] ascending, eigenvectors [B, n, n] as columns).
+  m.def("eigh(Tensor A) -> (Tensor, Tensor)");
 }
 
 // A plain module so `from pydiffgen import _C` loads the library and its registrations.
