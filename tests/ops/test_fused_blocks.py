@@ -5,9 +5,9 @@ blocks train to the same losses. Triton runs in the interpreter (small shapes on
 
 import pytest
 import torch
-from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 
 from pydiffgen.errors import BackendError, InputError
+from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 from pydiffgen.ops import bf_batchnorm_relu, groupnorm_film_silu, reference
 from pydiffgen.ops import blocks as OB
 
