@@ -146,4 +146,50 @@ def search(rank, world, out):
         torch.save(results, out)
 
 
-WORKERS = {"search": search}
+def train_setup():
+    """(model, data, config) of the DDP test: an odd global batch (4 + 3 images on 2 ranks),
+    EMA, EDM σ, checkpoints every 2 steps."""
+    from pydiffgen import models
+    from pydiffgen.training import TrainConfig
+
+    torch.manual_seed(5)
+    model = models.build("unet", channels=1, width=8, levels=2)
+    data = torch.rand(23, 1, 8, 8, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    config = TrainConfig(steps=5, batch_size=7, sigma_dist="edm", ema=0.9, grad_clip=50.0,
+                         checkpoint_every=2, seed=3, lr=2e-3)
+    return model, data, config
+
+
+def first_step_grads(grads):
+    """A train() callback that copies the gradients of step 1 into ``grads``."""
+
+    def callback(step, loss, model):
+        if step == 1:
+            grads.update({k: p.grad.clone() for k, p in model.named_parameters()})
+
+    return callback
+
+
+def train_ddp(rank, world, out_dir, result, die_at=None):
+    """DDP training; rank 1 dies (exits without a word) at step ``die_at``."""
+    from pydiffgen.training import train
+
+    model, data, config = train_setup()
+    grads = {}
+    record = first_step_grads(grads)
+
+    def callback(step, loss, model):
+        record(step, loss, model)
+        if rank == 1 and step == die_at:
+            os._exit(3)
+
+    r = train(model, data, config, out_dir=out_dir, progress=False, distributed=True,
+              callback=callback)
+    if rank == 0:
+        torch.save({"losses": torch.tensor(r.losses),
+                    **{f"grad1/{k}": v for k, v in grads.items()},
+                    **{f"model/{k}": v for k, v in r.model.state_dict().items()},
+                    **{f"ema/{k}": v for k, v in r.ema.state_dict().items()}}, result)
+
+
+WORKERS = {"search": search, "train_ddp": train_ddp}
