@@ -192,4 +192,31 @@ def train_ddp(rank, world, out_dir, result, die_at=None):
                     **{f"ema/{k}": v for k, v in r.ema.state_dict().items()}}, result)
 
 
-WORKERS = {"search": search, "train_ddp": train_ddp}
+def sweep_config():
+    from pydiffgen.experiments import SweepConfig
+
+    return SweepConfig(
+        name="dist", dataset="gaussian", dataset_options=(("n", 64), ("size", 8)),
+        dedup_threshold=None, sizes=(2, 4), model="bf_unet",
+        model_options=(("levels", 1), ("width", 8)), steps=6, batch_size=8, n_samples=4,
+        n_eval=2, n_baseline=8, psnr_levels=(10.0,), sampler="euler",
+        sampler_options=(("steps", 3),),
+    )
+
+
+def sweep(rank, world, out, die_after_first_run=False):
+    """The sweep on every rank; rank 1 dies when it starts its second training."""
+    from pydiffgen.experiments import generalization_sweep
+
+    started = []
+
+    def log(msg):
+        if "training" in msg:
+            started.append(msg)
+            if die_after_first_run and rank == 1 and len(started) == 2:
+                os._exit(3)
+
+    generalization_sweep(sweep_config(), out, progress=False, log=log)
+
+
+WORKERS = {"sweep": sweep, "search": search, "train_ddp": train_ddp}
