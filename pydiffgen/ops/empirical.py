@@ -50,14 +50,27 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
     y2, x2 = y.reshape(M, -1), train.reshape(train.shape[0], -1)
     if topk is not None:
         return _topk(y2, x2, sig, topk, backend).reshape(shape)
+    if _transformed(y, sig):
+        # under torch.func (vmap, jacrev, jacfwd) values cannot steer control flow, which
+        # the fast backends' exact-row fallback needs: the float64 reference has none
+        return _EmpiricalFn.apply(y2, x2.detach(), sig, _ED_REF).reshape(shape)
     impl = _dispatch.op("empirical_denoiser").select(y.device.type, backend)
     return impl.fn(y2, x2, sig).reshape(shape)
+
+
+def _transformed(*tensors) -> bool:
+    """True inside a torch.func transform (vmap / grad / jvp wrappers)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check; it sees plain tensors
+        return False
+    return any(isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in tensors)
 
 
 def _validate(y, train, sigma, topk):
     check_tensor(y, "y", min_ndim=2, nonempty=False, finite=False)
     check_tensor(train, "train", min_ndim=2, finite=False)
-    _check_finite(y, "y")
+    if not _transformed(y):  # a value check cannot run under vmap
+        _check_finite(y, "y")
     _check_finite(train, "train")  # no [N, D] temporary: the op's memory stays O(tiles)
     if y.shape[1:] != train.shape[1:]:
         raise InputError(
@@ -71,7 +84,10 @@ def _validate(y, train, sigma, topk):
     dtype = torch.promote_types(y.dtype, train.dtype)
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float32  # half / bfloat16 inputs are computed in float32
-    sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
+    if _transformed(sigma):  # batched σ under vmap: shape checks only
+        sig = sigma.to(torch.float64).expand(y.shape[0]) if sigma.ndim == 0 else sigma.double()
+    else:
+        sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
     if topk is not None:
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise InputError(f"topk must be None or a positive integer, got {topk!r}")
@@ -179,7 +195,8 @@ torch.library.register_vmap(
 
 class _EmpiricalFn(torch.autograd.Function):
     """Autograd for the public op that also works under torch.func transforms (jacrev,
-    vmap): the forward calls a backend's custom op, the backward the VJP op."""
+    jacfwd, vmap): the forward calls a backend's custom op, the backward the VJP op. The
+    Jacobian Cov_w/σ² is symmetric, so the JVP is the same product as the VJP."""
 
     generate_vmap_rule = True
 
@@ -191,6 +208,14 @@ class _EmpiricalFn(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         y, train, sigma, _ = inputs
         ctx.save_for_backward(y, train, sigma, output)
+        ctx.save_for_forward(y, train, sigma, output)
+
+    @staticmethod
+    def jvp(ctx, y_t, _train_t, _sigma_t, _fwd_t):
+        y, train, sigma, out = ctx.saved_tensors
+        return torch.ops.pydiffgen.empirical_denoiser_vjp(
+            y, train.detach(), sigma, out, y_t.contiguous()
+        )
 
     @staticmethod
     def backward(ctx, grad):
@@ -209,8 +234,11 @@ def _apply(fwd, y, x, sig):
     return fwd(y, x, sig)
 
 
+_ED_REF = torch.ops.pydiffgen.empirical_denoiser_ref
+
+
 def _reference(y, x, sig):
-    return _apply(torch.ops.pydiffgen.empirical_denoiser_ref, y, x, sig)
+    return _apply(_ED_REF, y, x, sig)
 
 
 # --- exact rows: the fast backends' small-σ path ------------------------------------------

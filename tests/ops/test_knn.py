@@ -5,9 +5,9 @@ import importlib
 
 import pytest
 import torch
-from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 
 from pydiffgen.errors import BackendError, InputError
+from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 from pydiffgen.ops import _dispatch, knn, reference
 
 knn_mod = importlib.import_module("pydiffgen.ops.knn")  # the module; ops.knn is the function
