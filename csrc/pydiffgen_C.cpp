@@ -17,6 +17,9 @@ TORCH_LIBRARY(pydiffgen, m) {
   // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices).
   m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric)"
         " -> (Tensor, Tensor)");
+  // Batched symmetric eigendecomposition (pydiffgen.ops.eigh), CUDA only (cuSOLVER):
+  // A [B, n, n] -> (eigenvalues [B, n] ascending, eigenvectors [B, n, n] as columns).
+  m.def("eigh(Tensor A) -> (Tensor, Tensor)");
   // Fused GroupNorm → FiLM → SiLU (pydiffgen.ops.groupnorm_film_silu): x [B, C, *],
   // weight/bias [C], scale/shift [B, C] -> (y, mean [B, G], rstd [B, G]); and its backward
   // -> (dx, dweight, dbias, dscale, dshift).
