@@ -30,7 +30,7 @@ from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch
+from . import _dispatch, knn_stream
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
@@ -40,13 +40,15 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.ui
 
 
 def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
-        *, tile_elems: int = 1 << 24, precision: str = "auto"):
+        *, tile_elems: int = 1 << 24, precision: str = "auto", chunk_bytes: int = 1 << 28):
     """k nearest keys of each query.
 
     queries [M, *F], keys [N, *F] (flattened over F), floating point or uint8 (8-bit
-    images: the cpp backend's exact int8 pass). metric ``l2``: squared Euclidean
-    distances ascending; ``cosine``: cosine similarity descending; ``ip``: inner product
-    descending. Returns (values float32 [M, k], indices int64 [M, k]).
+    images: the cpp backend's exact int8 pass). keys may also be a numpy array / memmap
+    or a path to a ``.npy`` file (larger than RAM / GPU memory): it is read in row chunks
+    of at most ``chunk_bytes`` (see ``pydiffgen.ops.knn_stream``). metric ``l2``: squared
+    Euclidean distances ascending; ``cosine``: cosine similarity descending; ``ip``: inner
+    product descending. Returns (values float32 [M, k], indices int64 [M, k]).
     ``tile_elems`` bounds the scores held at once (M_chunk × N_tile). ``precision``: the
     cpp backend's first candidate pass (``auto``: bf16 where the CPU has native bf16
     dot products, else fp32); results are exact whatever it is.
@@ -55,6 +57,9 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(keys, torch.Tensor):
+        return _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision,
+                              chunk_bytes)
     check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
     check_tensor(keys, "keys", min_ndim=2, finite=False, floating=False)
     for t, name in ((queries, "queries"), (keys, "keys")):
@@ -77,6 +82,29 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     if impl.name == "cpp":
         return _knn_cpp(q, x, k, metric, tile_elems, precision)
     return impl.fn(_as_float(q), _as_float(x), k, metric, tile_elems)
+
+
+def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chunk_bytes):
+    """keys given as a numpy array / memmap / .npy path: streamed in row chunks."""
+    arr = knn_stream.open_keys(keys)
+    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
+    if queries.dtype not in _DTYPES:
+        raise InputError(
+            f"queries must be a floating-point or uint8 tensor, got dtype {queries.dtype}"
+        )
+    _check_finite(queries, "queries")
+    check_positive_int(k, "k")
+    check_positive_int(chunk_bytes, "chunk_bytes")
+    knn_stream.check_keys(arr, queries, k)
+
+    def search(q, chunk, kk):
+        return knn(q, chunk, kk, metric, backend, tile_elems=tile_elems, precision=precision)
+
+    def rerank(q, rows, cand, kk):
+        return knn_stream.rerank_native_or_torch(q, rows, cand, kk, metric, tile_elems,
+                                                 _METRIC_CODE[metric], _rerank)
+
+    return knn_stream.knn_streamed(search, rerank, queries, arr, k, metric, chunk_bytes)
 
 
 def _as_float(t):
