@@ -203,8 +203,11 @@ def cmd_audit(args) -> int:
     if args.features:
         features = au.load_features(args.features)
         sources["features"] = {"path": args.features}
-    result = au.audit(samples, train, features=features, config=config, sources=sources,
-                      progress=not args.quiet)
+    device = args.device  # the searches run there too
+    if features is not None:
+        features = {k: v.to(device) for k, v in features.items()}
+    result = au.audit(samples.to(device), train.to(device), features=features, config=config,
+                      sources=sources, progress=not args.quiet)
     report = au.write_audit_report(result, out)
     px = result.spaces["pixel"].memorization
     print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
@@ -329,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--method", help="kadkhodaie | euler | heun | ddpm (default: kadkhodaie "
                    "for blind models, else heun)")
     s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="where sampling and the searches run")
     s.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)

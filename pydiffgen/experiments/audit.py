@@ -289,7 +289,7 @@ def _audit_space(space, samples, train, config, *, center, progress) -> SpaceAud
     chunk = config.chunk_size
     sq, idx = _search_chunked(S, T, 2, "l2", chunk=chunk, desc=f"{space}: nearest L2",
                               progress=progress)
-    mem = memorization_from_knn(sq, idx, config.threshold)
+    mem = memorization_from_knn(sq.cpu(), idx.cpu(), config.threshold)  # [M]: small
     if center:
         S, T = _centred(S), _centred(T)
     cos, cos_i = _search_chunked(S, T, 1, "cosine", chunk=chunk,
@@ -297,15 +297,17 @@ def _audit_space(space, samples, train, config, *, center, progress) -> SpaceAud
     N = len(T)
     B = N if config.background_size in (0, None) else min(N, config.background_size)
     query = torch.linspace(0, N - 1, B, dtype=torch.float64).round().long()  # evenly spaced
+    query = query.to(T.device)
     bv, bi = _search_chunked(T[query], T, 2, "cosine", chunk=chunk,
                              desc=f"{space}: train vs train", progress=progress)
     # the best match is the image itself (or an identical copy ranked first): take the
     # first match that is not the query
     col = (bi[:, 0] == query).long()[:, None]
     return SpaceAudit(
-        space=space, memorization=mem, nearest_cosine=cos[:, 0], nearest_cosine_index=cos_i[:, 0],
-        background_query=query, background_cosine=bv.gather(1, col)[:, 0],
-        background_index=bi.gather(1, col)[:, 0], centered=center,
+        space=space, memorization=mem, nearest_cosine=cos[:, 0].cpu(),
+        nearest_cosine_index=cos_i[:, 0].cpu(), background_query=query.cpu(),
+        background_cosine=bv.gather(1, col)[:, 0].cpu(),
+        background_index=bi.gather(1, col)[:, 0].cpu(), centered=center,
     )
 
 
@@ -320,7 +322,7 @@ def find_duplicates(train: torch.Tensor, threshold: float = 0.95, pool: int = 20
     N = len(train)
     is_kept = torch.zeros(N, dtype=torch.bool)
     is_kept[kept.cpu()] = True
-    dropped = (~is_kept).nonzero()[:, 0]
+    dropped = (~is_kept).nonzero()[:, 0]  # [K] on the CPU
     partner = torch.empty(0, dtype=torch.int64)
     corr = torch.empty(0, dtype=torch.float32)
     if len(dropped):
@@ -329,7 +331,7 @@ def find_duplicates(train: torch.Tensor, threshold: float = 0.95, pool: int = 20
         v, i = _search(torch.cat([q, -q]), feats[kept], 1, "ip")
         v, i = v[:, 0].view(2, -1), i[:, 0].view(2, -1)
         neg = v[1] > v[0]  # an inverted copy
-        partner = kept[torch.where(neg, i[1], i[0])].cpu()
+        partner = kept[torch.where(neg, i[1], i[0]).to(kept.device)].cpu()
         corr = torch.where(neg, -v[1], v[0]).cpu()
     return Duplicates(threshold=threshold, pool=pool, n_train=N, dropped=dropped,
                       partner=partner, correlation=corr)
@@ -338,6 +340,9 @@ def find_duplicates(train: torch.Tensor, threshold: float = 0.95, pool: int = 20
 def _check_inputs(samples, train, features):
     check_tensor(samples, "samples", min_ndim=2)
     check_tensor(train, "train", min_ndim=2)
+    if samples.device != train.device:
+        raise InputError(f"samples and train must be on one device, got {samples.device} "
+                         f"and {train.device}")
     if samples.shape[1:] != train.shape[1:]:
         raise InputError(
             f"samples and train must share image shape, got {tuple(samples.shape[1:])} and "
@@ -361,7 +366,7 @@ def _check_inputs(samples, train, features):
     if fs.shape[1] != ft.shape[1]:
         raise InputError(f"features['samples'] and features['train'] have different widths "
                          f"{fs.shape[1]} and {ft.shape[1]}")
-    return fs.float(), ft.float()
+    return fs.float().to(samples.device), ft.float().to(train.device)
 
 
 def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None = None,
@@ -370,7 +375,8 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
     """Audit ``samples`` [M, *F] against the training set ``train`` [N, *F] (N ≥ 2).
 
     ``features``: optional precomputed embeddings ``{"samples": [M, D], "train": [N, D]}``
-    (e.g. SSCD or DINO), audited the same way in feature space. ``sources``: free-form
+    (e.g. SSCD or DINO), audited the same way in feature space. The searches run where
+    the tensors are (CUDA: the Triton knn); results come back on the CPU. ``sources``: free-form
     description of the inputs, kept in the summary. Memory: the inputs plus a mean-removed
     copy of each (pixel cosines) and chunk_size × key-tile scores; never M × N.
     """

@@ -235,3 +235,20 @@ def test_cli_audit_a_checkpoint_resumes_its_samples(train, tmp_path, capsys):
     assert (tmp_path / "o" / "samples.npy").stat().st_mtime_ns == stamp  # reused
     assert (tmp_path / "o" / "audit.json").read_text() == first
     capsys.readouterr()
+
+
+@pytest.mark.gpu
+def test_audit_on_cuda_matches_cpu(train):
+    samples, copied = _copies_and_fresh(train)
+    t = torch.cat([train, train[5:6]])
+    cpu = audit(samples, t)
+    gpu = audit(samples.cuda(), t.cuda())
+    for name in ("pixel",):
+        a, b = cpu.spaces[name], gpu.spaces[name]
+        assert torch.equal(a.memorization.memorized, b.memorization.memorized)
+        assert torch.equal(a.memorization.nn_index, b.memorization.nn_index)
+        assert torch.allclose(a.memorization.ratio, b.memorization.ratio, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(a.nearest_cosine, b.nearest_cosine, atol=1e-6)
+        assert torch.equal(a.background_index, b.background_index)
+    assert gpu.duplicates.dropped.tolist() == cpu.duplicates.dropped.tolist() == [len(train)]
+    assert gpu.duplicates.partner.tolist() == [5]
