@@ -435,7 +435,8 @@ def load_features(path) -> dict:
     if not p.is_file():
         raise DataError(f"{p} does not exist or is not a file")
     try:
-        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as archive:
+        with open(p, "rb") as fh:
+            archive = np.load(fh, allow_pickle=False)  # an ndarray for a .npy file
             if not hasattr(archive, "files") or not {"samples", "train"} <= set(archive.files):
                 raise DataError(f"{p}: expected an .npz archive with arrays 'samples' and "
                                 "'train' (one embedding row per sample / training image)")

@@ -160,7 +160,8 @@ def _save(path, arr):
 
 def test_cli_audit_files(train, tmp_path, capsys):
     samples, _ = _copies_and_fresh(train)
-    s = _save(tmp_path / "s.npy", samples.clamp(-1, 1).numpy())
+    np.savez(tmp_path / "s.npz", images=samples.clamp(-1, 1).numpy(), labels=np.zeros(13))
+    s = str(tmp_path / "s.npz") + ":images"  # FILE.npz:KEY picks one array
     t = _save(tmp_path / "t.npy", train.numpy())
     proj = np.random.default_rng(0).standard_normal((64, 8)).astype(np.float32)
     np.savez(tmp_path / "f.npz", samples=samples.reshape(13, -1).numpy() @ proj,
@@ -213,6 +214,8 @@ def test_cli_bad_inputs_print_one_line(train, tmp_path, capsys):
     assert "exactly one of --samples" in _one_error_line(capsys)
     np.savez(tmp_path / "f.npz", samples=np.zeros((2, 3)))
     assert run("--samples", t, "--train", t, "--features", str(tmp_path / "f.npz")) == 1
+    assert "'samples' and 'train'" in _one_error_line(capsys)
+    assert run("--samples", t, "--train", t, "--features", t) == 1  # a .npy, not an .npz
     assert "'samples' and 'train'" in _one_error_line(capsys)
     assert run("--samples", t, "--train", t, "--threshold", "-1") == 1
     assert "threshold" in _one_error_line(capsys)
