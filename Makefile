@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
 	$(PYTHON) -m pip install --quiet "setuptools>=69" wheel ninja numpy
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+	$(PYTHON) -m pip install --no-build-isolation -e ".[test,diffusers]"
 	@mkdir -p $(dir $@) && touch $@
 
 demo: install
