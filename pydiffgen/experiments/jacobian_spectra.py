@@ -17,7 +17,16 @@ from .._checks import check_positive_float, check_positive_int, check_tensor
 from ..errors import InputError
 from ..io import write_json
 
-__all__ = ["jacobian_spectra", "run_jacobian"]
+__all__ = ["heldout_images", "jacobian_spectra", "run_jacobian", "sweep_jacobian"]
+
+
+def _spectra(denoiser, images: torch.Tensor, sigmas, k, seed):
+    """[(σ, JacobianSpectrum)] at images + σz, one noise draw z (``seed``) for every σ."""
+    from ..analysis import jacobian_spectrum
+
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(images.shape, generator=g).to(images.device, images.dtype)
+    return [(s, jacobian_spectrum(denoiser, images + s * z, s, k=k)) for s in sigmas]
 
 
 def jacobian_spectra(denoiser, images: torch.Tensor, sigmas, *, k: int | None = None,
@@ -29,8 +38,6 @@ def jacobian_spectra(denoiser, images: torch.Tensor, sigmas, *, k: int | None = 
     Returns {"sigmas", "d", "per_sigma": [{"sigma", "eigenvalues" [n][k], "trace" [n],
     "asymmetry" [n], "eigenvectors" [n][show][*F]}]}.
     """
-    from ..analysis import jacobian_spectrum
-
     images = check_tensor(images, "images", min_ndim=2)
     if images.shape[0] < 1:
         raise InputError("images must hold at least one image")
@@ -43,11 +50,8 @@ def jacobian_spectra(denoiser, images: torch.Tensor, sigmas, *, k: int | None = 
         if k > d:
             raise InputError(f"k must be <= d = {d} (pixels per image), got {k}")
     show = min(check_positive_int(show, "show"), k or d)
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(images.shape, generator=g).to(images.device, images.dtype)
     per_sigma = []
-    for s in sigmas:
-        spec = jacobian_spectrum(denoiser, images + s * z, s, k=k)
+    for s, spec in _spectra(denoiser, images, sigmas, k, seed):
         vecs = spec.eigenvectors[:, :, :show].transpose(1, 2).reshape(
             len(images), show, *images.shape[1:])
         per_sigma.append({
@@ -92,3 +96,59 @@ def run_jacobian(model_path, data: str, *, data_options: dict | None = None, n: 
     write_json(out / "results.json", results)
     spectra_report(results, out)
     return results
+
+
+def heldout_images(x: torch.Tensor, idx1: torch.Tensor, idx2: torch.Tensor, n: int,
+                   seed: int = 0) -> torch.Tensor | None:
+    """``n`` images of ``x`` in neither training set (seeded choice), or None if none is left.
+
+    The sweep's splits are nested across N, so images outside the largest N's S1 ∪ S2 are
+    held out from every model of the sweep.
+    """
+    used = torch.zeros(len(x), dtype=torch.bool)
+    used[idx1] = True
+    used[idx2] = True
+    free = torch.nonzero(~used).flatten()
+    if len(free) == 0:
+        return None
+    pick = torch.randperm(len(free), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[free[pick.sort().values]]
+
+
+def sweep_jacobian(model_a, model_b, images: torch.Tensor, sigmas, *, show: int = 6,
+                   agree_k: int = 8, max_full: int = 256, seed: int = 0) -> dict:
+    """The sweep's Jacobian step for one N: both models' spectra at held-out ``images``.
+
+    Per model and σ: the mean eigenvalue spectrum (all d eigenvalues when d ≤ ``max_full``,
+    else the top 32), the mean effective dimension tr J and the top ``show`` eigenvectors
+    at the first image. ``agreement``: the mean over images of the mean squared cosine of
+    the principal angles between the two models' top-``agree_k`` eigenspaces (1: the
+    same adaptive basis; ≈ agree_k/d for unrelated subspaces).
+    """
+    from ..experiments.optimal_basis import principal_angles
+
+    images = check_tensor(images, "images", min_ndim=2)
+    d = images[0].numel()
+    k = None if d <= max_full else 32
+    agree_k = min(agree_k, k or d)
+    show = min(show, k or d)
+    keys = [f"{float(s):g}" for s in sigmas]
+    res = {"sigmas": [float(s) for s in sigmas], "d": d, "n_images": len(images),
+           "image": images[0].cpu().tolist(), "agreement": {}}
+    tops = {}
+    for name, model in (("A", model_a), ("B", model_b)):
+        spectra = _spectra(model, images, res["sigmas"], k, seed)
+        res[name] = {
+            "eigenvalues": {key: sp.eigenvalues.to(torch.float64).mean(0).cpu().tolist()
+                            for key, (_, sp) in zip(keys, spectra)},
+            "trace": {key: float(sp.trace.to(torch.float64).mean())
+                      for key, (_, sp) in zip(keys, spectra)},
+            "eigenvectors": {key: sp.eigenvectors[0, :, :show].T.reshape(show, *images.shape[1:])
+                             .to(torch.float32).cpu().tolist()
+                             for key, (_, sp) in zip(keys, spectra)},
+        }
+        tops[name] = [sp.eigenvectors[..., :agree_k].cpu() for _, sp in spectra]
+    for i, key in enumerate(keys):
+        ang = principal_angles(tops["A"][i], tops["B"][i])  # [n, agree_k]
+        res["agreement"][key] = float((ang.cos() ** 2).mean())
+    return res

@@ -103,13 +103,14 @@ def principal_angles(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     return torch.arccos(cos)
 
 
-def disk_tangent_space(params, size: int, h: float = 1e-3) -> torch.Tensor:
+def disk_tangent_space(params, size: int, h: float = 1e-6) -> torch.Tensor:
     """Tangent vectors of the disk manifold at ``params`` [n, 5]: ``[n, d, 5]`` float64.
 
     Column j is (render(p + h·e_j) − render(p − h·e_j)) / 2h, the central finite
     difference of :func:`pydiffgen.data.render_disks` along parameter j (cx, cy, radius,
-    foreground, background), d = size². The renderer is piecewise linear in the
-    parameters, so any step inside one linear piece is exact.
+    foreground, background), d = size². The renderer is smooth in the parameters except
+    where a pixel's coverage clamps at 0 or 1; the small step (float64, rounding error
+    ≈ 1e-10) makes landing across such a kink unlikely.
     """
     from ..data import render_disks
 
@@ -126,11 +127,11 @@ def disk_tangent_space(params, size: int, h: float = 1e-3) -> torch.Tensor:
 
 class TangentProjection(Denoiser):
     """D(y) = x₀ + P_T (y − x₀): the projection onto the affine tangent space of a manifold
-    at x₀, the optimal denoiser of that manifold to first order at small σ.
+    at one point x₀, the optimal denoiser of that manifold to first order at small σ.
 
-    ``x0`` [n, *F] and ``tangent`` [n, d, k]: image i of a batch is projected with the
-    i-th point and tangent space (the batch must have n images). Its Jacobian is P_T, so
-    the top k Jacobian eigenvectors span the tangent space exactly — the reference that
+    ``x0`` [*F] and ``tangent`` [d, k]; every image of a batch is projected on the same
+    space. Its Jacobian is P_T, so its top k Jacobian
+    eigenvectors span the tangent space exactly — the reference that
     :func:`manifold_alignment` is checked against.
     """
 
@@ -138,24 +139,23 @@ class TangentProjection(Denoiser):
 
     def __init__(self, x0: torch.Tensor, tangent: torch.Tensor):
         super().__init__()
-        x0 = check_tensor(x0, "x0", min_ndim=2)
-        tangent = check_tensor(tangent, "tangent", ndim=3)
-        d = x0[0].numel()
-        if tangent.shape[:2] != (x0.shape[0], d):
-            raise InputError(f"tangent must have shape [n={x0.shape[0]}, d={d}, k], got "
-                             f"{tuple(tangent.shape)}")
+        x0 = check_tensor(x0, "x0", min_ndim=1)
+        tangent = check_tensor(tangent, "tangent", ndim=2)
+        d = x0.numel()
+        if tangent.ndim != 2 or tangent.shape[0] != d:
+            raise InputError(f"tangent must have shape [d={d}, k], got {tuple(tangent.shape)}")
         self.register_buffer("x0", x0.to(torch.float64))
-        self.register_buffer("basis", torch.linalg.qr(tangent.to(torch.float64)).Q)
+        self.register_buffer("basis", torch.linalg.qr(tangent.to(torch.float64)).Q)  # [d, k]
 
     def forward(self, y: torch.Tensor, sigma=None) -> torch.Tensor:
         y = check_tensor(y, "y", min_ndim=2)
-        if y.shape != self.x0.shape:
-            raise InputError(f"y must have shape {tuple(self.x0.shape)}, got {tuple(y.shape)}")
-        n = y.shape[0]
-        r = (y.to(torch.float64) - self.x0).reshape(n, -1, 1)  # [n, d, 1]
-        Q = self.basis  # [n, d, k]
-        proj = Q @ (Q.transpose(1, 2) @ r)  # P_T (y − x₀)
-        return (self.x0 + proj.reshape(self.x0.shape)).to(y.dtype)
+        if tuple(y.shape[1:]) != tuple(self.x0.shape):
+            raise InputError(f"y must have shape [B, {', '.join(map(str, self.x0.shape))}], "
+                             f"got {tuple(y.shape)}")
+        Q = self.basis
+        r = (y.to(torch.float64) - self.x0).reshape(len(y), -1)  # [B, d]
+        proj = (r @ Q) @ Q.T  # P_T (y − x₀)
+        return (self.x0 + proj.reshape(y.shape)).to(y.dtype)
 
 
 def _noisy(x0: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
