@@ -9,6 +9,30 @@ TORCH_LIBRARY(pydiffgen, m) {
   // Empirical optimal denoiser (pydiffgen.ops.empirical_denoiser): y [M, D], train [N, D],
   // sigma [M] float64 -> (out [M, D], per-row logit error estimate [M] float64).
   m.def("empirical_denoiser(Tensor y, Tensor train, Tensor sigma) -> (Tensor, Tensor)");
+  // Exact knn (pydiffgen.ops.knn), certified candidate pass: queries [M, D], keys [N, D],
+  // centre [D] -> (candidates [M, C] int64, lower bounds [M, C] f64, tau [M] f64, overflow [M]).
+  m.def("knn_candidates(Tensor queries, Tensor keys, Tensor centre, int k, int metric,"
+        " int precision, int tile_elems, int capacity, int offset)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices).
+  m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric)"
+        " -> (Tensor, Tensor)");
+  // Batched symmetric eigendecomposition (pydiffgen.ops.eigh), CUDA only (cuSOLVER):
+  // A [B, n, n] -> (eigenvalues [B, n] ascending, eigenvectors [B, n, n] as columns).
+  m.def("eigh(Tensor A) -> (Tensor, Tensor)");
+  // Fused GroupNorm → FiLM → SiLU (pydiffgen.ops.groupnorm_film_silu): x [B, C, *],
+  // weight/bias [C], scale/shift [B, C] -> (y, mean [B, G], rstd [B, G]); and its backward
+  // -> (dx, dweight, dbias, dscale, dshift).
+  m.def("groupnorm_film_silu_fwd(Tensor x, int num_groups, Tensor weight, Tensor bias,"
+        " Tensor scale, Tensor shift, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("groupnorm_film_silu_bwd(Tensor grad, Tensor x, Tensor mean, Tensor rstd,"
+        " int num_groups, Tensor weight, Tensor bias, Tensor scale, Tensor shift)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Fused bias-free batch norm (training statistics) + ReLU (pydiffgen.ops.bf_batchnorm_relu):
+  // x [B, C, *], gain [C] -> (y, mean [C], std [C]); backward -> (dx, dgain).
+  m.def("bf_batchnorm_relu_fwd(Tensor x, Tensor gain, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("bf_batchnorm_relu_bwd(Tensor grad, Tensor grad_mean, Tensor grad_std, Tensor x,"
+        " Tensor mean, Tensor std, Tensor gain) -> (Tensor, Tensor)");
 }
 
 // A plain module so `from pydiffgen import _C` loads the library and its registrations.

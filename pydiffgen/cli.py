@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def cmd_demo(args) -> int:
     config = preset("demo")
     out = Path(args.out) if args.out else Path("runs") / config.name
     generalization_sweep(config, out, progress=not args.quiet)
-    print(f"report: {out / 'report.html'}")
+    if _is_main():
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -36,7 +38,8 @@ def cmd_sweep(args) -> int:
         return 0
     out = Path(args.out) if args.out else Path("runs") / config.name
     generalization_sweep(config, out, resume=args.resume, progress=not args.quiet)
-    print(f"report: {out / 'report.html'}")
+    if _is_main():
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -55,9 +58,14 @@ def cmd_train(args) -> int:
     defaults = training.TrainConfig(steps=2000, batch_size=64)
     config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
     model_options = cfgmod.parse_options(args.model_option)
+    import torch
+
+    torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
     model = models.build(args.model, channels=x.shape[1], **model_options)
     result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                            progress=not args.quiet)
+                            progress=not args.quiet, distributed=_world() > 1)
+    if _world() > 1 and not _is_main():
+        return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
     return 0
 
@@ -361,10 +369,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _world() -> int:
+    from . import distributed
+
+    return distributed.world_size()
+
+
+def _is_main() -> bool:
+    from . import distributed
+
+    return distributed.is_main()
+
+
 def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if "WORLD_SIZE" in os.environ:  # under torchrun: join the process group first
+            from . import distributed
+
+            distributed.init()
         return args.func(args)
     except PydiffgenError as err:
         print(f"pydiffgen: error: {err}", file=sys.stderr)
@@ -375,6 +399,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("pydiffgen: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

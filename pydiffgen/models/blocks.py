@@ -7,6 +7,8 @@ Conventions: images are ``[B, C, H, W]``, noise levels ``sigma`` are ``[B]`` aft
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as nnf
 from torch import nn
@@ -21,6 +23,7 @@ __all__ = [
     "PositionalEmbedding",
     "ResBlock",
     "check_images",
+    "fused_enabled",
     "groupnorm_film_silu",
     "num_groups",
 ]
@@ -47,6 +50,12 @@ def check_images(y, channels: int, multiple: int = 1, name: str = "y") -> torch.
             f"or build the model with fewer levels)"
         )
     return y
+
+
+def fused_enabled() -> bool:
+    """False when ``PYDIFFGEN_FUSED=0``: every model then runs its eager PyTorch blocks
+    (the per-model switch is the ``fused=`` keyword of the models)."""
+    return os.environ.get("PYDIFFGEN_FUSED", "1").strip() != "0"
 
 
 # --------------------------------------------------------------------------- bias-free BN
@@ -78,6 +87,18 @@ class BFBatchNorm2d(nn.Module):
         else:
             std = self.running_std.to(x.dtype)
         return x * (self.gain / std).view(1, -1, 1, 1)
+
+    def forward_relu(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
+        """``ReLU(self(x))``; in training mode one fused op (``pydiffgen.ops.bf_batchnorm_relu``)
+        when ``fused`` (eval mode is a per-channel scale: nothing to fuse)."""
+        if not (fused and self.training and fused_enabled()):
+            return nnf.relu(self(x))
+        from ..ops.blocks import bf_batchnorm_relu
+
+        y, std = bf_batchnorm_relu(x, self.gain, self.eps)  # [B, C, H, W], [C]
+        with torch.no_grad():
+            self.running_std.lerp_(std.detach().to(self.running_std.dtype), self.momentum)
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
@@ -163,13 +184,20 @@ def groupnorm_film_silu(
     scale: torch.Tensor | None,
     shift: torch.Tensor | None,
     eps: float = 1e-5,
+    fused: bool = True,
 ) -> torch.Tensor:
     """``SiLU(GN(x) · (1 + scale) + shift)``: the normalise-condition-activate chain.
 
     x: ``[B, C, H, W]``; weight, bias: ``[C]`` (GroupNorm affine, or None);
     scale, shift: ``[B, C]`` FiLM from the σ-embedding (None = 0). Returns ``[B, C, H, W]``.
-    Every conditioned block goes through this one function so a fused kernel can replace it.
+    Every conditioned block goes through this one function: with ``fused`` (and unless
+    ``PYDIFFGEN_FUSED=0``) it is the fused op ``pydiffgen.ops.groupnorm_film_silu``,
+    otherwise the eager PyTorch chain below.
     """
+    if fused and fused_enabled():
+        from ..ops.blocks import groupnorm_film_silu as fused_op
+
+        return fused_op(x, num_groups, weight, bias, scale, shift, eps)
     h = nnf.group_norm(x, num_groups, weight, bias, eps)  # [B, C, H, W]
     # Perez et al. 2018 (FiLM): h ← h · (1 + scale) + shift, per sample and channel
     if scale is not None:
@@ -187,8 +215,10 @@ class ResBlock(nn.Module):
     as the identity (or the skip projection).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0):
+    def __init__(self, in_channels: int, out_channels: int, emb_dim: int, dropout: float = 0.0,
+                 fused: bool = True):
         super().__init__()
+        self.fused = fused  # GroupNorm → FiLM → SiLU as one fused op
         self.norm0 = nn.GroupNorm(num_groups(in_channels), in_channels)
         self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.affine = nn.Linear(emb_dim, 2 * out_channels)  # emb -> (scale, shift)
@@ -202,9 +232,11 @@ class ResBlock(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         # x: [B, C_in, H, W], emb: [B, E]
         n0, n1 = self.norm0, self.norm1
-        h = groupnorm_film_silu(x, n0.num_groups, n0.weight, n0.bias, None, None, n0.eps)
+        h = groupnorm_film_silu(x, n0.num_groups, n0.weight, n0.bias, None, None, n0.eps,
+                                self.fused)
         h = self.conv0(h)  # [B, C_out, H, W]
         scale, shift = self.affine(emb).chunk(2, dim=1)  # [B, C_out] each
-        h = groupnorm_film_silu(h, n1.num_groups, n1.weight, n1.bias, scale, shift, n1.eps)
+        h = groupnorm_film_silu(h, n1.num_groups, n1.weight, n1.bias, scale, shift, n1.eps,
+                                self.fused)
         h = self.conv1(self.dropout(h))  # [B, C_out, H, W]
         return (x if self.skip is None else self.skip(x)) + h

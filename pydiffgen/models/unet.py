@@ -43,8 +43,10 @@ class UNetBackbone(nn.Module):
         emb_dim: int,
         dropout: float,
         num_classes: int = 0,
+        fused: bool = True,
     ):
         super().__init__()
+        self.fused = fused
         widths = [width * 2**level for level in range(levels)]  # e.g. 32, 64, 128
 
         # σ-embedding: c_noise [B] -> [B, emb_dim] (EDM DDPM++: positional + 2-layer MLP)
@@ -68,11 +70,12 @@ class UNetBackbone(nn.Module):
         for c in widths:
             level_blocks = nn.ModuleList()
             for _ in range(blocks_per_level):
-                level_blocks.append(ResBlock(c_prev, c, emb_dim, dropout))
+                level_blocks.append(ResBlock(c_prev, c, emb_dim, dropout, fused))
                 c_prev = c
             self.encoder.append(level_blocks)
         self.pool = nn.AvgPool2d(2)
-        self.mid = nn.ModuleList([ResBlock(c_prev, c_prev, emb_dim, dropout) for _ in range(2)])
+        self.mid = nn.ModuleList([ResBlock(c_prev, c_prev, emb_dim, dropout, fused)
+                                  for _ in range(2)])
 
         self.upsample = nn.ModuleList()  # nearest ×2 then conv3×3, for levels L−2 … 0
         self.decoder = nn.ModuleList()
@@ -88,7 +91,7 @@ class UNetBackbone(nn.Module):
             level_blocks = nn.ModuleList()
             for i in range(blocks_per_level):
                 c_in = c_prev + c if i == 0 else c  # the first block takes the skip too
-                level_blocks.append(ResBlock(c_in, c, emb_dim, dropout))
+                level_blocks.append(ResBlock(c_in, c, emb_dim, dropout, fused))
                 c_prev = c
             self.decoder.append(level_blocks)
 
@@ -119,7 +122,8 @@ class UNetBackbone(nn.Module):
             for block in level_blocks:
                 h = block(h, emb)  # [B, w·2^l, H/2^l, W/2^l]
         n = self.norm_out  # looked up on the module so a fused kernel can replace it
-        h = blocks.groupnorm_film_silu(h, n.num_groups, n.weight, n.bias, None, None, n.eps)
+        h = blocks.groupnorm_film_silu(h, n.num_groups, n.weight, n.bias, None, None, n.eps,
+                                       self.fused)
         return self.conv_out(h)  # [B, C, H, W]
 
 
@@ -137,6 +141,9 @@ class UNet(EDMPrecond):
         num_classes: 0 (unconditional) or the number of class labels; ``forward`` then
             takes ``class_labels`` (int [B] in ``[0, num_classes]``, ``num_classes`` =
             :attr:`null_label` = no label; None = all null).
+        fused: run every GroupNorm → FiLM → SiLU chain as the fused op
+            ``pydiffgen.ops.groupnorm_film_silu`` (default); False: eager PyTorch (same
+            math; recorded in ``.config`` only when False, so older checkpoints match).
     """
 
     name = "unet"
@@ -151,6 +158,7 @@ class UNet(EDMPrecond):
         sigma_data: float = 0.5,
         dropout: float = 0.0,
         num_classes: int = 0,
+        fused: bool = True,
     ):
         super().__init__(
             channels=channels,
@@ -161,7 +169,10 @@ class UNet(EDMPrecond):
             sigma_data=sigma_data,
             dropout=dropout,
             num_classes=num_classes,
+            **({} if fused else {"fused": False}),
         )
+        if not isinstance(fused, bool):
+            raise InputError(f"fused must be True or False, got {fused!r}")
         self.channels = check_positive_int(channels, "channels")
         self.levels = check_positive_int(levels, "levels")
         check_positive_int(width, "width")
@@ -177,7 +188,7 @@ class UNet(EDMPrecond):
         self.multiple = 2 ** (levels - 1)
         self.F = UNetBackbone(
             channels, width, levels, blocks_per_level, emb_dim or 4 * width, dropout,
-            num_classes,
+            num_classes, fused,
         )
 
     @property

@@ -50,14 +50,27 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
     y2, x2 = y.reshape(M, -1), train.reshape(train.shape[0], -1)
     if topk is not None:
         return _topk(y2, x2, sig, topk, backend).reshape(shape)
+    if _transformed(y, sig):
+        # under torch.func (vmap, jacrev, jacfwd) values cannot steer control flow, which
+        # the fast backends' exact-row fallback needs: the float64 reference has none
+        return _EmpiricalFn.apply(y2, x2.detach(), sig, _ED_REF).reshape(shape)
     impl = _dispatch.op("empirical_denoiser").select(y.device.type, backend)
     return impl.fn(y2, x2, sig).reshape(shape)
+
+
+def _transformed(*tensors) -> bool:
+    """True inside a torch.func transform (vmap / grad / jvp wrappers)."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check; it sees plain tensors
+        return False
+    return any(isinstance(t, torch.Tensor) and torch._C._functorch.is_functorch_wrapped_tensor(t)
+               for t in tensors)
 
 
 def _validate(y, train, sigma, topk):
     check_tensor(y, "y", min_ndim=2, nonempty=False, finite=False)
     check_tensor(train, "train", min_ndim=2, finite=False)
-    _check_finite(y, "y")
+    if not _transformed(y):  # a value check cannot run under vmap
+        _check_finite(y, "y")
     _check_finite(train, "train")  # no [N, D] temporary: the op's memory stays O(tiles)
     if y.shape[1:] != train.shape[1:]:
         raise InputError(
@@ -71,7 +84,10 @@ def _validate(y, train, sigma, topk):
     dtype = torch.promote_types(y.dtype, train.dtype)
     if dtype not in (torch.float32, torch.float64):
         dtype = torch.float32  # half / bfloat16 inputs are computed in float32
-    sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
+    if _transformed(sigma):  # batched σ under vmap: shape checks only
+        sig = sigma.to(torch.float64).expand(y.shape[0]) if sigma.ndim == 0 else sigma.double()
+    else:
+        sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
     if topk is not None:
         if isinstance(topk, bool) or not isinstance(topk, int) or topk < 1:
             raise InputError(f"topk must be None or a positive integer, got {topk!r}")
@@ -179,7 +195,8 @@ torch.library.register_vmap(
 
 class _EmpiricalFn(torch.autograd.Function):
     """Autograd for the public op that also works under torch.func transforms (jacrev,
-    vmap): the forward calls a backend's custom op, the backward the VJP op."""
+    jacfwd, vmap): the forward calls a backend's custom op, the backward the VJP op. The
+    Jacobian Cov_w/σ² is symmetric, so the JVP is the same product as the VJP."""
 
     generate_vmap_rule = True
 
@@ -191,6 +208,14 @@ class _EmpiricalFn(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         y, train, sigma, _ = inputs
         ctx.save_for_backward(y, train, sigma, output)
+        ctx.save_for_forward(y, train, sigma, output)
+
+    @staticmethod
+    def jvp(ctx, y_t, _train_t, _sigma_t, _fwd_t):
+        y, train, sigma, out = ctx.saved_tensors
+        return torch.ops.pydiffgen.empirical_denoiser_vjp(
+            y, train.detach(), sigma, out, y_t.contiguous()
+        )
 
     @staticmethod
     def backward(ctx, grad):
@@ -209,8 +234,11 @@ def _apply(fwd, y, x, sig):
     return fwd(y, x, sig)
 
 
+_ED_REF = torch.ops.pydiffgen.empirical_denoiser_ref
+
+
 def _reference(y, x, sig):
-    return _apply(torch.ops.pydiffgen.empirical_denoiser_ref, y, x, sig)
+    return _apply(_ED_REF, y, x, sig)
 
 
 # --- exact rows: the fast backends' small-σ path ------------------------------------------
@@ -350,3 +378,88 @@ _op = _dispatch.op("empirical_denoiser")
 _op.register("triton", ("cuda",), _triton, cuda_why_not)
 _op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
 _op.register("reference", ("cpu", "cuda"), _reference)
+
+
+# --- partials: one shard's share of the online log-sum-exp (pydiffgen.distributed) ---------
+
+
+def _partials(y, x, sig, dtype=None):
+    """The online merge state of D_M over the training points x [N, D] for rows y [M, D]:
+    (m, s, a) with m [M] the largest logit −‖y − x_i‖²/(2σ²), s = Σ_i exp(l_i − m) and
+    a [M, D] = Σ_i exp(l_i − m) x_i, plus err [M], each row's estimated logit error (the
+    C++ kernel's bound). All float64 except the GEMMs, which run in ``dtype`` (default:
+    x's). D_M = a / s; partials of disjoint sets merge by rescaling to the larger m.
+
+    Logits are ranked after subtracting a centre μ of x (the expansion's cancellation) and
+    reported without it (m = max_i S_i/σ² − ‖y − μ‖²/(2σ²)), so partials of different
+    sets, centred differently, are comparable. Empty x gives (−inf, 0, 0, 0).
+    """
+    from .knn import _centre
+
+    M, D = y.shape
+    dtype = dtype or x.dtype
+    f64 = dict(dtype=torch.float64, device=y.device)
+    m = torch.full((M,), float("-inf"), **f64)
+    s = torch.zeros(M, **f64)
+    a = torch.zeros(M, D, **f64)
+    if x.shape[0] == 0 or M == 0:
+        return m, s, a, torch.zeros(M, **f64)
+    mu = _centre(x).to(dtype)  # [D]
+    yc = y.to(dtype) - mu  # [M, D]
+    iv = 1.0 / sig.double().square()  # [M]
+    m_chunk, n_tile = reference._empirical_tiles(M, x.shape[0], D, 1 << 20)
+    R2 = 0.0
+    for n0 in range(0, x.shape[0], n_tile):
+        xt = x[n0 : n0 + n_tile].to(dtype)  # [t, D]
+        xc = xt - mu
+        sq = xc.square().sum(1)  # [t]
+        R2 = max(R2, float(sq.max()))
+        for m0 in range(0, M, m_chunk):
+            rows = slice(m0, m0 + m_chunk)
+            # S/σ² = −‖y − x‖²/(2σ²) + ‖y − μ‖²/(2σ²)   [m, t]
+            logits = torch.addmm(sq.mul(-0.5), yc[rows], xc.T) * iv[rows, None].to(dtype)
+            new_max = torch.maximum(m[rows], logits.amax(1).double())
+            scale = torch.exp(m[rows] - new_max)  # 0 on the first tile
+            p = torch.exp(logits - new_max[:, None].to(dtype))  # [m, t]
+            s[rows] = s[rows] * scale + p.sum(1, dtype=torch.float64)
+            # the raw tile, so a lone dominant point returns x_i exactly
+            a[rows] = a[rows] * scale[:, None] + (p @ xt).double()
+            m[rows] = new_max
+    yn2 = yc.double().square().sum(1)  # [M]
+    m = m - 0.5 * yn2 * iv
+    u = torch.finfo(dtype).eps / 2
+    R = R2**0.5
+    err = 2 * u * D**0.5 * (yn2.sqrt() * R + R2 / 2) * iv
+    return m, s, a, err
+
+
+def _candidate_partials(y, x, sig, C: int = _CANDIDATES):
+    """``_exact_rows``' partials: (m, s, a) over the C nearest points of x (``knn``, direct
+    float64 logits) and c [M], the smallest candidate logit, which bounds every other
+    point's logit (−inf when all of x are candidates). Float64."""
+    from .knn import knn
+
+    M, D = y.shape
+    C = min(C, x.shape[0])
+    if C == 0:
+        f64 = dict(dtype=torch.float64, device=y.device)
+        return (torch.full((M,), float("-inf"), **f64), torch.zeros(M, **f64),
+                torch.zeros(M, D, **f64), torch.full((M,), float("-inf"), **f64))
+    _, idx = knn(y, x, C)  # [M, C]
+    ms, ss, as_, cs = [], [], [], []
+    step = max(1, (1 << 22) // (C * D))  # the [m, C, D] gather stays ≤ 32 MB
+    for m0 in range(0, M, step):
+        rows = slice(m0, m0 + step)
+        cand = x[idx[rows]].double()  # [m, C, D]
+        d2 = (y[rows].double()[:, None, :] - cand).square().sum(-1)  # [m, C]
+        logits = -d2 / (2 * sig[rows].double()[:, None] ** 2)
+        m = logits.max(1).values
+        p = torch.exp(logits - m[:, None])  # [m, C]
+        ms.append(m)
+        ss.append(p.sum(1))
+        as_.append((p[:, :, None] * cand).sum(1))
+        cs.append(logits.min(1).values)
+    c = torch.cat(cs)
+    if C == x.shape[0]:
+        c = torch.full_like(c, float("-inf"))
+    return torch.cat(ms), torch.cat(ss), torch.cat(as_), c

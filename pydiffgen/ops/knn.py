@@ -3,21 +3,30 @@
 Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion
 (a float32 mean of a strided subset: the expansion is shift-invariant, only cancellation
 matters), which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in
-float64,
-so near-duplicate keys (memorization) are ordered exactly. Candidate pool: k + 16 per
-query, enough to absorb the expansion's rounding on [-1, 1] image data.
+float64, so near-duplicate keys (memorization) are ordered exactly.
+
+The ``cpp`` backend is certified: a low-precision candidate pass (bfloat16 GEMM on CPUs
+with AVX-512 BF16 / AMX, else float32; an exact int8 GEMM for uint8 data) keeps, per query,
+every key whose score is within a rigorous error bound of the k-th best (the bound and why
+it holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64. A query whose
+candidate set outgrows its budget is redone at the next precision (bf16 → fp32 → fp64), so
+results equal the float64 brute force except for exact ties, for any data.
+The ``reference`` and ``triton`` backends keep k + 16 float32 candidates per query, enough
+for the expansion's rounding on [-1, 1] image data, but not certified for adversarial data.
 
 Backends in priority order:
   CUDA: triton (score tiles by pydiffgen.kernels.l2_tile, registered as the custom op
         ``pydiffgen::knn_score_tile``) → reference;
-  CPU:  reference (torch GEMM tiles; topk_merge dispatches to the C++ kernel when built).
-Every backend shares the streaming loop below: score tile → topk_merge → float64 re-rank.
+  CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
+        + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
+        → reference (torch GEMM tiles; topk_merge dispatches to the C++ kernel when built).
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
@@ -25,22 +34,34 @@ from . import _dispatch
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
+PRECISIONS = ("auto", "bf16", "fp32", "fp64")
 _EXTRA_CANDIDATES = 16
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 
 
 def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
-        *, tile_elems: int = 1 << 24):
+        *, tile_elems: int = 1 << 24, precision: str = "auto"):
     """k nearest keys of each query.
 
-    queries [M, *F], keys [N, *F] (flattened over F). metric ``l2``: squared Euclidean
+    queries [M, *F], keys [N, *F] (flattened over F), floating point or uint8 (8-bit
+    images: the cpp backend's exact int8 pass). metric ``l2``: squared Euclidean
     distances ascending; ``cosine``: cosine similarity descending; ``ip``: inner product
     descending. Returns (values float32 [M, k], indices int64 [M, k]).
-    ``tile_elems`` bounds the scores held at once (M_chunk × N_tile).
+    ``tile_elems`` bounds the scores held at once (M_chunk × N_tile). ``precision``: the
+    cpp backend's first candidate pass (``auto``: bf16 where the CPU has native bf16
+    dot products, else fp32); results are exact whatever it is.
     """
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    check_tensor(queries, "queries", min_ndim=2, finite=False)
-    check_tensor(keys, "keys", min_ndim=2, finite=False)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
+    check_tensor(keys, "keys", min_ndim=2, finite=False, floating=False)
+    for t, name in ((queries, "queries"), (keys, "keys")):
+        if t.dtype not in _DTYPES:
+            raise InputError(
+                f"{name} must be a floating-point or uint8 tensor, got dtype {t.dtype}"
+            )
     _check_finite(queries, "queries")
     _check_finite(keys, "keys")
     if queries.shape[1:] != keys.shape[1:]:
@@ -52,13 +73,21 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     if k > keys.shape[0]:
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     impl = _dispatch.op("knn").select(queries.device.type, backend)
-    return impl.fn(queries.reshape(len(queries), -1), keys.reshape(len(keys), -1), k, metric,
-                   tile_elems)
+    q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
+    if impl.name == "cpp":
+        return _knn_cpp(q, x, k, metric, tile_elems, precision)
+    return impl.fn(_as_float(q), _as_float(x), k, metric, tile_elems)
+
+
+def _as_float(t):
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _check_finite(t, name):
     """NaN/Inf check in one reduction pass: a finite sum implies finite entries (NaN and
     ±inf propagate); only an overflowing sum pays for the elementwise check."""
+    if not t.is_floating_point():
+        return
     if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} contains NaN or Inf values")
 
@@ -182,5 +211,90 @@ if TRITON_WHY_NOT is None:
         return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
 
 
+_METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
+_PRECISION_CODE = {"int8": 0, "bf16": 1, "fp32": 2, "fp64": 3}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX-512 BF16 or AMX): only then is
+    a bf16 GEMM faster than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def _capacity(k: int, n: int, precision: str) -> int:
+    """Candidate budget per query; past it the row is redone at the next precision. The
+    float64 re-rank costs D flops per candidate, the GEMM N·D per query: a few k suffice."""
+    if precision in ("int8", "fp64"):
+        return max(k, n)  # exact / last pass: never overflows
+    return min(max(k, n), 4 * k + (256 if precision == "bf16" else 1024))
+
+
+def _passes(q, x, metric, precision):
+    if q.dtype == torch.uint8 and x.dtype == torch.uint8 and metric != "cosine":
+        return ["int8"]
+    first = ("bf16" if native_bf16() else "fp32") if precision == "auto" else precision
+    order = ["bf16", "fp32", "fp64"]
+    return order[order.index(first):]
+
+
+def _knn_cpp(q, x, k, metric, tile_elems, precision="auto"):
+    """Certified candidate passes (C++ tile loop) + float64 re-rank, with the overflowing
+    queries of a pass redone at the next precision."""
+    passes = _passes(q, x, metric, precision)
+    if passes[0] != "int8":
+        q, x = _as_float(q), _as_float(x)
+    M, N = q.shape[0], x.shape[0]
+    mu = _centre(x) if metric == "l2" and passes[0] != "int8" else x.new_empty(0, dtype=torch.float)
+    values = torch.empty(M, k, dtype=torch.float32)
+    indices = torch.empty(M, k, dtype=torch.int64)
+    rows = torch.arange(M)
+    for p in passes:
+        qr = q[rows]
+        cand, _, _, over = torch.ops.pydiffgen.knn_candidates(
+            qr, x, mu, k, _METRIC_CODE[metric], _PRECISION_CODE[p], tile_elems,
+            _capacity(k, N, p), 0)
+        done = ~over
+        v, i = torch.ops.pydiffgen.knn_rerank(qr[done], x, cand[done], k, _METRIC_CODE[metric])
+        values[rows[done]] = v.float()
+        indices[rows[done]] = i
+        rows = rows[over]
+        if len(rows) == 0:
+            break
+    return values, indices
+
+
+def _cpp_why_not():
+    return None if _native.has_cpu_ops() else _native.WHY_NOT
+
+
+if _native.LOADED:
+
+    @torch.library.register_fake("pydiffgen::knn_candidates")
+    def _knn_candidates_fake(queries, keys, centre, k, metric, precision, tile_elems, capacity,
+                             offset):
+        M = queries.shape[0]
+        C = torch.library.get_ctx().new_dynamic_size()
+        return (queries.new_empty(M, C, dtype=torch.int64),
+                queries.new_empty(M, C, dtype=torch.float64),
+                queries.new_empty(M, dtype=torch.float64),
+                queries.new_empty(M, dtype=torch.bool))
+
+    @torch.library.register_fake("pydiffgen::knn_rerank")
+    def _knn_rerank_fake(queries, keys, cand, k, metric):
+        torch._check(cand.shape[0] == queries.shape[0])
+        M = queries.shape[0]
+        return (queries.new_empty(M, k, dtype=torch.float64),
+                queries.new_empty(M, k, dtype=torch.int64))
+
+
 _dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
+_dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _cpp_why_not)
 _dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_chunked)

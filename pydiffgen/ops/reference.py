@@ -122,3 +122,30 @@ def empirical_denoiser_vjp(y, train, sigma, denoised, grad, *, tile_elems: int =
         # Σ w a (x − D) = (Σ p a x − D Σ p a) / Σ p
         out[sl] = (acc - Dc * acc_a[:, None]) / run_sum[:, None] * iv
     return out
+
+
+def groupnorm_film_silu(x, num_groups: int, weight, bias, scale, shift, eps: float = 1e-5):
+    """SiLU(GN(x)·(1 + scale) + shift), computed by PyTorch ops in x's dtype.
+
+    x [B, C, *]; weight, bias [C] (GroupNorm affine) or None; scale, shift [B, C] (FiLM,
+    Perez et al. 2018) or None. The eager chain every fused backend is tested against.
+    """
+    h = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)  # [B, C, *]
+    expand = (slice(None), slice(None)) + (None,) * (x.ndim - 2)
+    if scale is not None:
+        h = h * (1 + scale[expand])
+    if shift is not None:
+        h = h + shift[expand]
+    return torch.nn.functional.silu(h)
+
+
+def bf_batchnorm_relu(x, gain, eps: float = 1e-5):
+    """ReLU(x·γ/std) with std_c = sqrt(Var_{B,*}[x_c] + eps): bias-free batch norm in
+    training mode (Mohan et al. 2020; no mean subtraction of x) followed by ReLU.
+
+    x [B, C, *], gain [C]. Returns (y [B, C, *], std [C]).
+    """
+    dims = (0,) + tuple(range(2, x.ndim))
+    std = torch.sqrt(x.var(dim=dims, unbiased=False) + eps)  # [C]
+    expand = (None, slice(None)) + (None,) * (x.ndim - 2)
+    return torch.relu(x * (gain / std)[expand]), std

@@ -3,6 +3,7 @@
 
 import pytest
 import torch
+
 from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 
 if TRITON_WHY_NOT is not None:

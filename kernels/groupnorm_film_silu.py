@@ -1,0 +1,273 @@
+"""Triton kernels of the fused GroupNorm → FiLM → SiLU (pydiffgen.ops.groupnorm_film_silu).
+
+Formula, x viewed as [B, C, L] (L = H·W), G groups of Cg = C/G channels, N = Cg·L:
+    μ, r = mean, 1/sqrt(var + eps) over x[b, g]          (biased variance)
+    z = a_bc·x + d_bc,  a = r·w·(1 + s),  d = (β − μ·r·w)(1 + s) + t,   y = z·sigmoid(z)
+Backward, dz = dy·σ(z)(1 + z(1 − σ(z))), S1 = Σ_L dz, S2 = Σ_L dz·x̂ per (b, c),
+k = (1 + s)·w, A = Σ_{c∈g} k·S1, Bg = Σ_{c∈g} k·S2:
+    dx = r·k·dz − r²·(Bg/N)·x + r·(μ·r·Bg − A)/N
+    dshift = S1, dscale = w·S2 + β·S1, dweight = Σ_b (1 + s)·S2, dbias = Σ_b (1 + s)·S1.
+
+Parallelism: not one program per (batch, group), which leaves most of the GPU idle at
+batch 1. Every kernel runs on [BLOCK_C, BLOCK_L] tiles over a grid
+(B × channel blocks, L splits): the reductions write per-(b, c, split) partial sums and a
+few small torch ops on [B, C]-sized tensors combine them (a split reduction; no atomics, so
+results are deterministic). Tiles follow the memory layout: long in L for NCHW
+(L contiguous), wide in C for channels-last (C contiguous), so loads coalesce in both;
+any strides of the [B, C, L] view are accepted.
+
+Numerics: per-tile sums in float32 of x − K, with K = x[b, g·Cg, 0] the group's first
+element (a shift that removes the cancellation of E[x²] − μ² for data with a large mean),
+combined across tiles and channels in float64. bf16 / fp16 are loaded as float32;
+outputs are stored in x's dtype. Statistics, coefficients and parameter gradients are
+float32 (float64 for float64 inputs, which the interpreter tests use for gradcheck).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _sigmoid(z):
+    return 1.0 / (1.0 + tl.exp(-z))
+
+
+@triton.jit
+def _stats_kernel(x_ptr, part_ptr, C, L, Cg, total, sxb, sxc, sxl, n_cblk, n_split, chunk_l,
+                  ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // n_cblk
+    c = (pid % n_cblk) * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    cmask = c < C
+    pivot_c = (c // Cg) * Cg  # the group's first channel: K = x[b, pivot_c, 0]
+    K = tl.load(x_ptr + b * sxb + pivot_c * sxc, mask=cmask, other=0.0).to(ACC)
+    acc_s = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
+    acc_q = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
+    l_start = split * chunk_l
+    for l0 in range(l_start, l_start + chunk_l, BLOCK_L):
+        l = l0 + tl.arange(0, BLOCK_L)
+        m = cmask[:, None] & (l < L)[None, :]
+        v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m, other=0.0)
+        v = tl.where(m, v.to(ACC) - K[:, None], 0.0)
+        acc_s += v
+        acc_q += v * v
+    out = (b * C + c) * n_split + split
+    tl.store(part_ptr + out, tl.sum(acc_s, axis=1), mask=cmask)
+    tl.store(part_ptr + total + out, tl.sum(acc_q, axis=1), mask=cmask)
+
+
+@triton.jit
+def _apply_kernel(x_ptr, y_ptr, a_ptr, d_ptr, C, L, sxb, sxc, sxl, syb, syc, syl, n_cblk,
+                  ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // n_cblk
+    c = (pid % n_cblk) * BLOCK_C + tl.arange(0, BLOCK_C)
+    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cmask = c < C
+    m = cmask[:, None] & (l < L)[None, :]
+    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
+    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
+    v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m, other=0.0)
+    z = a[:, None] * v.to(ACC) + d[:, None]
+    y = z * _sigmoid(z)
+    tl.store(y_ptr + b * syb + c[:, None] * syc + l[None, :] * syl,
+             y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_reduce_kernel(x_ptr, dy_ptr, part_ptr, a_ptr, d_ptr, mu_ptr, r_ptr, C, L, total,
+                       sxb, sxc, sxl, sgb, sgc, sgl, n_cblk, n_split, chunk_l,
+                       ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // n_cblk
+    c = (pid % n_cblk) * BLOCK_C + tl.arange(0, BLOCK_C)
+    cmask = c < C
+    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
+    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
+    mu = tl.load(mu_ptr + b * C + c, mask=cmask, other=0.0)  # μ, r expanded per channel
+    r = tl.load(r_ptr + b * C + c, mask=cmask, other=0.0)
+    acc1 = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
+    acc2 = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
+    l_start = split * chunk_l
+    for l0 in range(l_start, l_start + chunk_l, BLOCK_L):
+        l = l0 + tl.arange(0, BLOCK_L)
+        m = cmask[:, None] & (l < L)[None, :]
+        v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m,
+                    other=0.0).to(ACC)
+        g = tl.load(dy_ptr + b * sgb + c[:, None] * sgc + l[None, :] * sgl, mask=m,
+                    other=0.0).to(ACC)
+        z = a[:, None] * v + d[:, None]
+        sg = _sigmoid(z)
+        dz = tl.where(m, g * sg * (1.0 + z * (1.0 - sg)), 0.0)
+        acc1 += dz
+        acc2 += dz * ((v - mu[:, None]) * r[:, None])
+    out = (b * C + c) * n_split + split
+    tl.store(part_ptr + out, tl.sum(acc1, axis=1), mask=cmask)
+    tl.store(part_ptr + total + out, tl.sum(acc2, axis=1), mask=cmask)
+
+
+@triton.jit
+def _bwd_dx_kernel(x_ptr, dy_ptr, dx_ptr, a_ptr, d_ptr, c1_ptr, c2_ptr, c3_ptr, C, L,
+                   sxb, sxc, sxl, sgb, sgc, sgl, sdb, sdc, sdl, n_cblk,
+                   ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // n_cblk
+    c = (pid % n_cblk) * BLOCK_C + tl.arange(0, BLOCK_C)
+    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
+    cmask = c < C
+    m = cmask[:, None] & (l < L)[None, :]
+    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
+    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
+    c1 = tl.load(c1_ptr + b * C + c, mask=cmask, other=0.0)
+    c2 = tl.load(c2_ptr + b * C + c, mask=cmask, other=0.0)
+    c3 = tl.load(c3_ptr + b * C + c, mask=cmask, other=0.0)
+    v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m,
+                other=0.0).to(ACC)
+    g = tl.load(dy_ptr + b * sgb + c[:, None] * sgc + l[None, :] * sgl, mask=m,
+                other=0.0).to(ACC)
+    z = a[:, None] * v + d[:, None]
+    sg = _sigmoid(z)
+    dz = g * sg * (1.0 + z * (1.0 - sg))
+    dx = c1[:, None] * dz + c2[:, None] * v + c3[:, None]
+    tl.store(dx_ptr + b * sdb + c[:, None] * sdc + l[None, :] * sdl,
+             dx.to(dx_ptr.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _view3(t: torch.Tensor) -> torch.Tensor:
+    """[B, C, *] as [B, C, L] without a copy when the trailing dims merge (NCHW and
+    channels-last both do); otherwise a contiguous copy."""
+    B, C = t.shape[:2]
+    try:
+        return t.view(B, C, -1)
+    except RuntimeError:
+        return t.contiguous().view(B, C, -1)
+
+
+def _blocks(v: torch.Tensor, C: int, L: int):
+    """(BLOCK_C, BLOCK_L): long in the contiguous dimension."""
+    if v.stride(2) == 1 or L == 1:
+        return min(4, triton.next_power_of_2(C)), min(256, max(16, triton.next_power_of_2(L)))
+    return min(32, max(2, triton.next_power_of_2(C))), min(32, max(16,
+                                                              triton.next_power_of_2(L)))
+
+
+def _splits(B: int, n_cblk: int, L: int, BLOCK_L: int, device) -> tuple[int, int]:
+    """(n_split, chunk_l): enough programs to fill the device (≈ 4 per SM) at any batch."""
+    tiles = triton.cdiv(L, BLOCK_L)
+    if device.type == "cuda":
+        target = 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    else:
+        target = 4
+    n_split = max(1, min(tiles, triton.cdiv(target, B * n_cblk)))
+    chunk_tiles = triton.cdiv(tiles, n_split)
+    n_split = triton.cdiv(tiles, chunk_tiles)
+    return n_split, chunk_tiles * BLOCK_L
+
+
+def _acc(x):
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _coefficients(mean, rstd, w, b, s, t, Cg):
+    """a, d [B, C] of z = a·x + d from mean, rstd [B, G] (float64 internally)."""
+    mu = mean.double().repeat_interleave(Cg, dim=1)  # [B, C]
+    r = rstd.double().repeat_interleave(Cg, dim=1)
+    one_s = 1 + s.double()
+    a = r * w.double() * one_s
+    d = (b.double() - mu * r * w.double()) * one_s + t.double()
+    return a, d, mu, r
+
+
+def forward(x, num_groups, weight, bias, scale, shift, eps):
+    """Returns (y [x's shape, dtype and layout], mean [B, G], rstd [B, G])."""
+    B, C = x.shape[:2]
+    G, Cg = num_groups, C // num_groups
+    acc = _acc(x)
+    y = torch.empty_like(x)  # x's layout when x is dense (NCHW, channels-last), else NCHW
+    mean = torch.zeros(B, G, dtype=acc, device=x.device)
+    rstd = torch.zeros(B, G, dtype=acc, device=x.device)
+    if x.numel() == 0:
+        return y, mean, rstd
+    v = _view3(x)
+    try:
+        yv = y.view(B, C, -1)
+    except RuntimeError:  # a dense layout whose H, W do not merge
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        yv = y.view(B, C, -1)
+    L = v.shape[2]
+    BC, BL = _blocks(v, C, L)
+    n_cblk = triton.cdiv(C, BC)
+    n_split, chunk_l = _splits(B, n_cblk, L, BL, x.device)
+    total = B * C * n_split
+    part = torch.empty(2 * total, dtype=acc, device=x.device)
+    ACC = tl.float64 if acc == torch.float64 else tl.float32
+    _stats_kernel[(B * n_cblk, n_split)](
+        v, part, C, L, Cg, total, *v.stride(), n_cblk, n_split, chunk_l,
+        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+    S = part[:total].view(B, G, Cg * n_split).double().sum(-1)  # Σ (x − K)
+    Q = part[total:].view(B, G, Cg * n_split).double().sum(-1)  # Σ (x − K)²
+    N = Cg * L
+    K = v[:, ::Cg, 0].double()  # [B, G] the shifts used by the kernel
+    dm = S / N
+    var = (Q / N - dm * dm).clamp_min(0)
+    mean64 = K + dm
+    rstd64 = torch.rsqrt(var + eps)
+    mean.copy_(mean64)
+    rstd.copy_(rstd64)
+    a, d, _, _ = _coefficients(mean64, rstd64, weight, bias, scale, shift, Cg)
+    a, d = a.to(acc).contiguous(), d.to(acc).contiguous()
+    _apply_kernel[(B * n_cblk, triton.cdiv(L, BL))](
+        v, yv, a, d, C, L, *v.stride(), *yv.stride(), n_cblk,
+        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+    return y.view(x.shape), mean, rstd
+
+
+def backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift):
+    """Returns (dx, dweight [C], dbias [C], dscale [B, C], dshift [B, C])."""
+    B, C = x.shape[:2]
+    G, Cg = num_groups, C // num_groups
+    acc = _acc(x)
+    if x.numel() == 0:
+        z = torch.zeros(B, C, dtype=acc, device=x.device)
+        return torch.empty_like(x), z.sum(0), z.sum(0), z, z.clone()
+    v = _view3(x)
+    g = _view3(grad.to(x.dtype))
+    L = v.shape[2]
+    dx = torch.empty_like(v)
+    BC, BL = _blocks(v, C, L)
+    n_cblk = triton.cdiv(C, BC)
+    n_split, chunk_l = _splits(B, n_cblk, L, BL, x.device)
+    ACC = tl.float64 if acc == torch.float64 else tl.float32
+    a, d, mu, r = _coefficients(mean, rstd, weight, bias, scale, shift, Cg)
+    a_, d_ = a.to(acc).contiguous(), d.to(acc).contiguous()
+    total = B * C * n_split
+    part = torch.empty(2 * total, dtype=acc, device=x.device)
+    _bwd_reduce_kernel[(B * n_cblk, n_split)](
+        v, g, part, a_, d_, mu.to(acc).contiguous(), r.to(acc).contiguous(), C, L, total,
+        *v.stride(), *g.stride(), n_cblk, n_split, chunk_l,
+        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+    S1 = part[:total].view(B, C, n_split).double().sum(-1)  # [B, C]
+    S2 = part[total:].view(B, C, n_split).double().sum(-1)
+    w, bb, one_s = weight.double(), bias.double(), 1 + scale.double()
+    k = one_s * w  # [B, C]
+    N = Cg * L
+    A = (k * S1).view(B, G, Cg).sum(-1).repeat_interleave(Cg, dim=1)  # [B, C]
+    Bg = (k * S2).view(B, G, Cg).sum(-1).repeat_interleave(Cg, dim=1)
+    c1 = (r * k).to(acc).contiguous()
+    c2 = (-r * r * Bg / N).to(acc).contiguous()
+    c3 = (r * (mu * r * Bg - A) / N).to(acc).contiguous()
+    _bwd_dx_kernel[(B * n_cblk, triton.cdiv(L, BL))](
+        v, g, dx, a_, d_, c1, c2, c3, C, L, *v.stride(), *g.stride(), *dx.stride(), n_cblk,
+        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+    dweight = (one_s * S2).sum(0).to(acc)
+    dbias = (one_s * S1).sum(0).to(acc)
+    dscale = (w * S2 + bb * S1).to(acc)
+    return dx.view(x.shape), dweight, dbias, dscale, S1.to(acc)
