@@ -159,8 +159,8 @@ class TangentProjection(Denoiser):
 
 
 def _noisy(x0: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return x0 + sigma * torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+    g = torch.Generator().manual_seed(seed)  # CPU draws: the same noise on every device
+    return x0 + sigma * torch.randn(x0.shape, generator=g, dtype=x0.dtype).to(x0.device)
 
 
 def manifold_alignment(denoiser, x0: torch.Tensor, tangent: torch.Tensor, sigma: float, *,
@@ -182,16 +182,17 @@ def manifold_alignment(denoiser, x0: torch.Tensor, tangent: torch.Tensor, sigma:
     tangent = check_tensor(tangent, "tangent", ndim=3)
     sigma = check_positive_float(sigma, "sigma")
     n, k = tangent.shape[0], tangent.shape[2]
-    y = _noisy(x0.to(torch.float32), sigma, seed)
+    tangent = tangent.cpu()
+    y = _noisy(x0.to(torch.float32), sigma, seed)  # on x0's device
     spec = jacobian_spectrum(denoiser, y, sigma, k=k)
-    E = spec.eigenvectors[..., :k]  # [n, d, k]
+    E = spec.eigenvectors[..., :k].cpu()  # [n, d, k]
     angles = principal_angles(E, tangent)
     g = torch.Generator().manual_seed(seed + 1)
     rand = torch.randn(tangent.shape, generator=g, dtype=torch.float64)
     rand_angles = principal_angles(rand, tangent)
     with torch.no_grad():
-        out = denoiser(y, torch.full((n,), sigma))
-    err = ((out.to(torch.float64) - x0.to(torch.float64)) ** 2).reshape(n, -1).sum(1)
+        out = denoiser(y, torch.full((n,), sigma, device=y.device))
+    err = ((out.double() - x0.double()) ** 2).reshape(n, -1).sum(1).cpu()
     return {
         "sigma": sigma,
         "k": k,
@@ -232,10 +233,11 @@ def gaussian_alignment(denoiser, reference, y: torch.Tensor, sigma: float, *,
     n = y.shape[0]
     W, _ = reference.weight(sigma)  # [d, d] float64
     lam, U = reference.eigenvalues, reference.eigenvectors  # descending
-    J = jacobian(denoiser, y, sigma).to(torch.float64)  # [n, d, d]
+    W, lam, U = W.cpu(), lam.cpu(), U.cpu()
+    J = jacobian(denoiser, y, sigma).to(torch.float64).cpu()  # [n, d, d]
     rel = torch.linalg.norm(J - W, dim=(1, 2)) / torch.linalg.norm(W)
     spec = jacobian_spectrum(denoiser, y, sigma)
-    E = spec.eigenvectors.to(torch.float64)
+    E = spec.eigenvectors.to(torch.float64).cpu()
     ks = spectral_gaps(lam, k_max)
     angles = {str(k): torch.rad2deg(principal_angles(E[..., :k], U[:, :k].expand(n, -1, -1))
                                     .amax(-1)).tolist() for k in ks}
@@ -263,7 +265,7 @@ class OptimalBasisConfig:
     experiments: tuple[str, ...] = field(
         default=("calpha", "disks", "ray", "gaussian"),
         metadata={"help": f"which to run: {', '.join(EXPERIMENTS)}"})
-    size: int = field(default=32, metadata={"help": "image size of C^α, disks and ray"})
+    size: int = field(default=16, metadata={"help": "image size of C^α, disks and ray"})
     alphas: tuple[float, ...] = field(default=(1.0, 2.0, 4.0),
                                       metadata={"help": "C^α regularities, one model each"})
     n_train: int = field(default=4096, metadata={"help": "training images per model"})
@@ -326,11 +328,11 @@ PRESETS: dict[str, OptimalBasisConfig] = {
         name="optimal-basis-quick", experiments=("calpha", "disks", "gaussian"), size=16,
         alphas=(1.0, 4.0), n_train=1024, steps=300, jacobian_images=2,
         sigmas=(0.1, 0.4), gaussian_size=8),
-    # the paper's four regularities at 32×32 with longer training (not timed here; from
-    # the default's per-step time, about an hour on a 2-core CPU)
+    # the paper's four regularities at 32×32 with longer training (not timed here: 7
+    # models × 6000 steps of a width-32 UNet, hours on a 2-core CPU; meant for a GPU)
     "paper": OptimalBasisConfig(
-        name="optimal-basis-paper", alphas=(1.0, 2.0, 3.0, 5.0), n_train=20000,
-        width=32, steps=6000, batch_size=64),
+        name="optimal-basis-paper", size=32, alphas=(1.0, 2.0, 3.0, 5.0), n_train=20000,
+        width=32, steps=6000, batch_size=64, device="cuda"),
 }
 
 
@@ -461,19 +463,20 @@ def _analyse_manifold(config, model, key):
     else:  # ray: the tangent of {a·x₀} at a·x₀ is x₀
         x0 = x
         tangent = info["direction"].reshape(1, -1, 1).to(torch.float64).expand(n, -1, -1)
+    x0 = x0.to(config.device)
     per_sigma = []
     for i, s in enumerate(config.sigmas):
         a = manifold_alignment(model, x0[:n], tangent, s, seed=config.seed + i)
         # MSE over the larger evaluation set (no Jacobian needed)
         y = _noisy(x0, s, config.seed + 100 + i)
         with torch.no_grad():
-            out = model(y.to(config.device), torch.full((len(y),), s)).cpu()
-        err = ((out.double() - x0.double()) ** 2).reshape(len(y), -1).sum(1) / s**2
+            out = model(y, torch.full((len(y),), s, device=y.device))
+        err = ((out.double() - x0.double()) ** 2).reshape(len(y), -1).sum(1).cpu() / s**2
         a["mse_over_sigma2_eval"] = float(err.mean())
         per_sigma.append(a)
     k = tangent.shape[2]
     eig = _top_eigenvectors(model, x0[:1], config.sigmas, k + 3)
-    return {"k": k, "d": x0[0].numel(), "per_sigma": per_sigma, "example": x0[0].tolist(),
+    return {"k": k, "d": x0[0].numel(), "per_sigma": per_sigma, "example": x0[0].cpu().tolist(),
             "example_tangent": tangent[0].T.reshape(k, *x0.shape[1:]).tolist(),
             "eigenvectors": eig}
 
@@ -486,8 +489,8 @@ def _top_eigenvectors(model, x0, sigmas, k):
     for i, s in enumerate(sigmas):
         spec = jacobian_spectrum(model, _noisy(x0, s, 1000 + i), s, k=k)
         vecs = spec.eigenvectors[0, :, :k].T.reshape(k, *x0.shape[1:])
-        out[f"{s:g}"] = {"eigenvalues": spec.eigenvalues[0, :k].tolist(),
-                         "vectors": vecs.to(torch.float32).tolist()}
+        out[f"{s:g}"] = {"eigenvalues": spec.eigenvalues[0, :k].cpu().tolist(),
+                         "vectors": vecs.to(torch.float32).cpu().tolist()}
     return out
 
 
@@ -499,11 +502,13 @@ def _analyse_gaussian(config, model):
     mean, cov = gaussian_params(size, exponent=config.gaussian_exponent)
     G = GaussianDenoiser.from_moments(mean, cov, shape=(1, size, size))
     x, _ = _dataset(config, "gaussian", config.jacobian_images, config.seed + 1)
+    x = x.to(config.device)
+    G_dev = GaussianDenoiser.from_moments(mean, cov, shape=(1, size, size)).to(config.device)
     per_sigma = []
     for i, s in enumerate(config.sigmas):
         y = _noisy(x, s, config.seed + i)
         net = gaussian_alignment(model, G, y, s)
-        exact = gaussian_alignment(G, G, y.double(), s)
+        exact = gaussian_alignment(G_dev, G, y.double(), s)
         per_sigma.append({"sigma": s, "network": net, "optimum": exact})
     k = 8
     U = G.eigenvectors[:, :k].T.reshape(k, 1, size, size)
