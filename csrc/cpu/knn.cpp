@@ -205,18 +205,30 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int6
   const int64_t n = x.size(0), D = x.size(1);
   const auto dopt = x.options().dtype(at::kDouble);
   if (precision == kInt8) {
-    const at::Tensor xs = x.to(at::kShort).sub(128);  // [n, D] exact in int16
-    p.gemm = xs.to(at::kChar).contiguous();
-    if (metric == kL2) {
-      p.add = xs.to(at::kLong).square().sum(1).to(at::kDouble);  // exact integers
-    } else if (!is_query) {
-      // ⟨q, x⟩ = ⟨q', x'⟩ + 128Σx' + (terms constant per query): s = −⟨q', x'⟩ − 128Σx'
-      p.add = xs.to(at::kLong).sum(1).mul(-128).to(at::kDouble);
-    } else {
-      p.add = at::zeros({n}, dopt);
-    }
+    // x' = x − 128 in int8 (exact); l2: a = ‖x'‖²; ip keys: ⟨q, x⟩ = ⟨q', x'⟩ + 128Σx' +
+    // (terms constant per query), so s = −⟨q', x'⟩ − 128Σx'. Integers, exact in float64.
+    p.gemm = at::empty({n, D}, x.options().dtype(at::kChar));
     p.norm = at::zeros({n}, dopt);
     p.delta = p.norm;
+    p.add = at::empty({n}, dopt);
+    const uint8_t* X = x.const_data_ptr<uint8_t>();
+    int8_t* O = p.gemm.mutable_data_ptr<int8_t>();
+    double* A = p.add.mutable_data_ptr<double>();
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1)),
+                     [&](int64_t b, int64_t e) {
+                       for (int64_t i = b; i < e; ++i) {
+                         int64_t sq = 0, sum = 0;
+                         for (int64_t c = 0; c < D; ++c) {
+                           const int32_t v = static_cast<int32_t>(X[i * D + c]) - 128;
+                           O[i * D + c] = static_cast<int8_t>(v);
+                           sq += v * v;
+                           sum += v;
+                         }
+                         A[i] = metric == kL2 ? static_cast<double>(sq)
+                                : is_query    ? 0.0
+                                              : -128.0 * static_cast<double>(sum);
+                       }
+                     });
     return p;
   }
   const double u_p = (precision == kFP64 ? 1.01 * kU64 : 1.01 * kU32) + (D + 4) * kU64;
