@@ -41,6 +41,8 @@ def _acc_dtype(x):
 
 
 def _functorch_wrapped(*tensors) -> bool:
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check (a graph break)
+        return False
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(t is not None and is_wrapped(t) for t in tensors)
 
