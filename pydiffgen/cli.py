@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def cmd_demo(args) -> int:
     config = preset("demo")
     out = Path(args.out) if args.out else Path("runs") / config.name
     generalization_sweep(config, out, progress=not args.quiet)
-    print(f"report: {out / 'report.html'}")
+    if _is_main():
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -36,7 +38,8 @@ def cmd_sweep(args) -> int:
         return 0
     out = Path(args.out) if args.out else Path("runs") / config.name
     generalization_sweep(config, out, resume=args.resume, progress=not args.quiet)
-    print(f"report: {out / 'report.html'}")
+    if _is_main():
+        print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -55,9 +58,14 @@ def cmd_train(args) -> int:
     defaults = training.TrainConfig(steps=2000, batch_size=64)
     config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
     model_options = cfgmod.parse_options(args.model_option)
+    import torch
+
+    torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
     model = models.build(args.model, channels=x.shape[1], **model_options)
     result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                            progress=not args.quiet)
+                            progress=not args.quiet, distributed=_world() > 1)
+    if _world() > 1 and not _is_main():
+        return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
     return 0
 
@@ -170,6 +178,43 @@ def cmd_memorization(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    """Memorization audit of samples (files, or drawn from --model) against a training set."""
+    from .errors import InputError
+    from .experiments import audit as au
+
+    if (args.samples is None) == (args.model is None):
+        raise InputError("pass exactly one of --samples FILE and --model DIR")
+    config = cfgmod.from_arguments(au.AuditConfig, args)
+    out = Path(args.out)
+    train, train_info = au.load_images(args.train)
+    sources = {"train": train_info}
+    if args.model:
+        model = au.load_denoiser(args.model, device=args.device)
+        shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
+        samples = au.sample_model(model, args.n, shape, method=args.method, seed=args.seed,
+                                  device=args.device, progress=not args.quiet, cache=out,
+                                  **cfgmod.parse_options(args.sampler_option))
+        sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
+                              "method": args.method or "default"}
+    else:
+        samples, sources["samples"] = au.load_images(args.samples)
+    features = None
+    if args.features:
+        features = au.load_features(args.features)
+        sources["features"] = {"path": args.features}
+    device = args.device  # the searches run there too
+    if features is not None:
+        features = {k: v.to(device) for k, v in features.items()}
+    result = au.audit(samples.to(device), train.to(device), features=features, config=config,
+                      sources=sources, progress=not args.quiet)
+    report = au.write_audit_report(result, out)
+    px = result.spaces["pixel"].memorization
+    print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
+          f"duplicates in train {len(result.duplicates.dropped)}; report: {report}")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from . import available_backends
 
@@ -274,6 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run", help="the sweep's output folder")
     s.set_defaults(func=cmd_memorization)
 
+    from .experiments.audit import AuditConfig
+
+    s = sub.add_parser("audit", help="memorization audit: are samples copies of training images")
+    s.add_argument("--samples", help=".npy, .npz (FILE.npz:KEY) or image folder of samples")
+    s.add_argument("--train", required=True, help="the training set: .npy, .npz or folder")
+    s.add_argument("--features", help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
+                   "diffusers UNet2DModel folder to sample from")
+    s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", help="kadkhodaie | euler | heun | ddpm (default: kadkhodaie "
+                   "for blind models, else heun)")
+    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--device", default="cpu", help="where sampling and the searches run")
+    s.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
+    cfgmod.add_arguments(s, AuditConfig)
+    s.set_defaults(func=cmd_audit)
+
     s = sub.add_parser("backends", help="what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
     s = sub.add_parser("datasets", help="list dataset names")
@@ -281,10 +344,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _world() -> int:
+    from . import distributed
+
+    return distributed.world_size()
+
+
+def _is_main() -> bool:
+    from . import distributed
+
+    return distributed.is_main()
+
+
 def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        if "WORLD_SIZE" in os.environ:  # under torchrun: join the process group first
+            from . import distributed
+
+            distributed.init()
         return args.func(args)
     except PydiffgenError as err:
         print(f"pydiffgen: error: {err}", file=sys.stderr)
@@ -295,6 +374,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("pydiffgen: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.distributed.is_available() and \
+                torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

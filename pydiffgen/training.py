@@ -209,6 +209,7 @@ def train(
     progress: bool = True,
     callback: Callable | None = None,
     labels=None,
+    distributed: bool = False,
 ) -> TrainResult:
     """Train ``model`` (``model(y, sigma) -> D``) on ``data`` [N, *F] by denoising score matching.
 
@@ -227,6 +228,13 @@ def train(
               each label is replaced by ``model.null_label`` with probability
               ``config.label_dropout``, drawn from the generator after the noise.
               Without labels the steps draw exactly what they always drew.
+    distributed: data-parallel over the default process group (``torchrun``, see
+              ``pydiffgen.distributed.init``) with DistributedDataParallel: every rank draws
+              the whole global batch of ``config.batch_size`` from the same generator and
+              keeps its slice ``distributed.shard(batch_size, rank, world)``, so R ranks
+              take the same steps as one process up to float reduction order (layers with
+              batch statistics, e.g. BFBatchNorm2d, see their rank's slice only). Only
+              rank 0 writes checkpoints and the model; every rank returns the result.
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -245,6 +253,20 @@ def train(
         raise ConfigError("TrainConfig.label_dropout > 0 needs labels=... in train()")
     out_dir = Path(out_dir) if out_dir is not None else None
 
+    if distributed:
+        from . import distributed as dist
+
+        rank, world = dist.rank(), dist.world_size()
+        if device.type == "cuda" and device.index is None:  # torchrun: one GPU per rank
+            device = torch.device("cuda", torch.cuda.current_device())
+        if config.batch_size < world:
+            raise ConfigError(f"TrainConfig.batch_size={config.batch_size} is smaller than the "
+                              f"{world} ranks; every rank needs at least one image per step")
+    else:
+        rank, world = 0, 1
+    part = dist.shard(config.batch_size, rank, world) if world > 1 else range(config.batch_size)
+    part = slice(part.start, part.stop)  # this rank's slice of every global batch
+    main = rank == 0
     model.to(device)
     channels_last = config.channels_last and x_all.ndim == 4
     if channels_last:
@@ -265,11 +287,19 @@ def train(
                 "resume=False"
             )
 
+    ddp = None
+    if world > 1:  # after the checkpoint: DDP broadcasts rank 0's state at construction
+        ddp = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    # the global mean loss: each rank's slice mean weighted by its share of the batch
+    share = (part.stop - part.start) / config.batch_size
     loss_fn = _loss_fn(config)
     params = [p for p in model.parameters() if p.requires_grad]
     use_autocast = (config.autocast and device.type == "cuda") or (
         config.autocast_cpu and device.type == "cpu")
-    forward_model = torch.compile(model) if config.compile else model
+    forward_model = model if ddp is None else ddp
+    if config.compile:
+        forward_model = torch.compile(forward_model)
     fork_devices = []
     if device.type == "cuda":
         fork_devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -277,7 +307,10 @@ def train(
 
     def flush():
         if pending:
-            values = torch.stack(pending).tolist()
+            values = torch.stack(pending)
+            if ddp is not None:
+                torch.distributed.all_reduce(values)  # Σ_r share_r · loss_r
+            values = values.tolist()
             pending.clear()
             for i, v in enumerate(values):
                 if not math.isfinite(v):
@@ -295,7 +328,8 @@ def train(
     t0 = time.perf_counter()
     last_saved = start if out_dir is not None and start > 0 else None
     with torch.random.fork_rng(devices=fork_devices), tqdm(
-        total=config.steps, initial=start, disable=not progress, desc="train", unit="step",
+        total=config.steps, initial=start, disable=not (progress and main), desc="train",
+        unit="step",
         dynamic_ncols=True,
     ) as bar:
         for step in range(start, config.steps):
@@ -312,6 +346,7 @@ def train(
             x = x_all[idx]  # [B, *F]
             sigma = _draw_sigma(config, gen, device)  # [B]
             noise = torch.randn(x.shape, generator=gen, device=device)  # [B, *F]
+            x, sigma, noise = x[part], sigma[part], noise[part]
             if channels_last:  # same values, another memory layout
                 x = x.contiguous(memory_format=torch.channels_last)
                 noise = noise.contiguous(memory_format=torch.channels_last)
@@ -321,18 +356,19 @@ def train(
                 if config.label_dropout:
                     drop = torch.rand(config.batch_size, generator=gen, device=device)
                     lab = torch.where(drop < config.label_dropout, model.null_label, lab)
-                net = _Conditioned(forward_model, lab)
+                net = _Conditioned(net, lab[part])
 
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                 loss = loss_fn(net, x, sigma, noise)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            # DDP averages the ranks' gradients: world·share makes that the global mean's
+            (loss * (world * share) if ddp is not None else loss).backward()
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
             optimizer.step()
             if ema_model is not None:
                 _update_ema(ema_model, model, min(config.ema, (1 + step) / (10 + step)))
-            pending.append(loss.detach())
+            pending.append(loss.detach() * share if ddp is not None else loss.detach())
             n_done += 1
             done = step + 1
 
@@ -348,7 +384,9 @@ def train(
                 done % config.checkpoint_every == 0
             ):
                 flush()
-                _save_checkpoint(out_dir, done, losses, model, ema_model, optimizer, gen, config)
+                if main:
+                    _save_checkpoint(out_dir, done, losses, model, ema_model, optimizer, gen,
+                                     config)
                 last_saved = done
             if callback is not None:
                 callback(done, losses[-1], model)
@@ -358,7 +396,7 @@ def train(
         elapsed = time.perf_counter() - t0
 
     steps_done = config.steps
-    if out_dir is not None:
+    if out_dir is not None and main:
         if last_saved != steps_done:
             _save_checkpoint(out_dir, steps_done, losses, model, ema_model, optimizer, gen, config)
         final = ema_model if ema_model is not None else model
@@ -370,6 +408,8 @@ def train(
                 "final_loss": losses[-1] if losses else None,
                 "data_shape": list(x_all.shape[1:]),
             })
+    if world > 1:
+        torch.distributed.barrier()  # rank 0's files exist when train returns on any rank
     model.eval()
     if ema_model is not None:
         ema_model.eval()

@@ -8,6 +8,8 @@ Large N: the two models generate nearly the same images, far from every training
 
 Every (N, subset) model, its samples and the per-N metrics are written to disk as soon
 as they exist, so a killed sweep rerun with the same config resumes where it stopped.
+Under ``torchrun`` the independent (N, subset) trainings, then the per-N evaluations, are
+spread over the ranks; rank 0 writes the report once every rank is done.
 """
 
 from __future__ import annotations
@@ -136,13 +138,20 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
                          progress: bool = True, log=None) -> dict:
     """Run (or resume) the sweep; write models, samples, metrics.json and report.html.
 
-    Returns the metrics dict also written to ``<out_dir>/metrics.json``.
+    Returns the metrics dict also written to ``<out_dir>/metrics.json``. With an initialized
+    process group of R > 1 ranks (``pydiffgen.distributed.init``, e.g. under torchrun) every
+    rank must call it: the unfinished (N, subset) trainings, then the unfinished per-N
+    evaluations, go round-robin over the ranks (each result written by the rank that made
+    it), and rank 0 writes the report after a barrier; every rank returns the metrics.
     """
+    from .. import distributed as dist
     from ..data import deduplicate, disjoint_split, load
 
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    claim_run_directory(out, config, resume, "sweep")
+    rank, world = dist.rank(), dist.world_size()
+    dist.run_on_main(lambda: claim_run_directory(out, config, resume, "sweep"))
+    progress = progress and rank == 0
     t_start = time.perf_counter()
 
     x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
@@ -159,21 +168,33 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
             f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
         )
 
-    per_n = {}
-    for n in sorted(config.sizes):
-        done = out / f"n{n}" / "metrics.json"
-        if resume and done.exists():
-            log(f"[sweep] N={n}: done earlier, loading {done}")
-            per_n[n] = read_json(done)
-            continue
+    dist.barrier()  # every rank lists the unfinished work before any rank adds to it
+    todo = [n for n in sorted(config.sizes)
+            if not (resume and (out / f"n{n}" / "metrics.json").exists())]
+    if world > 1:  # the trainings first, spread over the ranks, then the evaluations
+        runs = [(n, sub) for n in todo for sub in "AB"
+                if not (out / f"n{n}" / sub / "model.json").exists()]
+        for n, sub in runs[rank::world]:
+            idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
+            seed = config.seed if sub == "A" or config.same_init else config.seed + 1
+            _train_or_load(config, out / f"n{n}" / sub, x[idx], seed, progress, log,
+                           f"N={n} {sub}")
+        dist.barrier()
+    for n in todo[rank::world]:
         idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
-        per_n[n] = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log)
-        write_json(done, per_n[n])
+        result = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log)
+        write_json(out / f"n{n}" / "metrics.json", result)
+    for n in sorted(set(config.sizes) - set(todo)):
+        log(f"[sweep] N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
+    dist.barrier()
 
-    dataset = {"name": config.dataset, "raw": n_raw, "deduplicated": len(x),
-               "shape": list(x.shape[1:])}
-    write_json(out / "dataset.json", dataset)
-    metrics = write_report(out, seconds=time.perf_counter() - t_start)
+    def report():
+        dataset = {"name": config.dataset, "raw": n_raw, "deduplicated": len(x),
+                   "shape": list(x.shape[1:])}
+        write_json(out / "dataset.json", dataset)
+        return write_report(out, seconds=time.perf_counter() - t_start)
+
+    metrics = dist.run_on_main(report)
     log(f"[sweep] report: {out / 'report.html'}")
     return metrics
 

@@ -378,3 +378,88 @@ _op = _dispatch.op("empirical_denoiser")
 _op.register("triton", ("cuda",), _triton, cuda_why_not)
 _op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
 _op.register("reference", ("cpu", "cuda"), _reference)
+
+
+# --- partials: one shard's share of the online log-sum-exp (pydiffgen.distributed) ---------
+
+
+def _partials(y, x, sig, dtype=None):
+    """The online merge state of D_M over the training points x [N, D] for rows y [M, D]:
+    (m, s, a) with m [M] the largest logit −‖y − x_i‖²/(2σ²), s = Σ_i exp(l_i − m) and
+    a [M, D] = Σ_i exp(l_i − m) x_i, plus err [M], each row's estimated logit error (the
+    C++ kernel's bound). All float64 except the GEMMs, which run in ``dtype`` (default:
+    x's). D_M = a / s; partials of disjoint sets merge by rescaling to the larger m.
+
+    Logits are ranked after subtracting a centre μ of x (the expansion's cancellation) and
+    reported without it (m = max_i S_i/σ² − ‖y − μ‖²/(2σ²)), so partials of different
+    sets, centred differently, are comparable. Empty x gives (−inf, 0, 0, 0).
+    """
+    from .knn import _centre
+
+    M, D = y.shape
+    dtype = dtype or x.dtype
+    f64 = dict(dtype=torch.float64, device=y.device)
+    m = torch.full((M,), float("-inf"), **f64)
+    s = torch.zeros(M, **f64)
+    a = torch.zeros(M, D, **f64)
+    if x.shape[0] == 0 or M == 0:
+        return m, s, a, torch.zeros(M, **f64)
+    mu = _centre(x).to(dtype)  # [D]
+    yc = y.to(dtype) - mu  # [M, D]
+    iv = 1.0 / sig.double().square()  # [M]
+    m_chunk, n_tile = reference._empirical_tiles(M, x.shape[0], D, 1 << 20)
+    R2 = 0.0
+    for n0 in range(0, x.shape[0], n_tile):
+        xt = x[n0 : n0 + n_tile].to(dtype)  # [t, D]
+        xc = xt - mu
+        sq = xc.square().sum(1)  # [t]
+        R2 = max(R2, float(sq.max()))
+        for m0 in range(0, M, m_chunk):
+            rows = slice(m0, m0 + m_chunk)
+            # S/σ² = −‖y − x‖²/(2σ²) + ‖y − μ‖²/(2σ²)   [m, t]
+            logits = torch.addmm(sq.mul(-0.5), yc[rows], xc.T) * iv[rows, None].to(dtype)
+            new_max = torch.maximum(m[rows], logits.amax(1).double())
+            scale = torch.exp(m[rows] - new_max)  # 0 on the first tile
+            p = torch.exp(logits - new_max[:, None].to(dtype))  # [m, t]
+            s[rows] = s[rows] * scale + p.sum(1, dtype=torch.float64)
+            # the raw tile, so a lone dominant point returns x_i exactly
+            a[rows] = a[rows] * scale[:, None] + (p @ xt).double()
+            m[rows] = new_max
+    yn2 = yc.double().square().sum(1)  # [M]
+    m = m - 0.5 * yn2 * iv
+    u = torch.finfo(dtype).eps / 2
+    R = R2**0.5
+    err = 2 * u * D**0.5 * (yn2.sqrt() * R + R2 / 2) * iv
+    return m, s, a, err
+
+
+def _candidate_partials(y, x, sig, C: int = _CANDIDATES):
+    """``_exact_rows``' partials: (m, s, a) over the C nearest points of x (``knn``, direct
+    float64 logits) and c [M], the smallest candidate logit, which bounds every other
+    point's logit (−inf when all of x are candidates). Float64."""
+    from .knn import knn
+
+    M, D = y.shape
+    C = min(C, x.shape[0])
+    if C == 0:
+        f64 = dict(dtype=torch.float64, device=y.device)
+        return (torch.full((M,), float("-inf"), **f64), torch.zeros(M, **f64),
+                torch.zeros(M, D, **f64), torch.full((M,), float("-inf"), **f64))
+    _, idx = knn(y, x, C)  # [M, C]
+    ms, ss, as_, cs = [], [], [], []
+    step = max(1, (1 << 22) // (C * D))  # the [m, C, D] gather stays ≤ 32 MB
+    for m0 in range(0, M, step):
+        rows = slice(m0, m0 + step)
+        cand = x[idx[rows]].double()  # [m, C, D]
+        d2 = (y[rows].double()[:, None, :] - cand).square().sum(-1)  # [m, C]
+        logits = -d2 / (2 * sig[rows].double()[:, None] ** 2)
+        m = logits.max(1).values
+        p = torch.exp(logits - m[:, None])  # [m, C]
+        ms.append(m)
+        ss.append(p.sum(1))
+        as_.append((p[:, :, None] * cand).sum(1))
+        cs.append(logits.min(1).values)
+    c = torch.cat(cs)
+    if C == x.shape[0]:
+        c = torch.full_like(c, float("-inf"))
+    return torch.cat(ms), torch.cat(ss), torch.cat(as_), c

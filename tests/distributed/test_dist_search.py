@@ -1,0 +1,37 @@
+"""Sharded knn and empirical denoiser on 2 gloo ranks equal the single-process ops."""
+
+import torch
+from dist_workers import empirical_cases, launch, search_cases
+
+from pydiffgen import ops
+from pydiffgen.ops import reference
+
+
+def test_sharded_search_equals_single_process(tmp_path):
+    out = tmp_path / "results.pt"
+    launch("search", world=2, timeout=90, out=out)
+    got = torch.load(out, weights_only=True)
+
+    for name, q, keys, k, metric, _ in search_cases():
+        v, i = ops.knn(q, keys, k, metric)
+        assert torch.equal(got[f"knn/{name}/indices"], i), name
+        torch.testing.assert_close(got[f"knn/{name}/values"], v, rtol=0, atol=0, msg=name)
+        # and the float64 brute force (ties to the lower index)
+        _, i64 = reference.knn_bruteforce(q, keys, k, metric)
+        assert torch.equal(got[f"knn/{name}/indices"], i64), name
+    v, i = ops.knn(*search_cases()[0][1:4])
+    assert torch.equal(got["knn/reversed-offsets/indices"], i)
+    assert torch.equal(got["knn/reversed-offsets/values"], v)
+
+    for name, y, train, sigma, _ in empirical_cases():
+        single = ops.empirical_denoiser(y, train, sigma)
+        sig = torch.as_tensor(sigma, dtype=torch.float64).expand(len(y))
+        exact = reference.empirical_denoiser(y.reshape(len(y), -1), train.reshape(len(train), -1),
+                                             sig).reshape(y.shape)
+        d = got[f"empirical/{name}"]
+        assert d.dtype == y.dtype and d.shape == y.shape, name
+        tol = 1e-12 if y.dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(d.double(), exact, rtol=tol, atol=tol, msg=name)
+        torch.testing.assert_close(d, single, rtol=tol, atol=tol, msg=name)
+
+    assert int(got["refused-on-every-rank"]) == 1
