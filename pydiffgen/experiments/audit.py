@@ -482,7 +482,8 @@ def sample_model(model, n: int, shape, *, method: str | None = None, seed: int =
         # a diffusers schedule covers [σ_0, σ_{T−1}] only
         options.setdefault("sigma_max", min(80.0, model.sigma_max))
         options.setdefault("sigma_min", max(0.002, min(model.sigma_min, options["sigma_max"])))
-    request = {"model": getattr(model, "config", {}), "n": n, "shape": list(shape),
+    request = {"model": getattr(model, "config", {}), "weights": _weights_digest(model),
+               "n": n, "shape": list(shape),
                "method": method, "seed": seed, "options": options}
     request = json.loads(json.dumps(request))  # as it reads back from samples.json
     if cache is not None:
@@ -497,6 +498,18 @@ def sample_model(model, n: int, shape, *, method: str | None = None, seed: int =
             np.save(fh, x.numpy())
         write_json(desc, request)  # written last: a torn pair is never reused
     return x
+
+
+def _weights_digest(model) -> str:
+    """sha256 of the model's state: cached samples of retrained weights are not reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(model, torch.nn.Module):
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------

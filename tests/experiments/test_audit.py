@@ -237,6 +237,12 @@ def test_cli_audit_a_checkpoint_resumes_its_samples(train, tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "o" / "samples.npy").stat().st_mtime_ns == stamp  # reused
     assert (tmp_path / "o" / "audit.json").read_text() == first
+    # new weights under the same path: the cached samples are stale, so they are redrawn
+    torch.manual_seed(1)
+    save_model(tmp_path / "m", models.build("unet", channels=1, width=8, levels=1, emb_dim=8),
+               meta={"data_shape": [1, 8, 8]})
+    assert main(args) == 0
+    assert (tmp_path / "o" / "samples.npy").stat().st_mtime_ns != stamp
     capsys.readouterr()
 
 
