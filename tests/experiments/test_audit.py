@@ -123,6 +123,8 @@ def test_bad_inputs_raise_clear_errors(train):
         audit(train[:1], train[:1])
     with pytest.raises(InputError, match="samples is empty"):
         audit(train[:0], train)
+    with pytest.raises(InputError, match="dedup_threshold must lie in"):
+        audit(train[:2], train, config=AuditConfig(dedup_threshold=1.5))
 
 
 def test_report_has_its_sections_and_json_every_number(train, tmp_path):
