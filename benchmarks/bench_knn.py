@@ -35,15 +35,18 @@ from _common import (  # noqa: E402
 from pydiffgen.ops import _dispatch, knn  # noqa: E402
 
 
-def cdist_topk(q, x, k, rows=256):
+def cdist_topk(q, x, k):
     """What a user would write, in query chunks so the [rows, N] matrix stays bounded."""
+    rows = max(1, min(256, (1 << 28) // len(x)))
     out = [torch.cdist(q[i : i + rows], x).topk(k, dim=1, largest=False).indices
            for i in range(0, len(q), rows)]
     return torch.cat(out)
 
 
-def gemm_topk(q, x, k, rows=4096):
-    """fp32 GEMM + topk on ‖x‖² − 2⟨q, x⟩ (the GPU baseline: no exactness guarantees)."""
+def gemm_topk(q, x, k):
+    """fp32 GEMM + topk on ‖x‖² − 2⟨q, x⟩ (the GPU baseline: no exactness guarantees),
+    in query chunks whose [rows, N] scores stay ≤ 1 GB."""
+    rows = max(1, (1 << 28) // len(x))
     xsq = x.square().sum(1)
     out = [torch.addmm(xsq, q[i : i + rows], x.T, alpha=-2).topk(k, dim=1, largest=False).indices
            for i in range(0, len(q), rows)]

@@ -30,7 +30,7 @@ from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, knn_stream
+from . import _dispatch, knn_certified, knn_stream
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
@@ -79,8 +79,8 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     impl = _dispatch.op("knn").select(queries.device.type, backend)
     q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
-    if impl.name == "cpp":
-        return _knn_cpp(q, x, k, metric, tile_elems, precision)
+    if impl.name in ("cpp", "triton"):
+        return impl.fn(q, x, k, metric, tile_elems, precision)
     return impl.fn(_as_float(q), _as_float(x), k, metric, tile_elems)
 
 
@@ -193,15 +193,24 @@ def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
 
 
 def _rerank(q, x, cand_i, k, metric, tile_elems):
-    """Exact float64 scores of the candidates cand_i [m, kc]; the best k, ties to the lower
-    index (as the reference). Rows go in groups so the [rows, kc, D] gather stays bounded."""
+    """Exact float64 scores of the candidates cand_i [m, kc] (−1: no candidate); the best
+    k, ties to the lower index (as the reference). Rows go in groups so the [rows, kc, D]
+    gather stays bounded."""
     largest = metric != "l2"
-    cand_i = cand_i.sort(dim=1).values  # index order first: the stable sort keeps it on ties
+    N = x.shape[0]
+    if len(q) == 0:
+        return (q.new_empty(0, k, dtype=torch.float32),
+                cand_i.new_empty(0, k, dtype=torch.int64))
+    # index order first (empty slots last): the stable sort keeps it on ties
+    cand_i = torch.where(cand_i >= 0, cand_i, N).sort(dim=1).values
     kc, D = cand_i.shape[1], x.shape[1]
     rows = max(1, tile_elems // max(1, kc * D))
+    fill = float("-inf") if largest else float("inf")
     out_v, out_i = [], []
     for r0 in range(0, len(q), rows):
         ci = cand_i[r0 : r0 + rows]
+        valid = ci < N
+        ci = ci.clamp(max=N - 1)
         cand = x[ci].double()  # [r, kc, D]
         qd = q[r0 : r0 + rows].double()[:, None, :]  # [r, 1, D]
         if metric == "l2":
@@ -212,14 +221,76 @@ def _rerank(q, x, cand_i, k, metric, tile_elems):
             exact = (qn * xn).sum(-1)
         else:
             exact = (qd * cand).sum(-1)
+        exact = torch.where(valid, exact, fill)
         order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
         out_v.append(exact.gather(1, order).float())
         out_i.append(ci.gather(1, order))
     return torch.cat(out_v), torch.cat(out_i)
 
 
-def _knn_triton(q, x, k, metric, tile_elems):
-    return _knn_chunked(q, x, k, metric, tile_elems, score_fn=_triton_scores)
+def _bruteforce_rows(q, x, k, metric, tile_elems):
+    """float64 brute force over key chunks (the last resort for rows with thousands of
+    exact ties): direct ‖q − x‖², never the expansion."""
+    largest = metric != "l2"
+    M, D = q.shape
+    fill = float("-inf") if largest else float("inf")
+    v = torch.full((M, k), fill, dtype=torch.float64, device=q.device)
+    i = torch.full((M, k), -1, dtype=torch.int64, device=q.device)
+    qd = q.double()
+    if metric == "cosine":
+        qd = qd / qd.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    step = max(1, tile_elems // max(1, M * D))
+    for n0 in range(0, x.shape[0], step):
+        xd = x[n0 : n0 + step].double()
+        if metric == "l2":
+            s = ((qd[:, None, :] - xd[None]) ** 2).sum(-1)
+        else:
+            if metric == "cosine":
+                xd = xd / xd.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            s = (qd[:, None, :] * xd[None]).sum(-1)
+        v, i = merge(v, i, s, n0, largest)
+    return v.float(), i
+
+
+def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None):
+    """Certified candidates (bf16 tiles by score_fn; overflowing rows in float64, then by
+    brute force) + float64 re-rank. Any device; the triton backend's path on CUDA."""
+    score_fn = score_fn or knn_certified.torch_bound_tile
+    M = q.shape[0]
+    if q.dtype == torch.uint8 and x.dtype == torch.uint8:
+        # 8-bit levels are exact in bfloat16, and so are x − 128: an exact shift as centre
+        centre = torch.full((x.shape[1],), 128.0, device=x.device)
+    else:
+        centre = _centre(x) if metric == "l2" else None
+    # no converted copy of the keys: prepare() widens each tile, the re-rank each gather
+    if centre is None:
+        centre = x.new_zeros(0, dtype=torch.float32)
+    passes = [(torch.bfloat16, score_fn), (torch.float64, knn_certified.torch_bound_tile)]
+    if precision in ("fp32", "fp64"):
+        passes = passes[1:]
+    values = torch.empty(M, k, dtype=torch.float32, device=q.device)
+    indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
+    rows = torch.arange(M, device=q.device)
+    for gemm_dtype, fn in passes:
+        qr = q[rows]
+        cand, over = knn_certified.candidates(qr, x, k, metric, tile_elems, 4 * k + 256,
+                                              gemm_dtype, fn, centre)
+        done = ~over
+        v, i = _rerank(qr[done], x, cand[done], k, metric, tile_elems)
+        values[rows[done]], indices[rows[done]] = v, i
+        rows = rows[over]
+        if len(rows) == 0:
+            return values, indices
+    values[rows], indices[rows] = _bruteforce_rows(q[rows], x, k, metric, tile_elems)
+    return values, indices
+
+
+def _triton_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
+    return torch.ops.pydiffgen.knn_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety)
+
+
+def _knn_triton(q, x, k, metric, tile_elems, precision="auto"):
+    return _knn_certified(q, x, k, metric, tile_elems, precision, score_fn=_triton_bound_tile)
 
 
 if TRITON_WHY_NOT is None:
@@ -237,6 +308,21 @@ if TRITON_WHY_NOT is None:
     @_knn_score_tile.register_fake
     def _(q, x, x_sq, with_norm):
         return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
+
+    @torch.library.custom_op("pydiffgen::knn_bound_tile", mutates_args=())
+    def _knn_bound_tile(
+        qg: torch.Tensor, xg: torch.Tensor, a: torch.Tensor, p: torch.Tensor, dx: torch.Tensor,
+        A: torch.Tensor, B: torch.Tensor, w: float, cg: float, ca: float, eta: float,
+        safety: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..kernels.knn_bound_tile import bound_tile
+
+        return bound_tile(qg, xg, a, p, dx, A, B, w=w, cg=cg, ca=ca, eta=eta, safety=safety)
+
+    @_knn_bound_tile.register_fake
+    def _(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
+        lo = qg.new_empty(qg.shape[0], xg.shape[0], dtype=torch.float32)
+        return lo, torch.empty_like(lo)
 
 
 _METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}

@@ -275,3 +275,108 @@ def test_knn_torch_compile_smoke():
     want = reference.knn_bruteforce(q, x, 4)
     assert torch.equal(i, want[1])
     torch.testing.assert_close(v, want[0].float().sqrt())
+
+
+# ---- the certified GPU algorithm (pydiffgen.ops.knn_certified), torch twin + Triton -----
+
+cert = importlib.import_module("pydiffgen.ops.knn_certified")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_certified_bound_holds(metric):
+    """The per-pair bound e must cover |s̃ − s| (s exact in float64) on data far from 0."""
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(40, 300, generator=g) * 3 + 7
+    x = torch.randn(500, 300, generator=g) * 3 + 7
+    centre = x.mean(0) if metric == "l2" else x.new_zeros(0)
+    w, gamma, cg, ca, eta, safety = cert.constants(metric, 300, torch.bfloat16)
+    qg, qn, dq, _ = cert.prepare(q, centre, metric, torch.bfloat16)
+    xg, xn, dx, a = cert.prepare(x, centre, metric, torch.bfloat16)
+    lo, hi = cert.torch_bound_tile(qg, xg, a, xn + dx, dx, w * (dq + gamma * qn), w * qn,
+                                   w, cg, ca, eta, safety)
+    qd, xd = q.double(), x.double()
+    if metric == "l2":
+        exact = ((qd[:, None] - xd[None]) ** 2).sum(-1) - ((qd - centre.double()) ** 2).sum(1,
+                                                                                    keepdim=True)
+    elif metric == "cosine":
+        exact = -(qd / qd.norm(dim=1, keepdim=True)) @ (xd / xd.norm(dim=1, keepdim=True)).T
+    else:
+        exact = -qd @ xd.T
+    assert bool((lo.double() <= exact).all()) and bool((exact <= hi.double()).all())
+    assert float((hi - lo).max()) < 0.05 * float(exact.abs().max())  # not vacuous
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_certified_torch_twin_adversarial(metric):
+    g = torch.Generator().manual_seed(7)
+    base = torch.rand(80, 96, generator=g) * 2 - 1 + 100.0  # large offset
+    copies = [base * (1 + 1e-7 * torch.randn(base.shape, generator=g)) for _ in range(3)]
+    keys = torch.cat([base, *copies])
+    q = keys[[3, 90, 170, 319]] + 1e-7 * torch.randn(4, 96, generator=g)
+    got = knn_mod._knn_certified(q, keys, 5, metric, 1 << 12)
+    _assert_knn(got, reference.knn_bruteforce(q, keys, 5, metric), metric)
+
+
+def test_certified_overflow_falls_back_exactly():
+    """600 exact copies of one key (more than the 4k + 256 candidate budget, ties even in
+    float64): bf16 and float64 passes overflow, the brute force returns the lowest indices."""
+    x = torch.cat([torch.randn(50, 16), torch.ones(600, 16), torch.randn(50, 16)])
+    q = torch.ones(2, 16) + 1e-3
+    v, i = knn_mod._knn_certified(q, x, 5, "l2", 1 << 12)
+    assert i.tolist() == [[50, 51, 52, 53, 54]] * 2
+    _assert_knn((v, i), reference.knn_bruteforce(q, x, 5), "l2")
+
+
+def test_certified_uint8_exact_shift():
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(0, 256, (300, 48), generator=g, dtype=torch.uint8)
+    q = torch.cat([x[:3], torch.randint(0, 256, (4, 48), generator=g, dtype=torch.uint8)])
+    for metric in ("l2", "ip"):
+        got = knn_mod._knn_certified(q, x, 4, metric, 1 << 12)
+        _assert_knn(got, reference.knn_bruteforce(q.double(), x.double(), 4, metric), metric)
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
+def test_triton_bound_tile_interpreted_matches_torch():
+    from pydiffgen.kernels.knn_bound_tile import bound_tile
+
+    g = torch.Generator().manual_seed(9)
+    qg = torch.randn(37, 70, generator=g).bfloat16()
+    xg = torch.randn(45, 70, generator=g).bfloat16()
+    vec = [torch.rand(n, generator=g) for n in (45, 45, 45, 37, 37)]
+    consts = dict(w=2.0, cg=1e-6, ca=1e-6, eta=1e-30, safety=1.0 + 1e-6)
+    lo, hi = bound_tile(qg, xg, *vec, **consts)
+    lo2, hi2 = cert.torch_bound_tile(qg, xg, *vec, *consts.values())
+    torch.testing.assert_close(lo, lo2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hi, hi2, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
+def test_triton_certified_near_duplicates_interpreted():
+    g = torch.Generator().manual_seed(10)
+    base = torch.rand(40, 33, generator=g) * 2 - 1
+    keys = torch.cat([base, base * (1 + 1e-7 * torch.randn(base.shape, generator=g))])
+    q = keys[[1, 41, 79]].clone()
+    got = knn_mod._knn_triton(q, keys, 3, "l2", 1 << 12)
+    _assert_knn(got, reference.knn_bruteforce(q, keys, 3), "l2")
+
+
+@pytest.mark.gpu
+def test_knn_gpu_uint8_and_near_ties():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randint(0, 256, (20000, 3 * 16 * 16), device="cuda", generator=g,
+                      dtype=torch.uint8)
+    q = x[:64].clone()
+    got = knn(q, x, 10)
+    want = reference.knn_bruteforce(q.cpu().double(), x.cpu().double(), 10)
+    assert torch.equal(got[1].cpu(), want[1])
+    D = 256
+    qf = torch.randn(4, D, device="cuda", dtype=torch.float64)
+    dirs = torch.nn.functional.normalize(torch.randn(3000, D, device="cuda",
+                                                     dtype=torch.float64), dim=1)
+    keys = torch.cat([qf[i] + dirs * (1 + 1e-7 * torch.rand(3000, 1, device="cuda",
+                                                             dtype=torch.float64))
+                      for i in range(4)]).float()
+    got = knn(qf.float(), keys, 8)
+    want = reference.knn_bruteforce(qf.float().cpu(), keys.cpu(), 8)
+    assert torch.equal(got[1].cpu(), want[1])
