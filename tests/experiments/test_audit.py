@@ -49,6 +49,17 @@ def test_copies_are_memorized_at_the_right_index_fresh_samples_are_not(train):
     assert "4 of 13 samples" in s["verdict"] and "partly memorizes" in s["verdict"]
 
 
+def test_samples_of_the_empirical_optimum_are_all_memorized(train):
+    import pydiffgen
+    from pydiffgen.analysis import EmpiricalDenoiser
+
+    x = pydiffgen.sample(EmpiricalDenoiser(train[:60]), 12, (1, 8, 8), method="heun", seed=0,
+                         steps=8)
+    res = audit(x, train[:60])
+    assert res.spaces["pixel"].memorization.fraction == 1.0
+    assert "the model memorizes" in res.summary()["verdict"]
+
+
 def test_held_out_images_are_not_memorized(train):
     held_out = data.deduplicate(data.load("digits"), threshold=0.95)[-40:]
     res = audit(held_out, train)
