@@ -248,7 +248,7 @@ def cmd_audit(args) -> int:
                                   device=args.device, progress=not args.quiet, cache=out,
                                   **cfgmod.parse_options(args.sampler_option))
         sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
-                              "method": args.method or "default"}
+                              "method": args.method or au.default_method(model)}
     else:
         samples, sources["samples"] = au.load_images(args.samples)
     features = None
