@@ -34,8 +34,8 @@ from ..metrics.memorization import MemorizationReport, memorization_from_knn
 from ..ops import knn
 
 __all__ = ["AuditConfig", "AuditResult", "SpaceAudit", "Duplicates", "audit",
-           "load_images", "load_features", "load_denoiser", "sample_model",
-           "write_audit_report"]
+           "default_method", "find_duplicates", "load_images", "load_features",
+           "load_denoiser", "sample_model", "verdict", "write_audit_report"]
 
 RATIO_BINS = np.linspace(0.0, 1.0, 41)  # r = d1/d2 ∈ [0, 1]
 COSINE_BINS = 60
@@ -385,6 +385,9 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
     check_positive_int(config.chunk_size, "chunk_size")
     check_positive_int(config.n_show, "n_show")
     check_positive_int(config.background_size, "background_size", minimum=0)
+    check_positive_int(config.dedup_pool, "dedup_pool")
+    if not 0.0 < config.dedup_threshold < 1.0:  # checked before the searches, not after
+        raise InputError(f"dedup_threshold must lie in (0, 1), got {config.dedup_threshold!r}")
     feats = _check_inputs(samples, train, features)
     samples, train = samples.float(), train.float()
     spaces = {"pixel": _audit_space("pixel", samples, train, config, center=config.center,
@@ -465,6 +468,11 @@ def load_denoiser(path, *, device="cpu"):
     return load_model(path, device=device)
 
 
+def default_method(model) -> str:
+    """The sampler a model was built for: Kadkhodaie ascent for blind models, else EDM Heun."""
+    return "kadkhodaie" if getattr(model, "blind", False) else "heun"
+
+
 def sample_model(model, n: int, shape, *, method: str | None = None, seed: int = 0,
                  device="cpu", progress: bool = False, cache: Path | None = None,
                  **options) -> torch.Tensor:
@@ -477,12 +485,13 @@ def sample_model(model, n: int, shape, *, method: str | None = None, seed: int =
     from ..diffusion.sampling import sample
     from ..io import atomic_path, read_json, write_json
 
-    method = method or ("kadkhodaie" if getattr(model, "blind", False) else "heun")
+    method = method or default_method(model)
     if method in ("heun", "euler", "ddpm") and hasattr(model, "sigma_max"):
         # a diffusers schedule covers [σ_0, σ_{T−1}] only
         options.setdefault("sigma_max", min(80.0, model.sigma_max))
         options.setdefault("sigma_min", max(0.002, min(model.sigma_min, options["sigma_max"])))
-    request = {"model": getattr(model, "config", {}), "n": n, "shape": list(shape),
+    request = {"model": getattr(model, "config", {}), "weights": _weights_digest(model),
+               "n": n, "shape": list(shape),
                "method": method, "seed": seed, "options": options}
     request = json.loads(json.dumps(request))  # as it reads back from samples.json
     if cache is not None:
@@ -497,6 +506,18 @@ def sample_model(model, n: int, shape, *, method: str | None = None, seed: int =
             np.save(fh, x.numpy())
         write_json(desc, request)  # written last: a torn pair is never reused
     return x
+
+
+def _weights_digest(model) -> str:
+    """sha256 of the model's state: cached samples of retrained weights are not reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    if isinstance(model, torch.nn.Module):
+        for name, t in model.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------------

@@ -127,6 +127,9 @@ class DiffusersDenoiser(Denoiser):
             )
         if not sched_file.is_file():
             raise CheckpointError(f"{root}: no scheduler config at {sched_file}")
+        # diffusers logs every scheduler-config key DDPMScheduler does not use; say less
+        verbosity = diffusers.utils.logging.get_verbosity()
+        diffusers.utils.logging.set_verbosity_error()
         try:
             sched_cfg = json.loads(sched_file.read_text())
             # every DDPM-family scheduler derives ᾱ_t from the same beta-schedule fields
@@ -138,6 +141,8 @@ class DiffusersDenoiser(Denoiser):
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{root}: cannot load the diffusers model "
                                   f"({type(err).__name__}: {err})") from None
+        finally:
+            diffusers.utils.logging.set_verbosity(verbosity)
         prediction = sched_cfg.get("prediction_type", "epsilon")
         return cls(unet.eval(), scheduler.alphas_cumprod, prediction, source=str(root)).to(device)
 

@@ -49,6 +49,17 @@ def test_copies_are_memorized_at_the_right_index_fresh_samples_are_not(train):
     assert "4 of 13 samples" in s["verdict"] and "partly memorizes" in s["verdict"]
 
 
+def test_samples_of_the_empirical_optimum_are_all_memorized(train):
+    import pydiffgen
+    from pydiffgen.analysis import EmpiricalDenoiser
+
+    x = pydiffgen.sample(EmpiricalDenoiser(train[:60]), 12, (1, 8, 8), method="heun", seed=0,
+                         steps=8)
+    res = audit(x, train[:60])
+    assert res.spaces["pixel"].memorization.fraction == 1.0
+    assert "the model memorizes" in res.summary()["verdict"]
+
+
 def test_held_out_images_are_not_memorized(train):
     held_out = data.deduplicate(data.load("digits"), threshold=0.95)[-40:]
     res = audit(held_out, train)
@@ -123,6 +134,8 @@ def test_bad_inputs_raise_clear_errors(train):
         audit(train[:1], train[:1])
     with pytest.raises(InputError, match="samples is empty"):
         audit(train[:0], train)
+    with pytest.raises(InputError, match="dedup_threshold must lie in"):
+        audit(train[:2], train, config=AuditConfig(dedup_threshold=1.5))
 
 
 def test_report_has_its_sections_and_json_every_number(train, tmp_path):
@@ -237,6 +250,12 @@ def test_cli_audit_a_checkpoint_resumes_its_samples(train, tmp_path, capsys):
     assert main(args) == 0
     assert (tmp_path / "o" / "samples.npy").stat().st_mtime_ns == stamp  # reused
     assert (tmp_path / "o" / "audit.json").read_text() == first
+    # new weights under the same path: the cached samples are stale, so they are redrawn
+    torch.manual_seed(1)
+    save_model(tmp_path / "m", models.build("unet", channels=1, width=8, levels=1, emb_dim=8),
+               meta={"data_shape": [1, 8, 8]})
+    assert main(args) == 0
+    assert (tmp_path / "o" / "samples.npy").stat().st_mtime_ns != stamp
     capsys.readouterr()
 
 
