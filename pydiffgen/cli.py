@@ -178,6 +178,43 @@ def cmd_memorization(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    """Memorization audit of samples (files, or drawn from --model) against a training set."""
+    from .errors import InputError
+    from .experiments import audit as au
+
+    if (args.samples is None) == (args.model is None):
+        raise InputError("pass exactly one of --samples FILE and --model DIR")
+    config = cfgmod.from_arguments(au.AuditConfig, args)
+    out = Path(args.out)
+    train, train_info = au.load_images(args.train)
+    sources = {"train": train_info}
+    if args.model:
+        model = au.load_denoiser(args.model, device=args.device)
+        shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
+        samples = au.sample_model(model, args.n, shape, method=args.method, seed=args.seed,
+                                  device=args.device, progress=not args.quiet, cache=out,
+                                  **cfgmod.parse_options(args.sampler_option))
+        sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
+                              "method": args.method or au.default_method(model)}
+    else:
+        samples, sources["samples"] = au.load_images(args.samples)
+    features = None
+    if args.features:
+        features = au.load_features(args.features)
+        sources["features"] = {"path": args.features}
+    device = args.device  # the searches run there too
+    if features is not None:
+        features = {k: v.to(device) for k, v in features.items()}
+    result = au.audit(samples.to(device), train.to(device), features=features, config=config,
+                      sources=sources, progress=not args.quiet)
+    report = au.write_audit_report(result, out)
+    px = result.spaces["pixel"].memorization
+    print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
+          f"duplicates in train {len(result.duplicates.dropped)}; report: {report}")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from . import available_backends
 
@@ -281,6 +318,24 @@ def build_parser() -> argparse.ArgumentParser:
     a = acts.add_parser("report", help="rebuild report.html of a finished factor sweep")
     a.add_argument("run", help="the sweep's output folder")
     s.set_defaults(func=cmd_memorization)
+
+    from .experiments.audit import AuditConfig
+
+    s = sub.add_parser("audit", help="memorization audit: are samples copies of training images")
+    s.add_argument("--samples", help=".npy, .npz (FILE.npz:KEY) or image folder of samples")
+    s.add_argument("--train", required=True, help="the training set: .npy, .npz or folder")
+    s.add_argument("--features", help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
+                   "diffusers UNet2DModel folder to sample from")
+    s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--method", help="kadkhodaie | euler | heun | ddpm (default: kadkhodaie "
+                   "for blind models, else heun)")
+    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--device", default="cpu", help="where sampling and the searches run")
+    s.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
+    cfgmod.add_arguments(s, AuditConfig)
+    s.set_defaults(func=cmd_audit)
 
     s = sub.add_parser("backends", help="what was built and which backends can run")
     s.set_defaults(func=cmd_backends)

@@ -24,10 +24,12 @@ from .information import (  # noqa: F401 - public API
     identification_bound_from_denoisers,
     optimum_copy_fraction,
 )
+from .jacobian import effective_dimension, jacobian, sure_mse  # noqa: F401 - public API
 from .linear import (  # noqa: F401 - public API
     LinearDenoiser,
     compare_weights,
     linear_distill,
     subspace_cosines,
 )
+from .spectrum import JacobianSpectrum, jacobian_spectrum  # noqa: F401 - public API
 from .trajectory import TrajectoryProbe, trajectory_probe  # noqa: F401 - public API

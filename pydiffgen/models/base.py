@@ -22,6 +22,10 @@ class Denoiser(nn.Module):
 
     name: ClassVar[str] = ""
     blind: ClassVar[bool] = False  # True: σ is accepted and ignored (Kadkhodaie et al.)
+    # True: in eval mode the forward adds no constant and its only nonlinearities are
+    # nn.ReLU modules, so J(y) is the network with y's ReLU masks frozen
+    # (models.piecewise.frozen_relus; analysis.jacobian(method="frozen"))
+    piecewise_linear: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

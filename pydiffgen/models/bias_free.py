@@ -65,6 +65,7 @@ class _BlindDenoiser(Denoiser):
     """Shared residual forward of the bias-free models: ``f(y) = y − net(y)``."""
 
     blind = True
+    piecewise_linear = True
     channels: int
     multiple: int = 1  # H and W must be multiples of this
 

@@ -1,9 +1,10 @@
 """Public ops. Each has a pure-PyTorch reference and faster backends chosen per device."""
 
 from .blocks import bf_batchnorm_relu, groupnorm_film_silu
+from .eigh import eigh
 from .empirical import empirical_denoiser
 from .knn import knn
 from .topk import topk_merge
 
-__all__ = ["bf_batchnorm_relu", "empirical_denoiser", "groupnorm_film_silu", "knn",
+__all__ = ["bf_batchnorm_relu", "eigh", "empirical_denoiser", "groupnorm_film_silu", "knn",
            "topk_merge"]
