@@ -14,13 +14,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from pydiffgen.kernels.knn_bound_tile import bound_tile_kernel
-sig = {"q_ptr": "*bf16", "x_ptr": "*bf16"}
-sig.update({n: "*fp32" for n in ("a_ptr", "p_ptr", "dx_ptr", "A_ptr", "B_ptr", "lo_ptr",
-                                 "hi_ptr")})
-sig.update({n: "i32" for n in ("M", "N", "D", "stride_qm", "stride_xn", "stride_om")})
-for w in (2.0, 1.0):
+for rows, w in (("*bf16", 2.0), ("*bf16", 1.0), ("*i8", 2.0)):
+    sig = {"q_ptr": rows, "x_ptr": rows}
+    sig.update({n: "*fp32" for n in ("a_ptr", "p_ptr", "dx_ptr", "A_ptr", "B_ptr", "lo_ptr",
+                                     "hi_ptr")})
+    sig.update({n: "i32" for n in ("M", "N", "D", "stride_qm", "stride_xn", "stride_om")})
     consts = {"W": w, "CG": 1e-7, "CA": 3e-7, "ETA": 2.0**-100, "SAFETY": 1 + 64 * 2.0**-24,
-              "INPUT_PRECISION": "ieee", "BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_D": 64}
+              "INPUT_PRECISION": "ieee", "IS_INT8": rows == "*i8", "BLOCK_M": 128,
+              "BLOCK_N": 128, "BLOCK_D": 64}
     sig.update({n: "constexpr" for n in consts})
     src = ASTSource(fn=bound_tile_kernel, signature=sig, constexprs=consts)
     opts = {"num_warps": 8, "num_stages": 3}
