@@ -245,9 +245,13 @@ def cmd_audit(args) -> int:
     if args.model:
         model = au.load_denoiser(args.model, device=args.device)
         shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
+        if not _is_main():  # under torchrun rank 0 samples, the other ranks read its cache
+            _barrier()
         samples = au.sample_model(model, args.n, shape, method=args.method, seed=args.seed,
                                   device=args.device, progress=not args.quiet, cache=out,
                                   **cfgmod.parse_options(args.sampler_option))
+        if _is_main():
+            _barrier()
         sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
                               "method": args.method or au.default_method(model)}
     else:
@@ -260,7 +264,9 @@ def cmd_audit(args) -> int:
     if features is not None:
         features = {k: v.to(device) for k, v in features.items()}
     result = au.audit(samples.to(device), train.to(device), features=features, config=config,
-                      sources=sources, progress=not args.quiet)
+                      sources=sources, progress=not args.quiet and _is_main())
+    if not _is_main():  # under torchrun every rank searched its shard; rank 0 reports
+        return 0
     report = au.write_audit_report(result, out)
     px = result.spaces["pixel"].memorization
     print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
@@ -435,6 +441,12 @@ def _is_main() -> bool:
     from . import distributed
 
     return distributed.is_main()
+
+
+def _barrier() -> None:
+    from . import distributed
+
+    distributed.barrier()
 
 
 def main(argv=None) -> int:

@@ -162,6 +162,11 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     rank, world = dist.rank(), dist.world_size()
+    if world > 1:
+        base_log = log
+
+        def log(msg):
+            base_log(f"[rank {rank}] {msg}")
     dist.run_on_main(lambda: claim_run_directory(out, config, resume, "sweep"))
     progress = progress and rank == 0
     t_start = time.perf_counter()
@@ -216,7 +221,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         return write_report(out, seconds=time.perf_counter() - t_start)
 
     metrics = dist.run_on_main(report)
-    log(f"[sweep] report: {out / 'report.html'}")
+    if rank == 0:
+        log(f"[sweep] report: {out / 'report.html'}")
     return metrics
 
 
