@@ -14,7 +14,7 @@ install: $(STAMP)
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
 	$(PYTHON) -m pip install --quiet "setuptools>=69" wheel ninja numpy
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test]"
+	$(PYTHON) -m pip install --no-build-isolation -e ".[test,diffusers]"
 	@mkdir -p $(dir $@) && touch $@
 
 demo: install
@@ -27,6 +27,8 @@ test-all: install
 	$(PYTHON) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: install
+	@# the "bench" extra (faiss-cpu, a peer of bench_knn), without rebuilding the package
+	@$(PYTHON) -c "import faiss" 2>/dev/null || $(PYTHON) -m pip install --quiet "faiss-cpu>=1.8"
 	$(PYTHON) benchmarks/run_all.py
 
 lint:

@@ -10,6 +10,12 @@ bare PyTorch step (forward + backward + Adam on a fixed batch, ``torch.utils.ben
     python benchmarks/bench_train.py            # 16×16 and 32×32, batch 64, CPU
     python benchmarks/bench_train.py --quick    # fewer steps and repeats
 
+Fast-training variants of the default UNet, timed interleaved in the same run (so machine
+load hits them alike): eager blocks (``fused=False``), fused blocks (the default),
+fused + channels-last, fused + bf16 autocast (on CPU: ``autocast_cpu``), and (not in
+``--quick``) ``torch.compile``; images/s ratios against eager go to "ratio" rows. The
+bf16 run's loss curve is compared with float32 on a fixed seed (same batches and noise).
+
 Writes JSON rows (device, threads, load average, torch version, git sha) to
 benchmarks/results/bench_train.json.
 """
@@ -138,6 +144,72 @@ def bench(name, kw, dist, size, batch, steps, repeats, device) -> dict:
     }
 
 
+def _variants(device: str, quick: bool):
+    """(label, model kwargs, TrainConfig options) of the fast-training comparison."""
+    bf16 = {"autocast": True} if device.startswith("cuda") else {"autocast_cpu": True}
+    out = [("eager", {"fused": False}, {"autocast": False}),
+           ("fused", {}, {"autocast": False}),
+           ("fused+channels_last", {}, {"autocast": False, "channels_last": True}),
+           ("fused+bf16", {}, bf16)]
+    if not quick:
+        out.append(("fused+compile", {}, {"autocast": False, "compile": True}))
+    return out
+
+
+def bench_variants(size, batch, steps, repeats, device, quick) -> list[dict]:
+    """images/s of the default UNet under each variant; repeats interleaved."""
+    data = images(max(1024, batch), size)
+    variants = _variants(device, quick)
+    models, rates = {}, {}
+    for label, mkw, opts in variants:
+        torch.manual_seed(0)
+        models[label] = build("unet", **mkw)
+        cfg = TrainConfig(steps=3, batch_size=batch, sigma_dist="edm", device=device,
+                          log_every=10**9, **opts)
+        train(models[label], data, cfg, progress=False)  # warm-up (and compilation)
+        rates[label] = []
+    for r in range(repeats):
+        for label, _, opts in variants:
+            cfg = TrainConfig(steps=steps, batch_size=batch, sigma_dist="edm", device=device,
+                              seed=r, log_every=10**9, **opts)
+            rates[label].append(train(models[label], data, cfg, progress=False).images_per_s)
+    rows = []
+    for label, _, opts in variants:
+        med = statistics.median(rates[label])
+        rows.append({"bench": "train_variant", "kind": "time", "model": "unet",
+                     "case": f"unet {size}x{size} batch {batch}", "impl": label,
+                     "options": opts, "images_per_s": med, "images_per_s_all": rates[label],
+                     "time_s": batch / med})
+    eager = rows[0]["time_s"]
+    for row in rows[1:]:
+        rows.append({"kind": "ratio", "case": row["case"], "ours": row["impl"],
+                     "peer": "eager", "ours_s": row["time_s"], "peer_s": eager,
+                     "speedup": eager / row["time_s"]})
+    return rows
+
+
+def bf16_loss_curve(size, batch, steps, device) -> dict:
+    """Losses of the default UNet, float32 vs bf16 autocast, same seed (batches, noise)."""
+    data = images(1024, size)
+    opts = {"autocast": True} if device.startswith("cuda") else {"autocast_cpu": True}
+    curves = {}
+    for label, o in (("fp32", {"autocast": False}), ("bf16", opts)):
+        torch.manual_seed(0)
+        cfg = TrainConfig(steps=steps, batch_size=batch, sigma_dist="edm", device=device,
+                          ema=None, log_every=10**9, **o)
+        curves[label] = train(build("unet"), data, cfg, progress=False).losses
+    a, b = torch.tensor(curves["fp32"]), torch.tensor(curves["bf16"])
+    tail = max(1, steps // 4)
+    # noise level of the curve itself: step-to-step spread of the float32 losses at the end
+    spread = float(a[-tail:].std())
+    return {"bench": "train_bf16_loss", "kind": "loss_curve", "steps": steps,
+            "resolution": size, "batch_size": batch,
+            "fp32_tail_mean": float(a[-tail:].mean()), "bf16_tail_mean": float(b[-tail:].mean()),
+            "fp32_tail_std": spread,
+            "median_rel_diff_per_step": float(((b - a).abs() / a).median()),
+            "losses_fp32": curves["fp32"], "losses_bf16": curves["bf16"]}
+
+
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu")
@@ -147,11 +219,14 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--quick", action="store_true", help="steps=3, repeats=3")
+    p.add_argument("--variants-only", action="store_true",
+                   help="only the fast-training comparison of the default UNet")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "bench_train.json"))
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.quick:
+    if args.quick or os.environ.get("PYDIFFGEN_BENCH_QUICK") == "1":
+        args.quick = True
         args.steps, args.repeats = 3, 3
 
     env = {
@@ -173,6 +248,28 @@ def main(argv=None) -> list[dict]:
     correctness = check_correctness(args.device)
 
     rows = []
+    size0 = int(args.sizes.split(",")[0])
+    print(f"\nfast-training variants, default UNet, {size0}x{size0}, batch {args.batch}")
+    for row in bench_variants(size0, args.batch, args.steps, args.repeats, args.device,
+                              args.quick):
+        row.update(env)
+        rows.append(row)
+        if row["kind"] == "time":
+            print(f"  {row['impl']:22s} {row['images_per_s']:9.1f} img/s")
+        else:
+            print(f"  {row['ours']:22s} x{row['speedup']:.2f} vs eager")
+    curve = bf16_loss_curve(size0, args.batch if not args.quick else 32,
+                            40 if args.quick else 300, args.device)
+    curve.update(env)
+    rows.append(curve)
+    print(f"  bf16 vs fp32 loss ({curve['steps']} steps, same seed): tail mean "
+          f"{curve['bf16_tail_mean']:.4f} vs {curve['fp32_tail_mean']:.4f} (fp32 step-to-step "
+          f"std {curve['fp32_tail_std']:.4f}); median per-step relative difference "
+          f"{curve['median_rel_diff_per_step']:.3f}")
+    if args.variants_only:
+        write_json(args.out, rows)
+        print(f"\nwrote {len(rows)} rows to {args.out}")
+        return rows
     print(f"\n{'model':26s} {'res':>5s} {'batch':>5s} {'params':>9s} {'img/s':>9s} "
           f"{'ms/step':>9s} {'bare img/s':>10s} {'overhead':>8s}")
     for size in [int(s) for s in args.sizes.split(",")]:

@@ -176,10 +176,16 @@ def _acc(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _per_channel(t, Cg):
+    """[B, G] -> [B, C = G·Cg], each group's value repeated over its channels."""
+    B, G = t.shape
+    return t[:, :, None].expand(B, G, Cg).reshape(B, G * Cg)
+
+
 def _coefficients(mean, rstd, w, b, s, t, Cg):
     """a, d [B, C] of z = a·x + d from mean, rstd [B, G] (float64 internally)."""
-    mu = mean.double().repeat_interleave(Cg, dim=1)  # [B, C]
-    r = rstd.double().repeat_interleave(Cg, dim=1)
+    mu = _per_channel(mean.double(), Cg)  # [B, C]
+    r = _per_channel(rstd.double(), Cg)
     one_s = 1 + s.double()
     a = r * w.double() * one_s
     d = (b.double() - mu * r * w.double()) * one_s + t.double()
@@ -259,8 +265,8 @@ def backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift):
     w, bb, one_s = weight.double(), bias.double(), 1 + scale.double()
     k = one_s * w  # [B, C]
     N = Cg * L
-    A = (k * S1).view(B, G, Cg).sum(-1).repeat_interleave(Cg, dim=1)  # [B, C]
-    Bg = (k * S2).view(B, G, Cg).sum(-1).repeat_interleave(Cg, dim=1)
+    A = _per_channel((k * S1).view(B, G, Cg).sum(-1), Cg)  # [B, C]
+    Bg = _per_channel((k * S2).view(B, G, Cg).sum(-1), Cg)
     c1 = (r * k).to(acc).contiguous()
     c2 = (-r * r * Bg / N).to(acc).contiguous()
     c3 = (r * (mu * r * Bg - A) / N).to(acc).contiguous()

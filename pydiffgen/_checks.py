@@ -61,6 +61,10 @@ def check_positive_float(value, name: str) -> float:
     return v
 
 
+def _capturing() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def as_sigma(sigma, batch: int, *, device=None, dtype=torch.float32, name: str = "sigma"):
     """Noise levels as a ``[batch]`` tensor; accepts a float, a 0-d or a ``[batch]`` tensor.
 
@@ -76,7 +80,8 @@ def as_sigma(sigma, batch: int, *, device=None, dtype=torch.float32, name: str =
             )
         elif s.shape[0] == 1:
             s = s.expand(batch)
-        if s.numel() and not bool(((s > 0) & torch.isfinite(s)).all()):
+        # (not while a CUDA graph is being captured: the check would synchronise)
+        if s.numel() and not _capturing() and not bool(((s > 0) & torch.isfinite(s)).all()):
             raise InputError(f"{name} must be positive and finite everywhere")
         return s
     return torch.full((batch,), check_positive_float(sigma, name), device=device, dtype=dtype)

@@ -46,7 +46,10 @@ CHECKPOINT_FORMAT = "pydiffgen.train_checkpoint"
 SIGMA_DISTS = ("kadkhodaie", "edm")
 # Fields that may change between a checkpoint and its resumption: they do not change the
 # math of the steps already taken (``steps`` may grow to train longer).
-_RESUMABLE_FIELDS = {"steps", "checkpoint_every", "log_every"}
+_RESUMABLE_FIELDS = {"steps", "checkpoint_every", "log_every", "channels_last", "compile"}
+# Speed options written to checkpoints only when set, so older checkpoints still match.
+_DEFAULT_OMITTED = {"label_dropout": 0.0, "channels_last": False, "autocast_cpu": False,
+                    "compile": False}
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,12 @@ class TrainConfig:
     device:           "cpu", "cuda", "cuda:1", ...
     autocast:         bf16 autocast of the forward pass on CUDA (ignored on CPU); the
                       loss, weights and optimiser stay float32.
+    autocast_cpu:     bf16 autocast of the forward pass on CPU as well (off by default: fast
+                      only on CPUs with AVX512-BF16 / AMX; see README "Fast training").
+    channels_last:    keep the model and the batches in channels-last memory format (4-D
+                      data only); no change to the math.
+    compile:          run the model through ``torch.compile`` (first steps pay the
+                      compilation); no change to the math beyond rounding.
     log_every:        refresh the progress bar's loss and images/s every this many steps.
     label_dropout:    with ``train(..., labels=...)``: the probability that a step's label is
                       replaced by the model's null label (classifier-free guidance training,
@@ -95,6 +104,9 @@ class TrainConfig:
     autocast: bool = True
     log_every: int = 50
     label_dropout: float = 0.0
+    autocast_cpu: bool = False
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self):
         def integer(name, minimum, optional=False):
@@ -146,8 +158,10 @@ class TrainConfig:
                 f"TrainConfig.sigma_dist must be one of {', '.join(SIGMA_DISTS)}, "
                 f"got {self.sigma_dist!r}"
             )
-        if not isinstance(self.autocast, bool):
-            raise ConfigError(f"TrainConfig.autocast must be True or False, got {self.autocast!r}")
+        for flag in ("autocast", "autocast_cpu", "channels_last", "compile"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"TrainConfig.{flag} must be True or False, got "
+                                  f"{getattr(self, flag)!r}")
         if not isinstance(self.device, str):
             raise ConfigError(f"TrainConfig.device must be a string such as 'cpu' or 'cuda', "
                               f"got {self.device!r}")
@@ -159,8 +173,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        if d["label_dropout"] == 0.0:  # checkpoints of unconditional runs stay as before
-            del d["label_dropout"]
+        for key, default in _DEFAULT_OMITTED.items():  # older checkpoints stay comparable
+            if d[key] == default:
+                del d[key]
         return d
 
 
@@ -253,6 +268,9 @@ def train(
     part = slice(part.start, part.stop)  # this rank's slice of every global batch
     main = rank == 0
     model.to(device)
+    channels_last = config.channels_last and x_all.ndim == 4
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ema_model = None
     if config.ema is not None:
@@ -277,7 +295,11 @@ def train(
     share = (part.stop - part.start) / config.batch_size
     loss_fn = _loss_fn(config)
     params = [p for p in model.parameters() if p.requires_grad]
-    use_autocast = config.autocast and device.type == "cuda"
+    use_autocast = (config.autocast and device.type == "cuda") or (
+        config.autocast_cpu and device.type == "cpu")
+    forward_model = model if ddp is None else ddp
+    if config.compile:
+        forward_model = torch.compile(forward_model)
     fork_devices = []
     if device.type == "cuda":
         fork_devices = [device.index if device.index is not None else torch.cuda.current_device()]
@@ -325,7 +347,10 @@ def train(
             sigma = _draw_sigma(config, gen, device)  # [B]
             noise = torch.randn(x.shape, generator=gen, device=device)  # [B, *F]
             x, sigma, noise = x[part], sigma[part], noise[part]
-            net = model if ddp is None else ddp
+            if channels_last:  # same values, another memory layout
+                x = x.contiguous(memory_format=torch.channels_last)
+                noise = noise.contiguous(memory_format=torch.channels_last)
+            net = forward_model
             if y_all is not None:
                 lab = y_all[idx]  # [B]
                 if config.label_dropout:

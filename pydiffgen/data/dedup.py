@@ -43,7 +43,7 @@ def correlation_features(x: torch.Tensor, pool: int = 20) -> torch.Tensor:
 
 
 def deduplicate(x: torch.Tensor, threshold: float = 0.95, pool: int = 20,
-                return_index: bool = False, *, chunk_size: int = 1024):
+                return_index: bool = False, *, chunk_size: int = 1024, search=None):
     """Drop near-duplicates: one image of every pair with |correlation| > ``threshold``.
 
     x [N, C, H, W]. Greedy in order, so the earlier image of a pair is the one kept: image
@@ -52,8 +52,10 @@ def deduplicate(x: torch.Tensor, threshold: float = 0.95, pool: int = 20,
     mean-removed images (:func:`correlation_features`). ``chunk_size`` images are handled
     at once (memory ≈ chunk_size² + N·D floats); the result does not depend on it.
     Returns the kept images [K, C, H, W], and with ``return_index`` also their indices
-    int64 [K] (ascending).
+    int64 [K] (ascending). ``search``: a function with the signature of
+    ``pydiffgen.ops.knn`` (default), e.g. a sharded search.
     """
+    search = knn if search is None else search
     threshold = float(threshold)
     if not 0.0 < threshold < 1.0:
         raise InputError(f"threshold must lie in (0, 1), got {threshold!r}")
@@ -68,7 +70,7 @@ def deduplicate(x: torch.Tensor, threshold: float = 0.95, pool: int = 20,
         candidate = torch.ones(len(fb), dtype=torch.bool, device=fb.device)
         if n_kept:
             # |⟨f, k⟩| maximised over kept k = max of the top-1 ip for f and for −f
-            best, _ = knn(torch.cat([fb, -fb]), kept_feats[:n_kept], 1, metric="ip")
+            best, _ = search(torch.cat([fb, -fb]), kept_feats[:n_kept], 1, metric="ip")
             candidate = best[:, 0].view(2, -1).amax(dim=0) <= threshold
         # knn returns float64 values rounded to float32; round the Gram matrix the same way
         # so a pair's verdict does not depend on whether a chunk boundary separates it

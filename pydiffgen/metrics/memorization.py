@@ -50,7 +50,15 @@ def memorization(samples, train, threshold: float = 1 / 3) -> MemorizationReport
     if len(train) < 2:
         raise InputError(f"memorization needs at least 2 training images, got {len(train)}")
     sq, idx = knn(samples, train, 2, metric="l2")
-    d = sq.double().clamp_min(0).sqrt()
+    return memorization_from_knn(sq, idx, threshold)
+
+
+def memorization_from_knn(sq, idx, threshold: float = 1 / 3) -> MemorizationReport:
+    """The report of :func:`memorization` from a finished search: ``sq`` [M, ≥2] squared
+    distances ascending and ``idx`` [M, ≥2] indices of the nearest training images (e.g.
+    ``knn(samples, train, 2)``, or a sharded search)."""
+    threshold = check_positive_float(threshold, "threshold")
+    d = sq[:, :2].double().clamp_min(0).sqrt()
     d1, d2 = d[:, 0], d[:, 1]
     # d2 = 0 means two identical training images: the sample is a copy only if d1 = 0 too
     ratio = torch.where(d2 > 0, d1 / d2.clamp_min(1e-300), (d1 > 0).double() * float("inf"))

@@ -41,6 +41,8 @@ def _acc_dtype(x):
 
 
 def _functorch_wrapped(*tensors) -> bool:
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check (a graph break)
+        return False
     is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
     return any(t is not None and is_wrapped(t) for t in tensors)
 
@@ -172,6 +174,38 @@ def _register_gfs_autograd(fwd_name: str, bwd_name: str, keep_layout: bool):
     torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
 
 
+class _GfsFunction(torch.autograd.Function):
+    """Eager-mode autograd around a backend's (fwd, bwd) ops: the same math as the ops'
+    ``register_autograd`` registration (used under torch.compile and by direct op calls),
+    at a fraction of its per-call overhead (~15 µs instead of ~60 µs on CPU), which is what
+    small-batch calls pay."""
+
+    @staticmethod
+    def forward(ctx, fwd, bwd, num_groups, eps, x, weight, bias, scale, shift):
+        y, mean, rstd = fwd(x, num_groups, weight, bias, scale, shift, eps)
+        ctx.bwd, ctx.num_groups = bwd, num_groups
+        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
+        dx, dw, db, ds, dt = ctx.bwd(grad, x, mean, rstd, ctx.num_groups, weight, bias, scale,
+                                     shift)
+        need = ctx.needs_input_grad
+        return (None, None, None, None, dx.to(x.dtype) if need[4] else None,
+                dw.to(weight.dtype) if need[5] else None,
+                db.to(bias.dtype) if need[6] else None,
+                ds.to(scale.dtype) if need[7] else None,
+                dt.to(shift.dtype) if need[8] else None)
+
+
+def _gfs_call(fwd, bwd, x, G, w, b, s, t, eps):
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        return fwd(x, G, w, b, s, t, eps)[0]
+    return _GfsFunction.apply(fwd, bwd, G, eps, x, w, b, s, t)
+
+
 def _cpp_why_not():
     if not _native.has_cpu_ops():
         return _native.WHY_NOT
@@ -187,7 +221,9 @@ if _cpp_why_not() is None:
 
 def _gfs_cpp(x, G, weight, bias, scale, shift, eps):
     w, b, s, t = _gfs_params(x, weight, bias, scale, shift)
-    y = torch.ops.pydiffgen.groupnorm_film_silu_fwd(x, G, w, b, s, t, eps)[0]
+    ops = torch.ops.pydiffgen
+    y = _gfs_call(ops.groupnorm_film_silu_fwd.default, ops.groupnorm_film_silu_bwd.default,
+                  x, G, w, b, s, t, eps)
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
@@ -223,7 +259,9 @@ if TRITON_WHY_NOT is None:
 
 def _gfs_triton(x, G, weight, bias, scale, shift, eps):
     w, b, s, t = _gfs_params(x, weight, bias, scale, shift)
-    return torch.ops.pydiffgen.groupnorm_film_silu_triton_fwd(x, G, w, b, s, t, eps)[0]
+    ops = torch.ops.pydiffgen
+    return _gfs_call(ops.groupnorm_film_silu_triton_fwd.default,
+                     ops.groupnorm_film_silu_triton_bwd.default, x, G, w, b, s, t, eps)
 
 
 _gfs = _dispatch.op("groupnorm_film_silu")
@@ -300,8 +338,26 @@ if _bfbn_cpp_why_not() is None:
                                     setup_context=_bfbn_setup)
 
 
+class _BfbnFunction(torch.autograd.Function):
+    """Eager-mode autograd of the cpp backend (see ``_GfsFunction``)."""
+
+    @staticmethod
+    def forward(ctx, x, gain, eps):
+        y, mean, std = torch.ops.pydiffgen.bf_batchnorm_relu_fwd.default(x, gain, eps)
+        ctx.mark_non_differentiable(mean)
+        ctx.save_for_backward(x, mean, std, gain)
+        return y, mean, std
+
+    @staticmethod
+    def backward(ctx, grad, grad_mean, grad_std):
+        return _bfbn_backward(ctx, grad, grad_mean, grad_std)
+
+
 def _bfbn_cpp(x, gain, eps):
-    y, _, std = torch.ops.pydiffgen.bf_batchnorm_relu_fwd(x, gain, eps)
+    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
+        y, _, std = torch.ops.pydiffgen.bf_batchnorm_relu_fwd.default(x, gain, eps)
+    else:
+        y, _, std = _BfbnFunction.apply(x, gain, eps)
     if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
             memory_format=torch.channels_last):
         y = y.contiguous(memory_format=torch.channels_last)

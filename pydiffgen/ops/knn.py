@@ -3,44 +3,72 @@
 Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion
 (a float32 mean of a strided subset: the expansion is shift-invariant, only cancellation
 matters), which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in
-float64,
-so near-duplicate keys (memorization) are ordered exactly. Candidate pool: k + 16 per
-query, enough to absorb the expansion's rounding on [-1, 1] image data.
+float64, so near-duplicate keys (memorization) are ordered exactly.
+
+The ``cpp`` backend is certified: a low-precision candidate pass (bfloat16 GEMM on CPUs
+with AVX-512 BF16 / AMX, else float32; an exact int8 GEMM for uint8 data) keeps, per query,
+every key whose score is within a rigorous error bound of the k-th best (the bound and why
+it holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64. A query whose
+candidate set outgrows its budget is redone at the next precision (bf16 → fp32 → fp64), so
+results equal the float64 brute force except for exact ties, for any data.
+The ``triton`` backend runs the same certified algorithm with a Triton bf16 tile kernel,
+and ``reference`` with torch matmuls (pydiffgen.ops.knn_certified).
 
 Backends in priority order:
-  CUDA: triton (score tiles by pydiffgen.kernels.l2_tile, registered as the custom op
-        ``pydiffgen::knn_score_tile``) → reference;
-  CPU:  reference (torch GEMM tiles; topk_merge dispatches to the C++ kernel when built).
-Every backend shares the streaming loop below: score tile → topk_merge → float64 re-rank.
+  CUDA: triton (bf16 bound tiles, int8 for uint8 data, by pydiffgen.kernels.knn_bound_tile,
+        custom op ``pydiffgen::knn_bound_tile``; running sets by topk_merge's CUDA kernel)
+        → reference;
+  CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
+        + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
+        → reference (torch matmul tiles + topk_merge, the same certified algorithm).
+``pydiffgen::knn_score_tile`` (kernels/l2_tile.py, plain float32 / TF32 score tiles) stays
+registered for callers that want raw scores.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch
+from . import _dispatch, knn_certified, knn_stream
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
-_EXTRA_CANDIDATES = 16
+PRECISIONS = ("auto", "bf16", "fp32", "fp64")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 
 
 def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
-        *, tile_elems: int = 1 << 24):
+        *, tile_elems: int = 1 << 24, precision: str = "auto", chunk_bytes: int = 1 << 28):
     """k nearest keys of each query.
 
-    queries [M, *F], keys [N, *F] (flattened over F). metric ``l2``: squared Euclidean
-    distances ascending; ``cosine``: cosine similarity descending; ``ip``: inner product
-    descending. Returns (values float32 [M, k], indices int64 [M, k]).
-    ``tile_elems`` bounds the scores held at once (M_chunk × N_tile).
+    queries [M, *F], keys [N, *F] (flattened over F), floating point or uint8 (8-bit
+    images: the cpp backend's exact int8 pass). keys may also be a numpy array / memmap
+    or a path to a ``.npy`` file (larger than RAM / GPU memory): it is read in row chunks
+    of at most ``chunk_bytes`` (see ``pydiffgen.ops.knn_stream``). metric ``l2``: squared
+    Euclidean distances ascending; ``cosine``: cosine similarity descending; ``ip``: inner
+    product descending. Returns (values float32 [M, k], indices int64 [M, k]).
+    ``tile_elems`` bounds the scores held at once (M_chunk × N_tile). ``precision``: the
+    cpp backend's first candidate pass (``auto``: bf16 where the CPU has native bf16
+    dot products, else fp32); results are exact whatever it is.
     """
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    check_tensor(queries, "queries", min_ndim=2, finite=False)
-    check_tensor(keys, "keys", min_ndim=2, finite=False)
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if not isinstance(keys, torch.Tensor):
+        return _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision,
+                              chunk_bytes)
+    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
+    check_tensor(keys, "keys", min_ndim=2, finite=False, floating=False)
+    for t, name in ((queries, "queries"), (keys, "keys")):
+        if t.dtype not in _DTYPES:
+            raise InputError(
+                f"{name} must be a floating-point or uint8 tensor, got dtype {t.dtype}"
+            )
     _check_finite(queries, "queries")
     _check_finite(keys, "keys")
     if queries.shape[1:] != keys.shape[1:]:
@@ -52,27 +80,44 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     if k > keys.shape[0]:
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     impl = _dispatch.op("knn").select(queries.device.type, backend)
-    return impl.fn(queries.reshape(len(queries), -1), keys.reshape(len(keys), -1), k, metric,
-                   tile_elems)
+    q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
+    return impl.fn(q, x, k, metric, tile_elems, precision)
+
+
+def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chunk_bytes):
+    """keys given as a numpy array / memmap / .npy path: streamed in row chunks."""
+    arr = knn_stream.open_keys(keys)
+    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
+    if queries.dtype not in _DTYPES:
+        raise InputError(
+            f"queries must be a floating-point or uint8 tensor, got dtype {queries.dtype}"
+        )
+    _check_finite(queries, "queries")
+    check_positive_int(k, "k")
+    check_positive_int(chunk_bytes, "chunk_bytes")
+    knn_stream.check_keys(arr, queries, k)
+
+    def search(q, chunk, kk):
+        return knn(q, chunk, kk, metric, backend, tile_elems=tile_elems, precision=precision)
+
+    def rerank(q, rows, cand, kk):
+        return knn_stream.rerank_native_or_torch(q, rows, cand, kk, metric, tile_elems,
+                                                 _METRIC_CODE[metric], _rerank)
+
+    return knn_stream.knn_streamed(search, rerank, queries, arr, k, metric, chunk_bytes)
+
+
+def _as_float(t):
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
 def _check_finite(t, name):
     """NaN/Inf check in one reduction pass: a finite sum implies finite entries (NaN and
     ±inf propagate); only an overflowing sum pays for the elementwise check."""
+    if not t.is_floating_point():
+        return
     if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} contains NaN or Inf values")
-
-
-def _torch_scores(qm, xt, xt_sq, with_norm):
-    """Candidate scores [m, t] in float32: ‖x‖² − 2⟨q,x⟩ (l2) or ⟨q,x⟩."""
-    if with_norm:
-        # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²; one GEMM pass
-        return torch.addmm(xt_sq, qm, xt.T, alpha=-2)
-    return qm @ xt.T  # [m, t]
-
-
-def _triton_scores(qm, xt, xt_sq, with_norm):
-    return torch.ops.pydiffgen.knn_score_tile(qm, xt, xt_sq, with_norm)
 
 
 def _centre(x):
@@ -83,68 +128,25 @@ def _centre(x):
     return x[::step].float().mean(0)
 
 
-def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
-    """Chunked float32 candidate scores + running top-k + float64 re-rank.
-
-    ``score_fn(q_chunk [m, D], x_tile [t, D], x_sq [t], with_norm) -> [m, t]`` makes the
-    candidate scores: torch GEMM for the reference backend, the Triton kernel for triton.
-    Keys are centred / normalized tile by tile, so no transformed copy of the key set is
-    ever held (the key set can be most of the device's memory).
-    """
-    (M, D), N = q.shape, x.shape[0]
-    largest = metric != "l2"
-    x_scale = None
-    if metric == "cosine":
-        qc = (q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
-        x_scale = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # [N]
-        mu = None
-    elif metric == "l2":
-        mu = _centre(x)
-        qc = (q - mu.to(q.dtype)).float()
-    else:
-        qc, mu = q.float(), None
-    kc = min(N, k + _EXTRA_CANDIDATES)
-    # key tiles: ≤ tile_elems scores per query chunk and ≤ ~2M transformed key elements
-    # (8 MB, cache- and allocator-friendly; keys are centred tile by tile)
-    n_tile = max(1, min(N, tile_elems // max(1, min(M, 1024)), max(256, (1 << 21) // max(1, D))))
-    m_chunk = max(1, min(M, tile_elems // n_tile))
-    fill = float("-inf") if largest else float("inf")
-    values = torch.empty(M, k, dtype=torch.float32, device=q.device)
-    indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
-
-    def key_tile(n0):
-        xt = x[n0 : n0 + n_tile]
-        if mu is not None:
-            xt = (xt - mu.to(xt.dtype)).float()
-            return xt, torch.linalg.vector_norm(xt, dim=1).square_()
-        if x_scale is not None:
-            xt = xt * x_scale[n0 : n0 + n_tile, None]
-        return xt.float(), None
-
-    for m0 in range(0, M, m_chunk):
-        qm = qc[m0 : m0 + m_chunk]
-        best_v = torch.full((len(qm), kc), fill, dtype=torch.float32, device=q.device)
-        best_i = torch.full((len(qm), kc), -1, dtype=torch.int64, device=q.device)
-        for n0 in range(0, N, n_tile):
-            xt, xt_sq = key_tile(n0)
-            scores = score_fn(qm, xt, xt_sq if xt_sq is not None else xt[:0, 0], mu is not None)
-            best_v, best_i = merge(best_v, best_i, scores, n0, largest)
-        v, i = _rerank(q[m0 : m0 + m_chunk], x, best_i, k, metric, tile_elems)
-        values[m0 : m0 + m_chunk] = v
-        indices[m0 : m0 + m_chunk] = i
-    return values, indices
-
-
 def _rerank(q, x, cand_i, k, metric, tile_elems):
-    """Exact float64 scores of the candidates cand_i [m, kc]; the best k, ties to the lower
-    index (as the reference). Rows go in groups so the [rows, kc, D] gather stays bounded."""
+    """Exact float64 scores of the candidates cand_i [m, kc] (−1: no candidate); the best
+    k, ties to the lower index (as the reference). Rows go in groups so the [rows, kc, D]
+    gather stays bounded."""
     largest = metric != "l2"
-    cand_i = cand_i.sort(dim=1).values  # index order first: the stable sort keeps it on ties
+    N = x.shape[0]
+    if len(q) == 0:
+        return (q.new_empty(0, k, dtype=torch.float32),
+                cand_i.new_empty(0, k, dtype=torch.int64))
+    # index order first (empty slots last): the stable sort keeps it on ties
+    cand_i = torch.where(cand_i >= 0, cand_i, N).sort(dim=1).values
     kc, D = cand_i.shape[1], x.shape[1]
     rows = max(1, tile_elems // max(1, kc * D))
+    fill = float("-inf") if largest else float("inf")
     out_v, out_i = [], []
     for r0 in range(0, len(q), rows):
         ci = cand_i[r0 : r0 + rows]
+        valid = ci < N
+        ci = ci.clamp(max=N - 1)
         cand = x[ci].double()  # [r, kc, D]
         qd = q[r0 : r0 + rows].double()[:, None, :]  # [r, 1, D]
         if metric == "l2":
@@ -155,14 +157,79 @@ def _rerank(q, x, cand_i, k, metric, tile_elems):
             exact = (qn * xn).sum(-1)
         else:
             exact = (qd * cand).sum(-1)
+        exact = torch.where(valid, exact, fill)
         order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
         out_v.append(exact.gather(1, order).float())
         out_i.append(ci.gather(1, order))
     return torch.cat(out_v), torch.cat(out_i)
 
 
-def _knn_triton(q, x, k, metric, tile_elems):
-    return _knn_chunked(q, x, k, metric, tile_elems, score_fn=_triton_scores)
+def _bruteforce_rows(q, x, k, metric, tile_elems):
+    """float64 brute force over key chunks (the last resort for rows with thousands of
+    exact ties): direct ‖q − x‖², never the expansion."""
+    largest = metric != "l2"
+    M, D = q.shape
+    fill = float("-inf") if largest else float("inf")
+    v = torch.full((M, k), fill, dtype=torch.float64, device=q.device)
+    i = torch.full((M, k), -1, dtype=torch.int64, device=q.device)
+    qd = q.double()
+    if metric == "cosine":
+        qd = qd / qd.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    step = max(1, tile_elems // max(1, M * D))
+    for n0 in range(0, x.shape[0], step):
+        xd = x[n0 : n0 + step].double()
+        if metric == "l2":
+            s = ((qd[:, None, :] - xd[None]) ** 2).sum(-1)
+        else:
+            if metric == "cosine":
+                xd = xd / xd.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            s = (qd[:, None, :] * xd[None]).sum(-1)
+        v, i = merge(v, i, s, n0, largest)
+    return v.float(), i
+
+
+def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None):
+    """Certified candidates (bf16 tiles by score_fn; overflowing rows in float64, then by
+    brute force) + float64 re-rank. Any device; the triton backend's path on CUDA."""
+    score_fn = score_fn or knn_certified.torch_bound_tile
+    M = q.shape[0]
+    u8 = q.dtype == torch.uint8 and x.dtype == torch.uint8
+    if u8:
+        # 8-bit levels are exact in bfloat16, and so are x − 128: an exact shift as centre
+        centre = torch.full((x.shape[1],), 128.0, device=x.device)
+    else:
+        centre = _centre(x) if metric == "l2" else None
+    # no converted copy of the keys: prepare() widens each tile, the re-rank each gather
+    if centre is None:
+        centre = x.new_zeros(0, dtype=torch.float32)
+    passes = [(torch.bfloat16, score_fn), (torch.float64, knn_certified.torch_bound_tile)]
+    if precision in ("fp32", "fp64"):
+        passes = passes[1:]
+    elif u8 and metric != "cosine" and x.shape[1] < 1 << 17:
+        passes[0] = (torch.int8, score_fn)  # exact int32 dot of x − 128
+    values = torch.empty(M, k, dtype=torch.float32, device=q.device)
+    indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
+    rows = torch.arange(M, device=q.device)
+    for gemm_dtype, fn in passes:
+        qr = q[rows]
+        cand, over = knn_certified.candidates(qr, x, k, metric, tile_elems, 4 * k + 256,
+                                              gemm_dtype, fn, centre)
+        done = ~over
+        v, i = _rerank(qr[done], x, cand[done], k, metric, tile_elems)
+        values[rows[done]], indices[rows[done]] = v, i
+        rows = rows[over]
+        if len(rows) == 0:
+            return values, indices
+    values[rows], indices[rows] = _bruteforce_rows(q[rows], x, k, metric, tile_elems)
+    return values, indices
+
+
+def _triton_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
+    return torch.ops.pydiffgen.knn_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety)
+
+
+def _knn_triton(q, x, k, metric, tile_elems, precision="auto"):
+    return _knn_certified(q, x, k, metric, tile_elems, precision, score_fn=_triton_bound_tile)
 
 
 if TRITON_WHY_NOT is None:
@@ -181,6 +248,106 @@ if TRITON_WHY_NOT is None:
     def _(q, x, x_sq, with_norm):
         return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
 
+    @torch.library.custom_op("pydiffgen::knn_bound_tile", mutates_args=())
+    def _knn_bound_tile(
+        qg: torch.Tensor, xg: torch.Tensor, a: torch.Tensor, p: torch.Tensor, dx: torch.Tensor,
+        A: torch.Tensor, B: torch.Tensor, w: float, cg: float, ca: float, eta: float,
+        safety: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        from ..kernels.knn_bound_tile import bound_tile
+
+        return bound_tile(qg, xg, a, p, dx, A, B, w=w, cg=cg, ca=ca, eta=eta, safety=safety)
+
+    @_knn_bound_tile.register_fake
+    def _(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
+        lo = qg.new_empty(qg.shape[0], xg.shape[0], dtype=torch.float32)
+        return lo, torch.empty_like(lo)
+
+
+_METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
+_PRECISION_CODE = {"int8": 0, "bf16": 1, "fp32": 2, "fp64": 3}
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has native bfloat16 dot products (AVX-512 BF16 or AMX): only then is
+    a bf16 GEMM faster than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = line.split()
+                    return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    return False
+
+
+def _capacity(k: int, n: int, precision: str) -> int:
+    """Candidate budget per query; past it the row is redone at the next precision. The
+    float64 re-rank costs D flops per candidate, the GEMM N·D per query: a few k suffice."""
+    if precision in ("int8", "fp64"):
+        return max(k, n)  # exact / last pass: never overflows
+    return min(max(k, n), 4 * k + (256 if precision == "bf16" else 1024))
+
+
+def _passes(q, x, metric, precision):
+    if q.dtype == torch.uint8 and x.dtype == torch.uint8 and metric != "cosine":
+        return ["int8"]
+    first = ("bf16" if native_bf16() else "fp32") if precision == "auto" else precision
+    order = ["bf16", "fp32", "fp64"]
+    return order[order.index(first):]
+
+
+def _knn_cpp(q, x, k, metric, tile_elems, precision="auto"):
+    """Certified candidate passes (C++ tile loop) + float64 re-rank, with the overflowing
+    queries of a pass redone at the next precision."""
+    passes = _passes(q, x, metric, precision)
+    if passes[0] != "int8":
+        q, x = _as_float(q), _as_float(x)
+    M, N = q.shape[0], x.shape[0]
+    mu = _centre(x) if metric == "l2" and passes[0] != "int8" else x.new_empty(0, dtype=torch.float)
+    values = torch.empty(M, k, dtype=torch.float32)
+    indices = torch.empty(M, k, dtype=torch.int64)
+    rows = torch.arange(M)
+    for p in passes:
+        qr = q[rows]
+        cand, _, _, over = torch.ops.pydiffgen.knn_candidates(
+            qr, x, mu, k, _METRIC_CODE[metric], _PRECISION_CODE[p], tile_elems,
+            _capacity(k, N, p), 0)
+        done = ~over
+        v, i = torch.ops.pydiffgen.knn_rerank(qr[done], x, cand[done], k, _METRIC_CODE[metric])
+        values[rows[done]] = v.float()
+        indices[rows[done]] = i
+        rows = rows[over]
+        if len(rows) == 0:
+            break
+    return values, indices
+
+
+def _cpp_why_not():
+    return None if _native.has_cpu_ops() else _native.WHY_NOT
+
+
+if _native.LOADED:
+
+    @torch.library.register_fake("pydiffgen::knn_candidates")
+    def _knn_candidates_fake(queries, keys, centre, k, metric, precision, tile_elems, capacity,
+                             offset):
+        M = queries.shape[0]
+        C = torch.library.get_ctx().new_dynamic_size()
+        return (queries.new_empty(M, C, dtype=torch.int64),
+                queries.new_empty(M, C, dtype=torch.float64),
+                queries.new_empty(M, dtype=torch.float64),
+                queries.new_empty(M, dtype=torch.bool))
+
+    @torch.library.register_fake("pydiffgen::knn_rerank")
+    def _knn_rerank_fake(queries, keys, cand, k, metric):
+        torch._check(cand.shape[0] == queries.shape[0])
+        M = queries.shape[0]
+        return (queries.new_empty(M, k, dtype=torch.float64),
+                queries.new_empty(M, k, dtype=torch.int64))
+
 
 _dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
-_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_chunked)
+_dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _cpp_why_not)
+_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)

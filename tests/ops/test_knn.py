@@ -130,3 +130,265 @@ def test_knn_gpu_near_duplicates():
     v, i = knn(keys[pick], keys, 3)
     assert torch.equal(i[:, 0], pick)
     assert _OP.select("cuda").name == "triton" or TRITON_WHY_NOT is not None
+
+
+# ---- the certified cpp backend: every candidate precision, adversarial data -------------
+
+CPP = "cpp" in _OP.reasons("cpu") and _OP.reasons("cpu")["cpp"] == "ok"
+needs_cpp = pytest.mark.skipif(not CPP, reason="pydiffgen._C (cpp backend) is not built")
+PRECISIONS = ["bf16", "fp32", "fp64"]
+
+
+def _cpp(q, x, k, metric="l2", precision="bf16", tile_elems=1 << 15):
+    return knn(q, x, k, metric, backend="cpp", tile_elems=tile_elems, precision=precision)
+
+
+@needs_cpp
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("metric", ["l2", "cosine", "ip"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpp_precisions_match_bruteforce(precision, metric, dtype):
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(29, 3, 7, 5, generator=g, dtype=dtype)
+    x = torch.randn(1031, 3, 7, 5, generator=g, dtype=dtype) + 0.3
+    for k in (1, 7, 64):
+        _assert_knn(_cpp(q, x, k, metric, precision),
+                    reference.knn_bruteforce(q, x, k, metric), metric)
+
+
+@needs_cpp
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_cpp_mixed_dtypes_and_noncontiguous(precision):
+    x = torch.randn(300, 40, dtype=torch.float64)[:, ::2]  # non-contiguous float64 keys
+    q = torch.randn(40, 25)[::3, :20]  # non-contiguous float32 queries
+    _assert_knn(_cpp(q, x, 5, "l2", precision), reference.knn_bruteforce(q, x, 5), "l2")
+
+
+@needs_cpp
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_cpp_near_duplicates(precision, metric):
+    """The memorization case: four copies of each key differing by ~1e-7 relative."""
+    g = torch.Generator().manual_seed(2)
+    base = torch.rand(70, 3 * 8 * 8, generator=g) * 2 - 1
+    copies = [base * (1 + 1e-7 * torch.randn(base.shape, generator=g)) for _ in range(3)]
+    keys = torch.cat([base, *copies])
+    pick = torch.tensor([5, 77, 139, 279, 0, 200])
+    queries = keys[pick] + 1e-7 * torch.randn(len(pick), keys.shape[1], generator=g)
+    _assert_knn(_cpp(queries, keys, 4, metric, precision),
+                reference.knn_bruteforce(queries, keys, 4, metric), metric)
+
+
+@needs_cpp
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_cpp_many_near_ties_overflow_and_escalate(precision):
+    """800 keys at nearly the same distance from each query (a sphere shell, radii within
+    1e-7): far more than the bf16/fp32 candidate budgets, so rows are redone at higher
+    precision; the answer must still be the float64 one."""
+    g = torch.Generator().manual_seed(3)
+    D = 48
+    q = torch.randn(3, D, generator=g, dtype=torch.float64)
+    dirs = torch.randn(800, D, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=1, keepdim=True)
+    radii = 1 + 1e-7 * torch.rand(800, 1, generator=g, dtype=torch.float64)
+    keys = torch.cat([q[i] + dirs * radii for i in range(3)]).float()
+    keys = torch.cat([keys, torch.randn(500, D, generator=g) * 3])
+    _assert_knn(_cpp(q.float(), keys, 6, "l2", precision),
+                reference.knn_bruteforce(q.float(), keys, 6), "l2")
+
+
+@needs_cpp
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_cpp_large_norms(precision, metric):
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(700, 32, generator=g) * 1e3 + 1e5  # ‖x‖² ≈ 3e11 vs distances ≈ 6e7
+    queries = torch.randn(20, 32, generator=g) * 1e3 + 1e5
+    _assert_knn(_cpp(queries, keys, 7, metric, precision),
+                reference.knn_bruteforce(queries, keys, 7, metric), metric)
+
+
+def _assert_knn_up_to_duplicates(got, want, keys, metric):
+    """As _assert_knn, but where the indices differ the keys must be identical copies (an
+    exact tie, which the brute force's blocked float64 GEMM may round either way)."""
+    v, i = got
+    x = keys.reshape(len(keys), -1)
+    differ = i != want[1]
+    assert torch.equal(x[i[differ]], x[want[1][differ]]), (i, want[1])
+    torch.testing.assert_close(v, want[0].float(), rtol=1e-6, atol=1e-6)
+
+
+@needs_cpp
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_cpp_8bit_images_exact_int8(metric):
+    """uint8 images take the exact int8 GEMM pass (cosine: a float pass); the same images
+    as floats in [-1, 1] take the bf16 pass; both equal the float64 answer, exact ties
+    (duplicated images) to the lower index."""
+    g = torch.Generator().manual_seed(5)
+    imgs = torch.randint(0, 256, (400, 3, 6, 6), generator=g, dtype=torch.uint8)
+    imgs = torch.cat([imgs, imgs[:50]])  # exact duplicates
+    q = torch.cat([imgs[[3, 401, 77]], torch.randint(0, 256, (9, 3, 6, 6), generator=g,
+                                                       dtype=torch.uint8)])
+    want = reference.knn_bruteforce(q.double(), imgs.double(), 5, metric)
+    _assert_knn_up_to_duplicates(_cpp(q, imgs, 5, metric), want, imgs, metric)
+    qf, xf = q.float() / 127.5 - 1, imgs.float() / 127.5 - 1
+    want_f = reference.knn_bruteforce(qf, xf, 5, metric)
+    _assert_knn_up_to_duplicates(_cpp(qf, xf, 5, metric, "bf16"), want_f, xf, metric)
+
+
+@needs_cpp
+def test_cpp_k_equals_n_and_single_key():
+    q, x = torch.randn(5, 9), torch.randn(13, 9)
+    for precision in PRECISIONS:
+        _assert_knn(_cpp(q, x, 13, "l2", precision), reference.knn_bruteforce(q, x, 13), "l2")
+    _assert_knn(_cpp(q, x[:1], 1), reference.knn_bruteforce(q, x[:1], 1), "l2")
+
+
+@needs_cpp
+def test_cpp_opcheck():
+    q, x = torch.randn(6, 10), torch.randn(50, 10)
+    mu = x.mean(0)
+    torch.library.opcheck(torch.ops.pydiffgen.knn_candidates, (q, x, mu, 3, 0, 1, 64, 30, 0),
+                          test_utils=("test_schema", "test_faketensor"))
+    cand = torch.randint(0, 50, (6, 8))
+    torch.library.opcheck(torch.ops.pydiffgen.knn_rerank, (q, x, cand, 3, 0))
+
+
+def test_precision_and_dtype_errors():
+    q, x = torch.randn(4, 8), torch.randn(10, 8)
+    with pytest.raises(InputError, match="precision must be one of"):
+        knn(q, x, 3, precision="fp8")
+    with pytest.raises(InputError, match="floating-point or uint8"):
+        knn(q, x.to(torch.int32), 3)
+
+
+@pytest.mark.slow
+@needs_cpp
+def test_knn_torch_compile_smoke():
+    q, x = torch.randn(12, 16), torch.randn(300, 16)
+
+    def f(a, b):
+        v, i = knn(a, b, 4)
+        return v.sqrt(), i
+
+    v, i = torch.compile(f)(q, x)
+    want = reference.knn_bruteforce(q, x, 4)
+    assert torch.equal(i, want[1])
+    torch.testing.assert_close(v, want[0].float().sqrt())
+
+
+# ---- the certified GPU algorithm (pydiffgen.ops.knn_certified), torch twin + Triton -----
+
+cert = importlib.import_module("pydiffgen.ops.knn_certified")
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_certified_bound_holds(metric):
+    """The per-pair bound e must cover |s̃ − s| (s exact in float64) on data far from 0."""
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(40, 300, generator=g) * 3 + 7
+    x = torch.randn(500, 300, generator=g) * 3 + 7
+    centre = x.mean(0) if metric == "l2" else x.new_zeros(0)
+    w, gamma, cg, ca, eta, safety = cert.constants(metric, 300, torch.bfloat16)
+    qg, qn, dq, _ = cert.prepare(q, centre, metric, torch.bfloat16)
+    xg, xn, dx, a = cert.prepare(x, centre, metric, torch.bfloat16)
+    lo, hi = cert.torch_bound_tile(qg, xg, a, xn + dx, dx, w * (dq + gamma * qn), w * qn,
+                                   w, cg, ca, eta, safety)
+    qd, xd = q.double(), x.double()
+    if metric == "l2":
+        exact = ((qd[:, None] - xd[None]) ** 2).sum(-1) - ((qd - centre.double()) ** 2).sum(1,
+                                                                                    keepdim=True)
+    elif metric == "cosine":
+        exact = -(qd / qd.norm(dim=1, keepdim=True)) @ (xd / xd.norm(dim=1, keepdim=True)).T
+    else:
+        exact = -qd @ xd.T
+    assert bool((lo.double() <= exact).all()) and bool((exact <= hi.double()).all())
+    assert float((hi - lo).max()) < 0.05 * float(exact.abs().max())  # not vacuous
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip", "cosine"])
+def test_certified_torch_twin_adversarial(metric):
+    g = torch.Generator().manual_seed(7)
+    base = torch.rand(80, 96, generator=g) * 2 - 1 + 100.0  # large offset
+    copies = [base * (1 + 1e-7 * torch.randn(base.shape, generator=g)) for _ in range(3)]
+    keys = torch.cat([base, *copies])
+    q = keys[[3, 90, 170, 319]] + 1e-7 * torch.randn(4, 96, generator=g)
+    got = knn_mod._knn_certified(q, keys, 5, metric, 1 << 12)
+    _assert_knn(got, reference.knn_bruteforce(q, keys, 5, metric), metric)
+
+
+def test_certified_overflow_falls_back_exactly():
+    """600 exact copies of one key (more than the 4k + 256 candidate budget, ties even in
+    float64): bf16 and float64 passes overflow, the brute force returns the lowest indices."""
+    x = torch.cat([torch.randn(50, 16), torch.ones(600, 16), torch.randn(50, 16)])
+    q = torch.ones(2, 16) + 1e-3
+    v, i = knn_mod._knn_certified(q, x, 5, "l2", 1 << 12)
+    assert i.tolist() == [[50, 51, 52, 53, 54]] * 2
+    _assert_knn((v, i), reference.knn_bruteforce(q, x, 5), "l2")
+
+
+@pytest.mark.parametrize("triton", [False, True])
+def test_certified_uint8_int8_pass(triton):
+    """uint8 keys: the exact int8 pass (Triton int32 dot, or its float64 torch twin), with
+    an exact duplicate key; few candidates survive the (float32 epilogue) bound."""
+    if triton and not TRITON_ON_CPU:
+        pytest.skip("needs TRITON_INTERPRET=1 and triton on CPU")
+    fn = knn_mod._triton_bound_tile if triton else None
+    g = torch.Generator().manual_seed(8)
+    x = torch.randint(0, 256, (300, 48), generator=g, dtype=torch.uint8)
+    x = torch.cat([x, x[:20]])
+    q = torch.cat([x[:3], torch.randint(0, 256, (4, 48), generator=g, dtype=torch.uint8)])
+    for metric in ("l2", "ip", "cosine"):
+        got = knn_mod._knn_certified(q, x, 4, metric, 1 << 12, score_fn=fn)
+        want = reference.knn_bruteforce(q.double(), x.double(), 4, metric)
+        _assert_knn_up_to_duplicates(got, want, x, metric)
+    centre = torch.full((48,), 128.0)
+    cand, over = cert.candidates(q, x, 4, "l2", 1 << 12, 300, torch.int8,
+                                 fn or cert.torch_bound_tile, centre)
+    assert not bool(over.any()) and int((cand >= 0).sum(1).max()) <= 8
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
+def test_triton_bound_tile_interpreted_matches_torch():
+    from pydiffgen.kernels.knn_bound_tile import bound_tile
+
+    g = torch.Generator().manual_seed(9)
+    qg = torch.randn(37, 70, generator=g).bfloat16()
+    xg = torch.randn(45, 70, generator=g).bfloat16()
+    vec = [torch.rand(n, generator=g) for n in (45, 45, 45, 37, 37)]
+    consts = dict(w=2.0, cg=1e-6, ca=1e-6, eta=1e-30, safety=1.0 + 1e-6)
+    lo, hi = bound_tile(qg, xg, *vec, **consts)
+    lo2, hi2 = cert.torch_bound_tile(qg, xg, *vec, *consts.values())
+    torch.testing.assert_close(lo, lo2, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hi, hi2, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
+def test_triton_certified_near_duplicates_interpreted():
+    g = torch.Generator().manual_seed(10)
+    base = torch.rand(40, 33, generator=g) * 2 - 1
+    keys = torch.cat([base, base * (1 + 1e-7 * torch.randn(base.shape, generator=g))])
+    q = keys[[1, 41, 79]].clone()
+    got = knn_mod._knn_triton(q, keys, 3, "l2", 1 << 12)
+    _assert_knn(got, reference.knn_bruteforce(q, keys, 3), "l2")
+
+
+@pytest.mark.gpu
+def test_knn_gpu_uint8_and_near_ties():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randint(0, 256, (20000, 3 * 16 * 16), device="cuda", generator=g,
+                      dtype=torch.uint8)
+    q = x[:64].clone()
+    got = knn(q, x, 10)
+    want = reference.knn_bruteforce(q.cpu().double(), x.cpu().double(), 10)
+    assert torch.equal(got[1].cpu(), want[1])
+    D = 256
+    qf = torch.randn(4, D, device="cuda", dtype=torch.float64)
+    dirs = torch.nn.functional.normalize(torch.randn(3000, D, device="cuda",
+                                                     dtype=torch.float64), dim=1)
+    keys = torch.cat([qf[i] + dirs * (1 + 1e-7 * torch.rand(3000, 1, device="cuda",
+                                                             dtype=torch.float64))
+                      for i in range(4)]).float()
+    got = knn(qf.float(), keys, 8)
+    want = reference.knn_bruteforce(qf.float().cpu(), keys.cpu(), 8)
+    assert torch.equal(got[1].cpu(), want[1])

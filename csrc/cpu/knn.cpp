@@ -1,0 +1,635 @@
+// CPU kernels of pydiffgen::knn_candidates and pydiffgen::knn_rerank (schemas in
+// csrc/pydiffgen_C.cpp); the Python side is pydiffgen/ops/knn.py.
+//
+// Exact k-nearest-neighbour search as a certified low-precision candidate pass followed by
+// a float64 re-rank. Every metric is cast as "smaller score is better":
+//   l2:          s(q, x) = ‖x*‖² − 2⟨q*, x*⟩   (= ‖q − x‖² − ‖q*‖², q* = q − μ, x* = x − μ)
+//   ip / cosine: s(q, x) = −⟨q*, x*⟩         (cosine: q* = q/‖q‖, x* = x/‖x‖; ip: q* = q)
+//
+// knn_candidates, per key tile x_t [t, D] (the whole loop is here, no Python per tile):
+//   1. prepare the tile: x_p = x* in float32 (float64 in the fp64 pass), x̃ = x_p rounded
+//      to the GEMM dtype (bfloat16 / float32 / float64; int8 = uint8 − 128 for 8-bit data);
+//   2. G̃ = q̃·x̃ᵀ for a chunk of queries (one ATen GEMM: oneDNN / MKL, multithreaded);
+//   3. fused pass over the rows (at::parallel_for): s̃ = a_j − w·G̃ (a_j = ‖x_p‖², w = 2 for
+//      l2; a_j = 0, w = 1 otherwise), a rigorous bound e ≥ |s̃ − s| (below), and per row
+//        τ  = the k-th smallest upper bound s̃ + e seen so far (a k-heap of values),
+//        C  = every key with lower bound s̃ − e ≤ τ (pruned as τ falls).
+//      A block of 64 scores is skipped at once when none is below τ + (the tile's largest
+//      e for this row), so most of the tile costs one vectorized compare.
+//   Returns the candidates, their lower bounds, τ and an overflow flag per row.
+//   Why exact: the true k-th best score T ≤ τ (k keys have s ≤ s̃ + e ≤ τ), and a key of the
+//   true top k has s̃ − e ≤ s ≤ T ≤ τ, so it is in C. τ only decreases, so a key rejected
+//   earlier stays rejected. A row whose C outgrows `capacity` is flagged: the caller redoes it
+//   at the next precision (bf16 → fp32 → fp64, where capacity is unbounded).
+//
+// The bound e (one row q, one key x; u = 2^-24 the float32 unit roundoff, u_acc the unit
+// roundoff of the accumulation: float32, or float64 in the fp64 pass):
+//   x* differs from the prepared x_p by the rounding of the preparation, elementwise
+//   |x*_i − x_p,i| ≤ u_p |x_p,i| (u_p = 1.01u + (D+4)·2^-53: one float32 rounding of a
+//   float64 (x − μ) or x/‖x‖ whose own relative error is ≤ (D+4)·2^-53); so with
+//   Δx = x* − x̃:  ‖Δx‖ ≤ dx := ‖x_p − x̃‖ + u_p‖x_p‖ (all norms in float64), same for q.
+//   Exact identity: ⟨q*, x*⟩ = ⟨q̃, x̃⟩ + ⟨Δq, x*⟩ + ⟨q̃, Δx⟩, and Cauchy–Schwarz gives
+//     |⟨q*, x*⟩ − ⟨q̃, x̃⟩| ≤ dq·(‖x̃‖ + dx) + ‖q̃‖·dx.
+//   The GEMM: products of bfloat16 (8-bit significands) are exact in float32 and any order
+//   of float32 summation errs by ≤ γ_D Σ|q̃_i x̃_i| ≤ γ_D ‖q̃‖‖x̃‖, γ_D = (D+2)u/(1 − (D+2)u)
+//   (Higham, Thm 3.1, for any summation tree; float32/float64 GEMMs: products rounded too,
+//   hence D+2). The bf16 GEMM's output is rounded once to bfloat16, adding
+//   ≤ 2^-8/(1 − 2^-8)·|G̃|. ASSUMPTION (true of oneDNN and of ATen's fallback kernel): the
+//   bf16 GEMM accumulates in float32 and rounds the final sum once. Denormals flushed to
+//   zero (AVX-512 BF16 does) cost ≤ D·2^-126 per product sum: η = 2^-100 covers it.
+//   ‖x*‖² vs the float32 a_j: ≤ (3u_p + 2u)·a_j. Evaluating s̃ = a − w·G̃ and s̃ ± e in
+//   float32: ≤ u(a + w|G̃| + e) each.
+//   Together:  e = (1 + 64u)·[ w·(dq + γ‖q̃‖)·(‖x̃‖ + dx) + w‖q̃‖·dx
+//                             + (w·u_out + 2w·u)·|G̃| + (3u_p + 4u)·a + η ]
+//   whose own float32 evaluation (≤ 8 roundings) and the rounding of its float64 inputs
+//   (A, B, P, dx, constants) to float32 (≤ 4 more, each ≤ u) are covered by (1 + 64u):
+//   (1 − u)^12 > 1/(1 + 64u).
+//   int8 pass (uint8 inputs): int32 accumulation of |x'_i q'_i| ≤ 2^14 is exact for
+//   D < 2^17 and scores are formed in float64 (exact below 2^53), so e = 0.
+//
+// knn_rerank: per row, every candidate's score is recomputed directly in float64
+// (l2: Σ(q_i − x_i)², not the expansion; cosine: ⟨q, x⟩/(‖q‖‖x‖); ip: ⟨q, x⟩); the best k
+// with ties to the lower index, as the float64 brute-force reference orders them.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_int_mm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/util/BFloat16.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace pydiffgen {
+namespace {
+
+enum Metric : int64_t { kL2 = 0, kIP = 1, kCosine = 2 };
+enum Precision : int64_t { kInt8 = 0, kBF16 = 1, kFP32 = 2, kFP64 = 3 };
+
+constexpr double kU32 = 0x1p-24;
+constexpr double kU64 = 0x1p-53;
+constexpr int64_t kBlock = 64;
+
+// Rows prepared for the GEMM: x̃ (GEMM dtype) and the per-row quantities of the bound.
+struct Prepared {
+  at::Tensor gemm;   // [n, D] bf16 / f32 / f64 / int8
+  at::Tensor norm;   // [n] float64 ‖x̃‖ (float modes)
+  at::Tensor delta;  // [n] float64 dx = ‖x_p − x̃‖ + u_p‖x_p‖
+  at::Tensor add;    // [n] float64 a_j (l2: ‖x_p‖²; int8 ip: −128·Σx'; else 0)
+};
+
+// Round-to-nearest-even float32 → bfloat16 on the bits (inputs are finite), vectorizable.
+inline uint16_t bf16_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, sizeof(b));
+  b += 0x7FFFu + ((b >> 16) & 1u);
+  return static_cast<uint16_t>(b >> 16);
+}
+template <typename Gt, typename P>
+inline Gt round_to(P v) {
+  return static_cast<Gt>(v);
+}
+template <>
+inline c10::BFloat16 round_to<c10::BFloat16, float>(float v) {
+  return c10::BFloat16(bf16_bits(v), c10::BFloat16::from_bits());
+}
+inline float widen_bits(c10::BFloat16 v) {
+  const uint32_t b = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &b, sizeof(f));
+  return f;
+}
+template <typename P, typename Gt>
+inline P back(Gt v) {
+  return static_cast<P>(v);
+}
+template <>
+inline float back<float, c10::BFloat16>(c10::BFloat16 v) {
+  return widen_bits(v);
+}
+
+// x* rounded once to P: l2 x − μ (for T = P the subtraction itself is the one correctly
+// rounded operation; for T = double, P = float the float64 difference is rounded again,
+// which the (D+4)·2^-53 part of u_p covers); cosine x·(1/‖x‖) in float64, then rounded.
+template <typename T, typename P>
+inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int64_t c,
+                    double scale) {
+  if (metric == kL2) {
+    if constexpr (std::is_same_v<T, P>) {
+      return v - mu_p[c];
+    } else {
+      return static_cast<P>(static_cast<double>(v) - mu_d[c]);
+    }
+  }
+  if (metric == kCosine) return static_cast<P>(static_cast<double>(v) * scale);
+  return static_cast<P>(v);
+}
+
+// One fused pass per row (rows in parallel): x_p (x* rounded once to the preparation dtype
+// P), x̃ (x_p rounded to the GEMM dtype Gt), and the float64 sums ‖x̃‖², ‖x_p − x̃‖², ‖x_p‖²
+// of the bound, in 16 independent lanes so the loop vectorizes without reassociation.
+template <typename T, typename P, typename Gt>
+void prepare_rows(const T* x, const P* mu_p, const double* mu_d, int64_t n, int64_t D,
+                  int64_t metric, double u_p, Gt* out, double* norm, double* delta, double* add) {
+  constexpr int64_t L = 16;
+  // small blocks run inline: a parallel region costs more than ~64 K elements of work
+  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const T* xi = x + i * D;
+      Gt* gi = out + i * D;
+      double scale = 1.0;
+      if (metric == kCosine) {
+        double ss = 0;
+        for (int64_t c = 0; c < D; ++c) ss += static_cast<double>(xi[c]) * xi[c];
+        scale = 1.0 / std::max(std::sqrt(ss), 1e-300);
+      }
+      double sg[L] = {}, sd[L] = {}, sp[L] = {};
+      auto step = [&](int64_t c, int64_t l) {
+        const P xp = prep_value<T, P>(xi[c], metric, mu_p, mu_d, c, scale);
+        const Gt xg = round_to<Gt, P>(xp);
+        gi[c] = xg;
+        const double xpd = static_cast<double>(xp);
+        const double xgd = static_cast<double>(back<P, Gt>(xg));
+        sg[l] += xgd * xgd;
+        sd[l] += (xpd - xgd) * (xpd - xgd);
+        sp[l] += xpd * xpd;
+      };
+      int64_t c = 0;
+      for (; c + L <= D; c += L) {
+        for (int64_t l = 0; l < L; ++l) step(c + l, l);
+      }
+      for (; c < D; ++c) step(c, 0);
+      double g2 = 0, d2 = 0, p2 = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        g2 += sg[l];
+        d2 += sd[l];
+        p2 += sp[l];
+      }
+      // float64 norms of float values err by ≤ (D+2)·2^-53 relatively: inflate by 1e-9
+      norm[i] = std::sqrt(g2) * (1 + 1e-9);
+      delta[i] = (std::sqrt(d2) + u_p * std::sqrt(p2)) * (1 + 1e-9);
+      add[i] = metric == kL2 ? p2 : 0.0;
+    }
+  });
+}
+
+template <typename T, typename P, typename Gt>
+void prepare_typed(const at::Tensor& x, const at::Tensor& mu, int64_t metric, double u_p,
+                   Prepared& p) {
+  const at::Tensor mu_p = mu.numel() ? mu.to(c10::CppTypeToScalarType<P>::value) : mu;
+  prepare_rows<T, P, Gt>(x.const_data_ptr<T>(), mu.numel() ? mu_p.const_data_ptr<P>() : nullptr,
+                         mu.numel() ? mu.const_data_ptr<double>() : nullptr, x.size(0),
+                         x.size(1), metric, u_p, p.gemm.mutable_data_ptr<Gt>(),
+                         p.norm.mutable_data_ptr<double>(), p.delta.mutable_data_ptr<double>(),
+                         p.add.mutable_data_ptr<double>());
+}
+
+// x̃ and the per-row quantities of the bound, for a contiguous block of rows x [n, D];
+// mu is float64 (l2) or empty.
+Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int64_t precision,
+                 bool is_query) {
+  Prepared p;
+  const int64_t n = x.size(0), D = x.size(1);
+  const auto dopt = x.options().dtype(at::kDouble);
+  if (precision == kInt8) {
+    // x' = x − 128 in int8 (exact); l2: a = ‖x'‖²; ip keys: ⟨q, x⟩ = ⟨q', x'⟩ + 128Σx' +
+    // (terms constant per query), so s = −⟨q', x'⟩ − 128Σx'. Integers, exact in float64.
+    p.gemm = at::empty({n, D}, x.options().dtype(at::kChar));
+    p.norm = at::zeros({n}, dopt);
+    p.delta = p.norm;
+    p.add = at::empty({n}, dopt);
+    const uint8_t* X = x.const_data_ptr<uint8_t>();
+    int8_t* O = p.gemm.mutable_data_ptr<int8_t>();
+    double* A = p.add.mutable_data_ptr<double>();
+    at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1)),
+                     [&](int64_t b, int64_t e) {
+                       for (int64_t i = b; i < e; ++i) {
+                         int64_t sq = 0, sum = 0;
+                         for (int64_t c = 0; c < D; ++c) {
+                           const int32_t v = static_cast<int32_t>(X[i * D + c]) - 128;
+                           O[i * D + c] = static_cast<int8_t>(v);
+                           sq += v * v;
+                           sum += v;
+                         }
+                         A[i] = metric == kL2 ? static_cast<double>(sq)
+                                : is_query    ? 0.0
+                                              : -128.0 * static_cast<double>(sum);
+                       }
+                     });
+    return p;
+  }
+  const double u_p = (precision == kFP64 ? 1.01 * kU64 : 1.01 * kU32) + (D + 4) * kU64;
+  const auto gemm_dtype = precision == kBF16 ? at::kBFloat16
+                          : precision == kFP32 ? at::kFloat
+                                               : at::kDouble;
+  p.gemm = at::empty({n, D}, x.options().dtype(gemm_dtype));
+  p.norm = at::empty({n}, dopt);
+  p.delta = at::empty({n}, dopt);
+  p.add = at::empty({n}, dopt);
+  const bool in64 = x.scalar_type() == at::kDouble;
+  if (precision == kBF16) {
+    in64 ? prepare_typed<double, float, c10::BFloat16>(x, mu, metric, u_p, p)
+         : prepare_typed<float, float, c10::BFloat16>(x, mu, metric, u_p, p);
+  } else if (precision == kFP32) {
+    in64 ? prepare_typed<double, float, float>(x, mu, metric, u_p, p)
+         : prepare_typed<float, float, float>(x, mu, metric, u_p, p);
+  } else {
+    in64 ? prepare_typed<double, double, double>(x, mu, metric, u_p, p)
+         : prepare_typed<float, double, double>(x, mu, metric, u_p, p);
+  }
+  return p;
+}
+
+// Per-row running state of the candidate pass.
+template <typename S>
+struct RowState {
+  std::vector<S> heap;                        // max-heap of the k smallest upper bounds
+  std::vector<std::pair<S, int64_t>> cands;   // (lower bound, key index)
+  bool overflow = false;
+};
+
+template <typename S>
+inline S tau_of(const RowState<S>& st, int64_t k) {
+  return static_cast<int64_t>(st.heap.size()) < k ? std::numeric_limits<S>::infinity()
+                                                  : st.heap.front();
+}
+
+template <typename S>
+void prune(RowState<S>& st, S tau) {
+  auto& c = st.cands;
+  c.erase(std::remove_if(c.begin(), c.end(), [tau](const auto& e) { return e.first > tau; }),
+          c.end());
+}
+
+// GEMM output element as the score type: exact (bf16 → float widens; int32 → double).
+template <typename S, typename O>
+inline S widen(O v) {
+  return static_cast<S>(v);
+}
+template <>
+inline float widen<float, c10::BFloat16>(c10::BFloat16 v) {
+  return static_cast<float>(v);
+}
+
+// Score type S: float for the bf16/fp32 passes, double for fp64 and int8.
+template <typename O, typename S>
+void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int64_t k,
+                 int64_t capacity, const double* add, const double* xnorm, const double* xdelta,
+                 const std::vector<double>& A, const std::vector<double>& B, double Cg,
+                 double Ca, double eta, double w, double g_grow, bool exact, std::vector<RowState<S>>& state) {
+  // tile maxima for the block pre-check
+  double p_max = 0, d_max = 0, a_max = 0, n_max = 0;
+  for (int64_t j = 0; j < t; ++j) {
+    p_max = std::max(p_max, xnorm[j] + xdelta[j]);
+    d_max = std::max(d_max, xdelta[j]);
+    a_max = std::max(a_max, std::abs(add[j]));
+    n_max = std::max(n_max, xnorm[j]);
+  }
+  std::vector<S> add_s(add, add + t), p_s(t), d_s(xdelta, xdelta + t);
+  for (int64_t j = 0; j < t; ++j) p_s[j] = static_cast<S>(xnorm[j] + xdelta[j]);
+  const S inf = std::numeric_limits<S>::infinity();
+  const S safety = static_cast<S>(1 + 64 * kU32);
+  const S ws = static_cast<S>(w);
+  at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / t), [&](int64_t b, int64_t e_) {
+    std::vector<S> s_blk(kBlock);
+    for (int64_t r = b; r < e_; ++r) {
+      RowState<S>& st = state[row0 + r];
+      if (st.overflow) continue;
+      const O* g = G + r * t;
+      const S Ar = static_cast<S>(A[row0 + r]), Br = static_cast<S>(B[row0 + r]);
+      // largest e of this row over the tile: |G̃| ≤ ‖q̃‖‖x̃‖(1 + γ)(1 + u_out) = B/w·n_max·g_grow
+      const double e_max =
+          exact ? 0.0
+                : (1 + 64 * kU32) * (A[row0 + r] * p_max + B[row0 + r] * d_max +
+                                     Cg * (B[row0 + r] / w) * n_max * g_grow + Ca * a_max + eta);
+      if (!std::isfinite(e_max)) {
+        st.overflow = true;  // data too large for this precision: the next pass redoes it
+        continue;
+      }
+      for (int64_t j0 = 0; j0 < t; j0 += kBlock) {
+        const int64_t j1 = std::min(t, j0 + kBlock), nb = j1 - j0;
+        const S tau = tau_of(st, k);
+        // lower bounds above τ + e_max (with margin for this sum's rounding) cannot qualify
+        const S thr = tau == inf ? inf
+                                 : static_cast<S>(tau + e_max * 1.0001 + std::abs(tau) * 1e-6);
+        bool any = false;
+        for (int64_t j = 0; j < nb; ++j) {
+          const S s = add_s[j0 + j] - ws * widen<S, O>(g[j0 + j]);  // w·G̃ exact (w = 1, 2)
+          s_blk[j] = s;
+          any |= s <= thr;
+        }
+        if (!any) continue;
+        for (int64_t j = 0; j < nb; ++j) {
+          const S s = s_blk[j];
+          S err = 0;
+          if (!exact) {
+            const S ga = std::abs(widen<S, O>(g[j0 + j]));
+            err = safety * (Ar * p_s[j0 + j] + Br * d_s[j0 + j] + static_cast<S>(Cg) * ga +
+                            static_cast<S>(Ca) * std::abs(add_s[j0 + j]) + static_cast<S>(eta));
+          }
+          const S lo = s - err, hi = s + err;
+          auto& h = st.heap;
+          if (static_cast<int64_t>(h.size()) < k) {
+            h.push_back(hi);
+            std::push_heap(h.begin(), h.end());
+          } else if (hi < h.front()) {
+            std::pop_heap(h.begin(), h.end());
+            h.back() = hi;
+            std::push_heap(h.begin(), h.end());
+          }
+          if (lo <= tau_of(st, k)) st.cands.emplace_back(lo, n0 + j0 + j);
+        }
+        if (static_cast<int64_t>(st.cands.size()) > 2 * capacity) {
+          prune(st, tau_of(st, k));
+          if (static_cast<int64_t>(st.cands.size()) > capacity) {
+            st.overflow = true;
+            st.cands.clear();
+            st.cands.shrink_to_fit();
+            break;
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename S>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
+    const at::Tensor& q, const at::Tensor& x, const at::Tensor& centre, int64_t k,
+    int64_t metric, int64_t precision, int64_t tile_elems, int64_t capacity, int64_t offset) {
+  const int64_t M = q.size(0), D = q.size(1), N = x.size(0);
+  const bool exact = precision == kInt8;
+  const double w = metric == kL2 ? 2.0 : 1.0;
+  const double u_acc = precision == kFP64 ? kU64 : kU32;
+  const double u_p = exact ? 0.0
+                           : (precision == kFP64 ? 1.01 * kU64 : 1.01 * kU32) + (D + 4) * kU64;
+  const double gamma = exact ? 0.0 : (D + 2) * u_acc / (1 - (D + 2) * u_acc);
+  const double u_out = precision == kBF16 ? 0x1p-8 / (1 - 0x1p-8) : 0.0;
+  const double Cg = exact ? 0.0 : w * u_out + 2 * w * u_acc;
+  const double Ca = exact ? 0.0 : 3 * u_p + 4 * u_acc;
+  const double eta = exact ? 0.0 : 0x1p-100;
+  const double g_grow = (1 + gamma) * (1 + u_out) * (1 + 1e-6);
+
+  // queries once: q̃ and per-row coefficients A = w(dq + γ‖q̃‖), B = w‖q̃‖
+  // the centre rounded to float32 first, so that float32 and float64 rows (queries and
+  // keys of different dtypes) subtract the same point; any point keeps the ranking
+  const at::Tensor mu = metric == kL2 && !exact ? centre.to(at::kFloat).to(at::kDouble).contiguous()
+                                                 : centre.new_empty({0}, at::kDouble);
+  const Prepared pq = prepare(q, mu, metric, precision, true);
+  std::vector<double> A(M), B(M);
+  {
+    const double* qn = pq.norm.const_data_ptr<double>();
+    const double* qd = pq.delta.const_data_ptr<double>();
+    for (int64_t r = 0; r < M; ++r) {
+      A[r] = w * (qd[r] + gamma * qn[r]);
+      B[r] = w * qn[r];
+    }
+  }
+  // tiles: ≈ 4 M key elements (GEMM-efficient), ≤ tile_elems scores per query chunk
+  const int64_t t = std::min<int64_t>(N, std::clamp<int64_t>((int64_t{1} << 22) / D, 256, 8192));
+  const int64_t m_chunk = std::min<int64_t>(M, std::max<int64_t>(1, tile_elems / t));
+  const auto out_dtype = precision == kInt8   ? at::kInt
+                         : precision == kBF16 ? at::kBFloat16
+                         : precision == kFP32 ? at::kFloat
+                                              : at::kDouble;
+  auto G_buf = at::empty({m_chunk * t}, q.options().dtype(out_dtype));
+  std::vector<RowState<S>> state(M);
+  for (auto& st : state) st.heap.reserve(k);
+
+  for (int64_t n0 = 0; n0 < N; n0 += t) {
+    const int64_t tn = std::min(t, N - n0);
+    const Prepared px = prepare(x.narrow(0, n0, tn), mu, metric, precision, false);
+    const double* xn = px.norm.const_data_ptr<double>();
+    const double* xd = px.delta.const_data_ptr<double>();
+    const double* xa = px.add.const_data_ptr<double>();
+    for (int64_t m0 = 0; m0 < M; m0 += m_chunk) {
+      const int64_t mm = std::min(m_chunk, M - m0);
+      at::Tensor G = G_buf.narrow(0, 0, mm * tn).view({mm, tn});
+      const at::Tensor qm = pq.gemm.narrow(0, m0, mm);
+      if (exact) {
+        at::_int_mm_out(G, qm, px.gemm.t());
+      } else {
+        at::mm_out(G, qm, px.gemm.t());
+      }
+      const int64_t off = offset + n0;
+      if (precision == kInt8) {
+        select_tile<int32_t, S>(G.const_data_ptr<int32_t>(), mm, tn, off, m0, k, capacity, xa, xn,
+                                xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+      } else if (precision == kBF16) {
+        select_tile<c10::BFloat16, S>(G.const_data_ptr<c10::BFloat16>(), mm, tn, off, m0, k,
+                                      capacity, xa, xn, xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+      } else if (precision == kFP32) {
+        select_tile<float, S>(G.const_data_ptr<float>(), mm, tn, off, m0, k, capacity, xa, xn,
+                              xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+      } else {
+        select_tile<double, S>(G.const_data_ptr<double>(), mm, tn, off, m0, k, capacity, xa, xn,
+                               xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+      }
+    }
+  }
+
+  // final prune and padded output
+  int64_t C = 1;
+  for (auto& st : state) {
+    if (!st.overflow) prune(st, tau_of(st, k));
+    C = std::max<int64_t>(C, static_cast<int64_t>(st.cands.size()));
+  }
+  auto cand = at::full({M, C}, -1, q.options().dtype(at::kLong));
+  auto lo = at::full({M, C}, std::numeric_limits<double>::infinity(),
+                     q.options().dtype(at::kDouble));
+  auto tau = at::empty({M}, q.options().dtype(at::kDouble));
+  auto over = at::empty({M}, q.options().dtype(at::kBool));
+  int64_t* cp = cand.mutable_data_ptr<int64_t>();
+  double* lp = lo.mutable_data_ptr<double>();
+  double* tp = tau.mutable_data_ptr<double>();
+  bool* op = over.mutable_data_ptr<bool>();
+  for (int64_t r = 0; r < M; ++r) {
+    const auto& st = state[r];
+    tp[r] = static_cast<double>(tau_of(st, k));
+    op[r] = st.overflow;
+    for (size_t j = 0; j < st.cands.size(); ++j) {
+      lp[r * C + j] = static_cast<double>(st.cands[j].first);
+      cp[r * C + j] = st.cands[j].second;
+    }
+  }
+  return {cand, lo, tau, over};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_candidates_cpu(
+    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centre, int64_t k,
+    int64_t metric, int64_t precision, int64_t tile_elems, int64_t capacity, int64_t offset) {
+  TORCH_CHECK(queries.dim() == 2 && keys.dim() == 2,
+              "knn_candidates: queries and keys must be [M, D] and [N, D], got ",
+              queries.sizes(), " and ", keys.sizes());
+  TORCH_CHECK(queries.size(1) == keys.size(1), "knn_candidates: queries have D=",
+              queries.size(1), " but keys have D=", keys.size(1));
+  TORCH_CHECK(queries.device().is_cpu() && keys.device().is_cpu(),
+              "knn_candidates (C++ CPU): inputs must be on the CPU");
+  TORCH_CHECK(metric >= kL2 && metric <= kCosine, "knn_candidates: metric code ", metric,
+              " is not 0 (l2), 1 (ip) or 2 (cosine)");
+  TORCH_CHECK(precision >= kInt8 && precision <= kFP64, "knn_candidates: precision code ",
+              precision, " is not 0 (int8), 1 (bf16), 2 (fp32) or 3 (fp64)");
+  TORCH_CHECK(k >= 1 && capacity >= k, "knn_candidates: need 1 <= k <= capacity, got k=", k,
+              " capacity=", capacity);
+  const bool u8 = queries.scalar_type() == at::kByte && keys.scalar_type() == at::kByte;
+  TORCH_CHECK(precision != kInt8 || (u8 && metric != kCosine),
+              "knn_candidates: the int8 pass needs uint8 queries and keys and metric l2 or ip");
+  TORCH_CHECK(precision == kInt8 || (queries.is_floating_point() && keys.is_floating_point()),
+              "knn_candidates: float passes need floating-point queries and keys, got ",
+              queries.scalar_type(), " and ", keys.scalar_type());
+  TORCH_CHECK(metric != kL2 || precision == kInt8 || centre.numel() == keys.size(1),
+              "knn_candidates: l2 needs a centre of D=", keys.size(1), " values");
+  TORCH_CHECK((precision == kInt8 ? int64_t{1} << 17 : int64_t{1} << 40) > keys.size(1),
+              "knn_candidates: the int8 pass is exact only for D < 2^17");
+  if (queries.size(0) == 0 || keys.size(0) == 0) {
+    const auto o = queries.options();
+    const int64_t M = queries.size(0);
+    return {at::full({M, 1}, -1, o.dtype(at::kLong)),
+            at::full({M, 1}, std::numeric_limits<double>::infinity(), o.dtype(at::kDouble)),
+            at::full({M}, std::numeric_limits<double>::infinity(), o.dtype(at::kDouble)),
+            at::zeros({M}, o.dtype(at::kBool))};
+  }
+  // float passes read float32 / float64 rows (half and bfloat16 widen exactly to float32)
+  const bool fl = precision != kInt8;
+  auto widen32 = [fl](const at::Tensor& t) {
+    return fl && t.scalar_type() != at::kDouble ? t.to(at::kFloat).contiguous() : t.contiguous();
+  };
+  const auto q = widen32(queries);
+  const auto x = widen32(keys);
+  const int64_t te = std::max<int64_t>(tile_elems, 1);
+  if (precision == kFP64 || precision == kInt8) {
+    return run_candidates<double>(q, x, centre, k, metric, precision, te, capacity, offset);
+  }
+  return run_candidates<float>(q, x, centre, k, metric, precision, te, capacity, offset);
+}
+
+// Direct float64 score of one candidate row: l2 Σ(q − x)², else (⟨q, x⟩, ‖x‖²); 8 lanes
+// so the loop vectorizes without reassociation flags.
+template <typename T, bool L2>
+inline std::pair<double, double> direct(const double* q, const T* x, int64_t D) {
+  double acc[8] = {}, xx[8] = {};
+  int64_t c = 0;
+  for (; c + 8 <= D; c += 8) {
+    for (int l = 0; l < 8; ++l) {
+      const double a = q[c + l], v = static_cast<double>(x[c + l]);
+      if constexpr (L2) {
+        acc[l] += (a - v) * (a - v);
+      } else {
+        acc[l] += a * v;
+        xx[l] += v * v;
+      }
+    }
+  }
+  for (; c < D; ++c) {
+    const double a = q[c], v = static_cast<double>(x[c]);
+    if constexpr (L2) {
+      acc[0] += (a - v) * (a - v);
+    } else {
+      acc[0] += a * v;
+      xx[0] += v * v;
+    }
+  }
+  double s = 0, n2 = 0;
+  for (int l = 0; l < 8; ++l) {
+    s += acc[l];
+    n2 += xx[l];
+  }
+  return {s, n2};
+}
+
+template <typename T>
+double score_of(const double* q, double qn, const T* x, int64_t D, int64_t metric) {
+  if (metric == kL2) return direct<T, true>(q, x, D).first;
+  const auto [dot, n2] = direct<T, false>(q, x, D);
+  return metric == kCosine ? dot / (qn * std::max(std::sqrt(n2), 1e-300)) : dot;
+}
+
+std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
+                                                  const at::Tensor& keys, const at::Tensor& cand,
+                                                  int64_t k, int64_t metric) {
+  TORCH_CHECK(queries.dim() == 2 && keys.dim() == 2 && cand.dim() == 2,
+              "knn_rerank: queries [M, D], keys [U, D], cand [M, C] expected");
+  TORCH_CHECK(queries.size(1) == keys.size(1) && cand.size(0) == queries.size(0),
+              "knn_rerank: shapes disagree: queries ", queries.sizes(), ", keys ", keys.sizes(),
+              ", cand ", cand.sizes());
+  TORCH_CHECK(cand.scalar_type() == at::kLong, "knn_rerank: cand must be int64");
+  TORCH_CHECK(metric >= kL2 && metric <= kCosine, "knn_rerank: bad metric code ", metric);
+  const auto kt = keys.scalar_type();
+  TORCH_CHECK(kt == at::kFloat || kt == at::kDouble || kt == at::kByte,
+              "knn_rerank: keys must be float32, float64 or uint8, got ", kt);
+  const int64_t M = queries.size(0), D = queries.size(1), C = cand.size(1), U = keys.size(0);
+  const at::Tensor qd = queries.to(at::kDouble).contiguous();
+  const at::Tensor x = keys.contiguous();
+  const at::Tensor ci = cand.contiguous();
+  auto out_v = at::empty({M, k}, qd.options());
+  auto out_i = at::full({M, k}, -1, ci.options());
+  const double* Q = qd.const_data_ptr<double>();
+  const int64_t* I = ci.const_data_ptr<int64_t>();
+  const void* X = x.const_data_ptr();
+  double* OV = out_v.mutable_data_ptr<double>();
+  int64_t* OI = out_i.mutable_data_ptr<int64_t>();
+  const bool largest = metric != kL2;
+  std::atomic<bool> bad_index{false};
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(C * D, 1));
+  at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
+    std::vector<std::pair<double, int64_t>> scored;
+    for (int64_t r = b; r < e; ++r) {
+      const double* q = Q + r * D;
+      double qn = 0;
+      if (metric == kCosine) {
+        for (int64_t c = 0; c < D; ++c) qn += q[c] * q[c];
+        qn = std::max(std::sqrt(qn), 1e-300);
+      }
+      scored.clear();
+      for (int64_t j = 0; j < C; ++j) {
+        const int64_t i = I[r * C + j];
+        if (i < 0) continue;
+        if (i >= U) {
+          bad_index = true;
+          continue;
+        }
+        const double sc =
+            kt == at::kFloat    ? score_of(q, qn, static_cast<const float*>(X) + i * D, D, metric)
+            : kt == at::kDouble ? score_of(q, qn, static_cast<const double*>(X) + i * D, D, metric)
+                                : score_of(q, qn, static_cast<const uint8_t*>(X) + i * D, D, metric);
+        scored.emplace_back(sc, i);
+      }
+      std::sort(scored.begin(), scored.end(), [largest](const auto& a, const auto& b2) {
+        if (a.first != b2.first) return largest ? a.first > b2.first : a.first < b2.first;
+        return a.second < b2.second;
+      });
+      scored.erase(std::unique(scored.begin(), scored.end()), scored.end());
+      const int64_t n = std::min<int64_t>(k, static_cast<int64_t>(scored.size()));
+      for (int64_t j = 0; j < k; ++j) {
+        OV[r * k + j] = j < n ? scored[j].first : std::numeric_limits<double>::quiet_NaN();
+        OI[r * k + j] = j < n ? scored[j].second : -1;
+      }
+    }
+  });
+  TORCH_CHECK(!bad_index, "knn_rerank: a candidate index is >= the number of keys ", U);
+  return {out_v, out_i};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pydiffgen, CPU, m) {
+  m.impl("knn_candidates", &knn_candidates_cpu);
+  m.impl("knn_rerank", &knn_rerank_cpu);
+}
+
+}  // namespace pydiffgen
