@@ -6,10 +6,10 @@ Ours: ``pydiffgen.ops.groupnorm_film_silu`` (cpp on CPU, triton on CUDA) and
 ``pydiffgen.ops.bf_batchnorm_relu`` (cpp on CPU). Peers, measured in the same run on the
 same inputs: the eager PyTorch chain (``group_norm → ·(1 + scale) + shift → silu``; BF-BN
 in training mode → relu) and ``torch.compile`` of that chain (every case on CUDA; on CPU,
-where compiling takes minutes, only the first case of each op and not in ``--quick``). Each timed call is a forward and the full
-backward (every input gradient). GB/s counts the minimum traffic of a fused
-implementation (forward: read x, write y; backward: read x and dy, write dx) against
-the machine's measured copy ceiling.
+where compiling takes minutes, only the first case of each op and not in ``--quick``).
+Each timed call is a forward and the full backward (every input gradient). GB/s counts
+the minimum traffic of a fused implementation (forward: read x, write y; backward: read
+x and dy, write dx) against the machine's measured copy ceiling.
 
 Also measures whether fusing the EDM preconditioning and weighted loss can pay: the
 eager elementwise arithmetic around the network (c_skip/c_out/c_in, λ(σ)-weighted MSE,
