@@ -178,6 +178,59 @@ def cmd_memorization(args) -> int:
     return 0
 
 
+def cmd_jacobian(args) -> int:
+    """Jacobian spectra of a trained denoiser at a few images and noise levels."""
+    from .errors import InputError
+    from .experiments.jacobian_spectra import run_jacobian
+
+    try:
+        sigmas = [float(s) for s in args.sigmas.split(",")]
+    except ValueError:
+        raise InputError(f"--sigmas must be a comma list of numbers, got {args.sigmas!r}") from None
+    res = run_jacobian(args.model, args.data, data_options=cfgmod.parse_options(args.data_option),
+                       n=args.n, sigmas=sigmas, k=args.k, show=args.show, seed=args.seed,
+                       out_dir=args.out, device=args.device)
+    for r in res["per_sigma"]:
+        tr = sum(r["trace"]) / len(r["trace"])
+        lam1 = sum(e[0] for e in r["eigenvalues"]) / len(r["eigenvalues"])
+        print(f"sigma {r['sigma']:g}: tr J {tr:.3g}, top eigenvalue {lam1:.3g}")
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def cmd_optimal_basis(args) -> int:
+    """Optimal-basis experiments on synthetic data (C^alpha, disks, ray, Gaussian)."""
+    from .experiments import optimal_basis as ob
+
+    if args.report_only:
+        ob.write_optimal_basis_report(args.report_only)
+        print(f"report: {Path(args.report_only) / 'report.html'}")
+        return 0
+    config = cfgmod.from_arguments(ob.OptimalBasisConfig, args,
+                                   ob.preset(args.preset) if args.preset else None)
+    if args.dry_run:
+        print(ob.plan(config))
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / config.name
+    res = ob.optimal_basis(config, out, resume=args.resume, progress=not args.quiet)
+    s = res["summary"]
+    for r in s.get("calpha", []):
+        print(f"C^alpha alpha={r['alpha']:g}: PSNR slope {r['slope']:.3f} "
+              f"(optimal {r['optimal_slope']:.3f})")
+    for key in ("disks", "ray"):
+        for r in s.get(key, []):
+            print(f"{key} sigma={r['sigma']:g}: angles "
+                  f"{', '.join(f'{a:.1f}' for a in r['mean_angles_deg'])} deg (random "
+                  f"{r['random_mean_angles_deg'][0]:.1f}); tr J {r['trace']:.2f}; "
+                  f"MSE/sigma^2 {r['mse_over_sigma2']:.2f} (optimum ~{r['k']})")
+    for r in s.get("gaussian", []):
+        print(f"gaussian sigma={r['sigma']:g}: |J - W_G|/|W_G| {r['rel_error']:.3f}; "
+              f"diagonality {r['diagonality']:.3f}; tr J {r['trace']:.2f} "
+              f"(optimal {r['optimal_trace']:.2f})")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
 def cmd_audit(args) -> int:
     """Memorization audit of samples (files, or drawn from --model) against a training set."""
     from .errors import InputError
@@ -192,9 +245,13 @@ def cmd_audit(args) -> int:
     if args.model:
         model = au.load_denoiser(args.model, device=args.device)
         shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
+        if not _is_main():  # under torchrun rank 0 samples, the other ranks read its cache
+            _barrier()
         samples = au.sample_model(model, args.n, shape, method=args.method, seed=args.seed,
                                   device=args.device, progress=not args.quiet, cache=out,
                                   **cfgmod.parse_options(args.sampler_option))
+        if _is_main():
+            _barrier()
         sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
                               "method": args.method or au.default_method(model)}
     else:
@@ -207,7 +264,9 @@ def cmd_audit(args) -> int:
     if features is not None:
         features = {k: v.to(device) for k, v in features.items()}
     result = au.audit(samples.to(device), train.to(device), features=features, config=config,
-                      sources=sources, progress=not args.quiet)
+                      sources=sources, progress=not args.quiet and _is_main())
+    if not _is_main():  # under torchrun every rank searched its shard; rank 0 reports
+        return 0
     report = au.write_audit_report(result, out)
     px = result.spaces["pixel"].memorization
     print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
@@ -319,6 +378,34 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("run", help="the sweep's output folder")
     s.set_defaults(func=cmd_memorization)
 
+    s = sub.add_parser("jacobian", help="Jacobian eigenvalues, adaptive basis and effective "
+                       "dimension of a trained denoiser")
+    s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
+    s.add_argument("--data", required=True, help="dataset of the clean images (pydiffgen datasets)")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--n", type=int, default=4, help="images (a seeded random choice)")
+    s.add_argument("--sigmas", default="0.05,0.2,0.8", help="noise levels, comma list")
+    s.add_argument("--k", type=int, default=None, help="eigenpairs per Jacobian (default: all)")
+    s.add_argument("--show", type=int, default=8, help="eigenvectors shown per image")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--out", default="runs/jacobian", help="output folder")
+    s.set_defaults(func=cmd_jacobian)
+
+    from .experiments.optimal_basis import PRESETS as BASIS_PRESETS
+    from .experiments.optimal_basis import OptimalBasisConfig
+
+    s = sub.add_parser("optimal-basis", help="do trained denoisers find the optimal basis? "
+                       "C^alpha PSNR slopes, disk/ray tangent spaces, Gaussian eigenvectors")
+    s.add_argument("--preset", help=f"start from a preset: {', '.join(BASIS_PRESETS)}")
+    s.add_argument("--out", help="output folder (default runs/<name>)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse the models and analyses a previous run of the same config stored")
+    cfgmod.add_arguments(s, OptimalBasisConfig)
+    s.set_defaults(func=cmd_optimal_basis)
+
     from .experiments.audit import AuditConfig
 
     s = sub.add_parser("audit", help="memorization audit: are samples copies of training images")
@@ -354,6 +441,12 @@ def _is_main() -> bool:
     from . import distributed
 
     return distributed.is_main()
+
+
+def _barrier() -> None:
+    from . import distributed
+
+    distributed.barrier()
 
 
 def main(argv=None) -> int:

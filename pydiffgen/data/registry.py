@@ -17,6 +17,7 @@ _LOADERS = {
                  "stationary Gaussian, power spectrum ∝ 1/|ω|^exponent (exact covariance known)"),
     "disks": (synthetic.disks, "antialiased disks: a 5-parameter image manifold"),
     "calpha": (synthetic.calpha, "two C^α backgrounds separated by a C^α contour"),
+    "ray": (synthetic.ray, "one image under positive rescalings: a 1-dimensional ray"),
     "npy": (files.npy, "a .npy array of images (path=...)"),
     "npz": (files.npz, "one array of a .npz archive (path=..., key=...)"),
     "folder": (files.folder, "a folder of png/jpg/bmp/tif images (path=..., size=...)"),

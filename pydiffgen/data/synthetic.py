@@ -3,7 +3,9 @@
 - ``gaussian``: a stationary Gaussian with power spectrum ∝ 1/|ω|^exponent; its exact
   mean and covariance come from :func:`gaussian_params`, so the optimal denoiser D_G is
   known (SCIENCE.md §2).
-- ``disks``: a 5-parameter manifold (SCIENCE.md §1): optimum MSE ≈ 5σ².
+- ``disks``: a 5-parameter manifold (SCIENCE.md §1): optimum MSE ≈ 5σ²;
+  :func:`render_disks` draws them from explicit parameters (tangent spaces).
+- ``ray``: one image under positive rescalings, a 1-dimensional cone: optimum MSE ≈ σ².
 - ``calpha``: two C^β backgrounds separated by a C^α contour (SCIENCE.md §1), optimal
   PSNR slope α/(α+1).
 - :func:`toy2d`: 2-D point sets (the circle of Kaiser & Kollmann, SCIENCE.md §3).
@@ -110,6 +112,37 @@ def gaussian(*, n: int = 1000, size: int = 16, channels: int = 1, spectrum: str 
     return x.to(torch.float32).contiguous(), {"groups": None}
 
 
+DISK_PARAMETERS = ("cx", "cy", "radius", "foreground", "background")
+
+
+def _disk_unit(params: torch.Tensor, size: int) -> torch.Tensor:
+    """Disk images [n, size, size] in [0, 1] from params [n, 5] (see :func:`disks`)."""
+    cx, cy, r, fg, bg = params.unbind(1)
+    grid = torch.arange(size, dtype=params.dtype, device=params.device)
+    dist = torch.sqrt((grid[None, None, :] - cx[:, None, None]) ** 2
+                      + (grid[None, :, None] - cy[:, None, None]) ** 2)  # [n, H, W]
+    cover = (r[:, None, None] - dist + 0.5).clamp(0, 1)
+    return bg[:, None, None] + (fg - bg)[:, None, None] * cover
+
+
+def render_disks(params, size: int) -> torch.Tensor:
+    """Disk images ``[n, 1, size, size]`` in [-1, 1] from explicit parameters.
+
+    ``params`` [n, 5]: (cx, cy, radius, foreground, background) in pixel units and [0, 1]
+    intensities, as in ``disks(...)[1]["params"]``. Computed in ``params``' dtype without
+    clamping the result, so finite differences (or autograd) in float64 give the disk
+    manifold's tangent vectors; ``disks`` returns the same images rounded to float32.
+    """
+    params = torch.as_tensor(params)
+    if params.ndim != 2 or params.shape[1] != 5:
+        raise InputError(f"params must have shape [n, 5] ({', '.join(DISK_PARAMETERS)}), "
+                         f"got {tuple(params.shape)}")
+    check_positive_int(size, "size", minimum=4)
+    if not params.is_floating_point():
+        params = params.to(torch.float64)
+    return (_disk_unit(params, size) * 2 - 1)[:, None]
+
+
 def disks(*, n: int = 1000, size: int = 32, seed: int = 0):
     """Antialiased disks ``[n, 1, size, size]``: a 5-dimensional image manifold.
 
@@ -118,7 +151,7 @@ def disks(*, n: int = 1000, size: int = 32, seed: int = 0):
     inside the image), foreground and background intensity ∈ [0, 1]. A pixel's value
     blends the two intensities by its coverage clamp(r − dist + ½, 0, 1): a one-pixel
     linear edge, so the image is a continuous, almost-everywhere differentiable function
-    of the parameters (needed for the tangent-space analysis).
+    of the parameters (needed for the tangent-space analysis; :func:`render_disks`).
     """
     check_positive_int(n, "n")
     check_positive_int(size, "size", minimum=4)
@@ -127,16 +160,33 @@ def disks(*, n: int = 1000, size: int = 32, seed: int = 0):
     r = size / 8 + u[:, 2] * (size / 8)
     cx = r + u[:, 0] * (size - 1 - 2 * r)
     cy = r + u[:, 1] * (size - 1 - 2 * r)
-    fg, bg = u[:, 3], u[:, 4]
-    grid = torch.arange(size, dtype=torch.float64)
-    dist = torch.sqrt((grid[None, None, :] - cx[:, None, None]) ** 2
-                      + (grid[None, :, None] - cy[:, None, None]) ** 2)  # [n, H, W]
-    cover = (r[:, None, None] - dist + 0.5).clamp(0, 1)
-    img = bg[:, None, None] + (fg - bg)[:, None, None] * cover
-    params = torch.stack([cx, cy, r, fg, bg], dim=1).to(torch.float32)
-    info = {"groups": None, "params": params,
-            "param_names": ["cx", "cy", "radius", "foreground", "background"]}
+    params = torch.stack([cx, cy, r, u[:, 3], u[:, 4]], dim=1)  # [n, 5] float64
+    img = _disk_unit(params, size)
+    info = {"groups": None, "params": params.to(torch.float32),
+            "param_names": list(DISK_PARAMETERS)}
     return from_unit(img[:, None]), info
+
+
+def ray(*, n: int = 1000, size: int = 32, min_scale: float = 0.1, seed: int = 0):
+    """One image under positive rescalings ``[n, 1, size, size]``: a ray (SCIENCE.md §1).
+
+    The image x₀ is a disk (:func:`disks` with ``seed``), mean removed and scaled to max
+    |x₀| = 1; image i is a_i·x₀ with a_i ~ U(min_scale, 1). The ray passes through the
+    origin, so a homogeneous (bias-free) denoiser can represent its optimum, the
+    projection on the line through x₀, whose MSE is σ² (one noise dimension out of d).
+    ``info["scales"]`` float32 [n] holds a_i and ``info["direction"]`` x₀ [1, size, size].
+    """
+    check_positive_int(n, "n")
+    min_scale = check_positive_float(min_scale, "min_scale")
+    if min_scale > 1:
+        raise InputError(f"min_scale must be in (0, 1], got {min_scale!r}")
+    x0 = disks(n=1, size=size, seed=seed)[0][0].to(torch.float64)  # [1, H, W]
+    x0 = x0 - x0.mean()
+    x0 = x0 / x0.abs().max().clamp_min(1e-12)
+    a = min_scale + (1 - min_scale) * torch.rand(n, generator=_generator(seed + 1),
+                                                 dtype=torch.float64)
+    x = (a[:, None, None, None] * x0).to(torch.float32).contiguous()
+    return x, {"groups": None, "scales": a.to(torch.float32), "direction": x0.to(torch.float32)}
 
 
 def _inverse_frequency(shape: tuple[int, ...]) -> torch.Tensor:

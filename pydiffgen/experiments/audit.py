@@ -68,7 +68,16 @@ class AuditConfig:
 def _search(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "l2"):
     """Exact k nearest keys of each query: ``pydiffgen.ops.knn`` (values float32 [m, k],
     indices int64 [m, k]). Every search of the audit calls this function, so a sharded
-    search with the same signature (``pydiffgen.distributed.knn``) replaces it here."""
+    search with the same signature (``pydiffgen.distributed.knn``) replaces it here:
+    under torchrun (R > 1 ranks) each rank scans only its shard of the keys and the exact
+    top-k lists are merged across ranks (the same results as one process)."""
+    from .. import distributed
+
+    world = distributed.world_size()
+    if world > 1:
+        part = distributed.shard(len(keys), distributed.rank(), world)
+        return distributed.knn(queries, keys[part.start : part.stop], k, metric,
+                               offset=part.start)
     return knn(queries, keys, k, metric=metric)
 
 

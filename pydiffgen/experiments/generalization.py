@@ -61,6 +61,10 @@ class SweepConfig:
         default=(0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0),
         metadata={"help": "input PSNRs (dB) of the PSNR curves"})
     n_baseline: int = field(default=1000, metadata={"help": "S1 images in the S1-S2 baseline"})
+    jacobian_images: int = field(
+        default=2, metadata={"help": "held-out images per N for Jacobian spectra (0: skip)"})
+    jacobian_sigmas: tuple[float, ...] = field(
+        default=(0.1, 0.5, 2.0), metadata={"help": "noise levels of the Jacobian spectra"})
     device: str = "cpu"
 
     def __post_init__(self):
@@ -73,6 +77,11 @@ class SweepConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
             raise ConfigError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
+        if self.jacobian_images < 0:
+            raise ConfigError(f"jacobian_images must be >= 0, got {self.jacobian_images}")
+        if self.jacobian_images and (not self.jacobian_sigmas
+                                     or any(not v > 0 for v in self.jacobian_sigmas)):
+            raise ConfigError(f"jacobian_sigmas must be positive, got {self.jacobian_sigmas}")
 
 
 # Presets: "demo" is what `make demo` runs (see README for what it shows).
@@ -131,6 +140,9 @@ def plan(config: SweepConfig) -> str:
         "  metrics: paired cosine, nearest-training cosine, S1-S2 baseline, memorization "
         "ratio, train/test PSNR curves",
     ]
+    if c.jacobian_images:
+        lines.append(f"  Jacobian spectra of both models at {c.jacobian_images} held-out images, "
+                     f"sigma = {', '.join(f'{v:g}' for v in c.jacobian_sigmas)}")
     return "\n".join(lines)
 
 
@@ -150,6 +162,11 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
     out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     rank, world = dist.rank(), dist.world_size()
+    if world > 1:
+        base_log = log
+
+        def log(msg):
+            base_log(f"[rank {rank}] {msg}")
     dist.run_on_main(lambda: claim_run_directory(out, config, resume, "sweep"))
     progress = progress and rank == 0
     t_start = time.perf_counter()
@@ -168,6 +185,14 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
             f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
         )
 
+    heldout = None  # images in no training set of the sweep, for the Jacobian spectra
+    if config.jacobian_images:
+        from .jacobian_spectra import heldout_images
+
+        heldout = heldout_images(x, *_split(disjoint_split, x, max(config.sizes), config.seed,
+                                            groups), config.jacobian_images, config.seed)
+        if heldout is None:
+            log("[sweep] no image is left outside the largest S1 and S2: no Jacobian spectra")
     dist.barrier()  # every rank lists the unfinished work before any rank adds to it
     todo = [n for n in sorted(config.sizes)
             if not (resume and (out / f"n{n}" / "metrics.json").exists())]
@@ -182,7 +207,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         dist.barrier()
     for n in todo[rank::world]:
         idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
-        result = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log)
+        result = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log,
+                           heldout=heldout)
         write_json(out / f"n{n}" / "metrics.json", result)
     for n in sorted(set(config.sizes) - set(todo)):
         log(f"[sweep] N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
@@ -195,7 +221,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         return write_report(out, seconds=time.perf_counter() - t_start)
 
     metrics = dist.run_on_main(report)
-    log(f"[sweep] report: {out / 'report.html'}")
+    if rank == 0:
+        log(f"[sweep] report: {out / 'report.html'}")
     return metrics
 
 
@@ -251,7 +278,7 @@ def _train_or_load(config, run_dir: Path, data, init_seed, progress, log, label)
     return result.ema if result.ema is not None else result.model
 
 
-def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
+def _run_size(config, run_dir: Path, s1, s2, progress, log, heldout=None) -> dict:
     from .. import metrics
     from ..diffusion.sampling import sample
 
@@ -315,8 +342,15 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log) -> dict:
     gap = [tr - te for tr, te in zip(curves["train"]["output_psnr"],
                                       curves["test"]["output_psnr"])]
     gaussian = _gaussian_rmse(model_a, s1, s2[:k], config.device)
+    jac = None
+    if heldout is not None:  # Kadkhodaie et al. §3: spectra and adaptive bases of both models
+        from .jacobian_spectra import sweep_jacobian
+
+        jac = sweep_jacobian(model_a, model_b, heldout.to(config.device),
+                             config.jacobian_sigmas, seed=config.seed)
     return {
         "gaussian": gaussian,
+        "jacobian": jac,
         "n": n,
         "paired": paired.tolist(),
         "nearest": near_a.tolist() + near_b.tolist(),

@@ -407,7 +407,11 @@ def _partials(y, x, sig, dtype=None):
     mu = _centre(x).to(dtype)  # [D]
     yc = y.to(dtype) - mu  # [M, D]
     iv = 1.0 / sig.double().square()  # [M]
-    m_chunk, n_tile = reference._empirical_tiles(M, x.shape[0], D, 1 << 20)
+    # tiles: ~1 M training elements and ≤ 1 M logits on the CPU (cache-sized, as the
+    # reference), 16× both on a GPU, whose GEMMs want more work per call
+    budget = 1 << (24 if y.is_cuda else 20)
+    n_tile = min(x.shape[0], max(64, budget // D))
+    m_chunk = min(M, max(1, budget // n_tile))
     R2 = 0.0
     for n0 in range(0, x.shape[0], n_tile):
         xt = x[n0 : n0 + n_tile].to(dtype)  # [t, D]

@@ -11,15 +11,17 @@ every key whose score is within a rigorous error bound of the k-th best (the bou
 it holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64. A query whose
 candidate set outgrows its budget is redone at the next precision (bf16 → fp32 → fp64), so
 results equal the float64 brute force except for exact ties, for any data.
-The ``reference`` and ``triton`` backends keep k + 16 float32 candidates per query, enough
-for the expansion's rounding on [-1, 1] image data, but not certified for adversarial data.
+The ``triton`` backend runs the same certified algorithm with a Triton bf16 tile kernel,
+and ``reference`` with torch matmuls (pydiffgen.ops.knn_certified).
 
 Backends in priority order:
-  CUDA: triton (score tiles by pydiffgen.kernels.l2_tile, registered as the custom op
-        ``pydiffgen::knn_score_tile``) → reference;
+  CUDA: triton (bf16 bound tiles by pydiffgen.kernels.knn_bound_tile, custom op
+        ``pydiffgen::knn_bound_tile``; running sets by topk_merge's CUDA kernel) → reference;
   CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
         + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
-        → reference (torch GEMM tiles; topk_merge dispatches to the C++ kernel when built).
+        → reference (torch matmul tiles + topk_merge, the same certified algorithm).
+``pydiffgen::knn_score_tile`` (kernels/l2_tile.py, plain float32 / TF32 score tiles) stays
+registered for callers that want raw scores.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
-_EXTRA_CANDIDATES = 16
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 
 
@@ -79,9 +80,7 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     impl = _dispatch.op("knn").select(queries.device.type, backend)
     q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
-    if impl.name in ("cpp", "triton"):
-        return impl.fn(q, x, k, metric, tile_elems, precision)
-    return impl.fn(_as_float(q), _as_float(x), k, metric, tile_elems)
+    return impl.fn(q, x, k, metric, tile_elems, precision)
 
 
 def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chunk_bytes):
@@ -120,76 +119,12 @@ def _check_finite(t, name):
         raise InputError(f"{name} contains NaN or Inf values")
 
 
-def _torch_scores(qm, xt, xt_sq, with_norm):
-    """Candidate scores [m, t] in float32: ‖x‖² − 2⟨q,x⟩ (l2) or ⟨q,x⟩."""
-    if with_norm:
-        # ‖q‖² is constant per row, so ‖x‖² − 2⟨q,x⟩ ranks like ‖q − x‖²; one GEMM pass
-        return torch.addmm(xt_sq, qm, xt.T, alpha=-2)
-    return qm @ xt.T  # [m, t]
-
-
-def _triton_scores(qm, xt, xt_sq, with_norm):
-    return torch.ops.pydiffgen.knn_score_tile(qm, xt, xt_sq, with_norm)
-
-
 def _centre(x):
     """A point near the keys' centre, float32: the mean of at most ~8192 evenly strided keys.
     The ranking expansion is shift-invariant and the re-rank is exact, so any point near the
     centre removes the float32 cancellation of far-from-origin data; no full float64 pass."""
     step = max(1, x.shape[0] // 8192)
     return x[::step].float().mean(0)
-
-
-def _knn_chunked(q, x, k, metric, tile_elems, score_fn=_torch_scores):
-    """Chunked float32 candidate scores + running top-k + float64 re-rank.
-
-    ``score_fn(q_chunk [m, D], x_tile [t, D], x_sq [t], with_norm) -> [m, t]`` makes the
-    candidate scores: torch GEMM for the reference backend, the Triton kernel for triton.
-    Keys are centred / normalized tile by tile, so no transformed copy of the key set is
-    ever held (the key set can be most of the device's memory).
-    """
-    (M, D), N = q.shape, x.shape[0]
-    largest = metric != "l2"
-    x_scale = None
-    if metric == "cosine":
-        qc = (q / q.norm(dim=1, keepdim=True).clamp_min(1e-12)).float()
-        x_scale = 1.0 / torch.linalg.vector_norm(x, dim=1).clamp_min(1e-12)  # [N]
-        mu = None
-    elif metric == "l2":
-        mu = _centre(x)
-        qc = (q - mu.to(q.dtype)).float()
-    else:
-        qc, mu = q.float(), None
-    kc = min(N, k + _EXTRA_CANDIDATES)
-    # key tiles: ≤ tile_elems scores per query chunk and ≤ ~2M transformed key elements
-    # (8 MB, cache- and allocator-friendly; keys are centred tile by tile)
-    n_tile = max(1, min(N, tile_elems // max(1, min(M, 1024)), max(256, (1 << 21) // max(1, D))))
-    m_chunk = max(1, min(M, tile_elems // n_tile))
-    fill = float("-inf") if largest else float("inf")
-    values = torch.empty(M, k, dtype=torch.float32, device=q.device)
-    indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
-
-    def key_tile(n0):
-        xt = x[n0 : n0 + n_tile]
-        if mu is not None:
-            xt = (xt - mu.to(xt.dtype)).float()
-            return xt, torch.linalg.vector_norm(xt, dim=1).square_()
-        if x_scale is not None:
-            xt = xt * x_scale[n0 : n0 + n_tile, None]
-        return xt.float(), None
-
-    for m0 in range(0, M, m_chunk):
-        qm = qc[m0 : m0 + m_chunk]
-        best_v = torch.full((len(qm), kc), fill, dtype=torch.float32, device=q.device)
-        best_i = torch.full((len(qm), kc), -1, dtype=torch.int64, device=q.device)
-        for n0 in range(0, N, n_tile):
-            xt, xt_sq = key_tile(n0)
-            scores = score_fn(qm, xt, xt_sq if xt_sq is not None else xt[:0, 0], mu is not None)
-            best_v, best_i = merge(best_v, best_i, scores, n0, largest)
-        v, i = _rerank(q[m0 : m0 + m_chunk], x, best_i, k, metric, tile_elems)
-        values[m0 : m0 + m_chunk] = v
-        indices[m0 : m0 + m_chunk] = i
-    return values, indices
 
 
 def _rerank(q, x, cand_i, k, metric, tile_elems):
@@ -411,4 +346,4 @@ if _native.LOADED:
 
 _dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
 _dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _cpp_why_not)
-_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_chunked)
+_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)

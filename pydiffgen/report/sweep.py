@@ -108,6 +108,10 @@ def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
             "mean and covariance) on held-out noisy images, per N (Li, Dai & Qu 2024): a "
             "generalizing model is close to D_G at intermediate σ.",
         )
+    if all(per_n[n].get("jacobian") for n in ns):  # optional step (jacobian_images > 0)
+        from .jacobian import sweep_section
+
+        sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
     return rep.save()

@@ -142,8 +142,28 @@ def search(rank, world, out):
     results["refused-on-every-rank"] = torch.tensor(
         int(distributed._all_reduce(results["mismatch-refused"].double(),
                                     torch.distributed.ReduceOp.MIN, None)))
+    # the audit under 2 ranks: every search scans one shard per rank
+    from pydiffgen.experiments.audit import audit
+
+    samples, train = audit_inputs()
+    a = audit(samples, train)
+    px = a.spaces["pixel"]
+    results.update({"audit/ratio": px.memorization.ratio, "audit/nn": px.memorization.nn_index,
+                    "audit/cos_index": px.nearest_cosine_index,
+                    "audit/background_index": px.background_index,
+                    "audit/dropped": a.duplicates.dropped})
     if rank == 0:
         torch.save(results, out)
+
+
+def audit_inputs():
+    """Samples (half copies of training images) and a training set with duplicates."""
+    g = torch.Generator().manual_seed(4)
+    train = torch.rand(57, 1, 6, 6, generator=g) * 2 - 1
+    train[50:] = train[:7] + 1e-3 * torch.randn(7, 1, 6, 6, generator=g)
+    samples = torch.cat([train[10:20] + 1e-3 * torch.randn(10, 1, 6, 6, generator=g),
+                         torch.rand(9, 1, 6, 6, generator=g) * 2 - 1])
+    return samples, train
 
 
 def train_setup():

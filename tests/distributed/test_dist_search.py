@@ -1,7 +1,7 @@
 """Sharded knn and empirical denoiser on 2 gloo ranks equal the single-process ops."""
 
 import torch
-from dist_workers import empirical_cases, launch, search_cases
+from dist_workers import audit_inputs, empirical_cases, launch, search_cases
 
 from pydiffgen import ops
 from pydiffgen.ops import reference
@@ -35,3 +35,15 @@ def test_sharded_search_equals_single_process(tmp_path):
         torch.testing.assert_close(d, single, rtol=tol, atol=tol, msg=name)
 
     assert int(got["refused-on-every-rank"]) == 1
+
+    # the audit with its searches sharded over the ranks: the single-process answers
+    from pydiffgen.experiments.audit import audit
+
+    a = audit(*audit_inputs())
+    px = a.spaces["pixel"]
+    assert torch.equal(got["audit/nn"], px.memorization.nn_index)
+    assert torch.equal(got["audit/ratio"], px.memorization.ratio)
+    assert torch.equal(got["audit/cos_index"], px.nearest_cosine_index)
+    assert torch.equal(got["audit/background_index"], px.background_index)
+    assert torch.equal(got["audit/dropped"], a.duplicates.dropped)
+    assert len(a.duplicates.dropped) == 7 and int(px.memorization.memorized.sum()) >= 10

@@ -33,7 +33,8 @@ def test_sweep_writes_report_and_resumes_identically(tmp_path):
         assert -1.0 <= s["paired_median"] <= 1.0
     html = (straight / "report.html").read_text()
     assert "N = 2:" in html and "data:image/png;base64," in html
-    for png in ("similarity_histograms", "median_similarity", "psnr_curves", "samples_n5"):
+    for png in ("similarity_histograms", "median_similarity", "psnr_curves", "samples_n5",
+                "jacobian_eigenvectors"):
         assert (straight / f"{png}.png").stat().st_size > 1000
 
     # kill the second run while it trains model B at N = 5, then rerun
