@@ -53,14 +53,21 @@ def gemm_topk(q, x, k):
     return torch.cat(out)
 
 
-def exact_float64(q, x, k, rows=64):
-    out = []
-    for i in range(0, len(q), rows):
-        d = ((q[i : i + rows, None, :].double() - x[None].double()) ** 2).sum(-1) \
-            if len(x) * q.shape[1] <= (1 << 22) else torch.cdist(q[i : i + rows].double(),
-                                                                 x.double())
-        out.append(d.topk(k, dim=1, largest=False).indices)
-    return torch.cat(out)
+def exact_float64(q, x, k):
+    """float64 brute force (direct differences), streamed over key chunks: no float64
+    copy of the whole key set (12 GB of float32 keys on the GPU case)."""
+    qd = q.double()
+    best_v = torch.full((len(q), k), float("inf"), dtype=torch.float64, device=q.device)
+    best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=q.device)
+    step = max(1, (1 << 24) // (len(q) * x.shape[1]))
+    for n0 in range(0, len(x), step):
+        xd = x[n0 : n0 + step].double()
+        d = ((qd[:, None, :] - xd[None]) ** 2).sum(-1)  # [m, step]
+        v = torch.cat([best_v, d], 1)
+        i = torch.cat([best_i, torch.arange(n0, n0 + len(xd), device=q.device).expand_as(d)], 1)
+        order = v.topk(k, dim=1, largest=False).indices
+        best_v, best_i = v.gather(1, order), i.gather(1, order)
+    return best_i
 
 
 def faiss_peer(q, x, k, device):

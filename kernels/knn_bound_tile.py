@@ -15,7 +15,8 @@ Numerics:
   not IEEE round-to-nearest (Fasi, Higham, Mikaitis & Pranesh 2021: truncated, a few
   alignment bits): the caller takes γ with a unit roundoff of 2^-20 (16× float32's), which
   covers that behaviour with room to spare; γ·‖q̃‖‖x̃‖ is far below the bf16 rounding term.
-- the epilogue runs in float32; its roundings are covered by SAFETY = 1 + 16·2^-24 and by
+- the epilogue runs in float32; its roundings and those of its float64 inputs (A, B, P,
+  dx) to float32 are covered by SAFETY = 1 + 64·2^-24 and by
   the CG, CA terms (see the C++ file).
 - masked loads fill 0: ragged M, N, D edges add nothing; lo/hi of padding are not stored.
 The caller keeps, per query, the k smallest hi (τ = the k-th) and the candidates with
@@ -88,11 +89,12 @@ def bound_tile(qg, xg, a, p, dx, A, B, *, w: float, cg: float, ca: float, eta: f
     if M == 0 or N == 0:
         return lo, hi
     f32 = [t.float().contiguous() for t in (a, p, dx, A, B)]
-    bm, bn, bd = (32, 32, 32) if interpreted() else (128, 128, 64)
+    bm, bn, bd, warps = (32, 32, 32, 4) if interpreted() else (128, 128, 64, 8)
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     bound_tile_kernel[grid](
         qg, xg, *f32, lo, hi, M, N, D, qg.stride(0), xg.stride(0), lo.stride(0),
         W=w, CG=cg, CA=ca, ETA=eta, SAFETY=safety,
-        INPUT_PRECISION="ieee", BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd,
+        INPUT_PRECISION="ieee", BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
+        num_stages=1 if interpreted() else 3,
     )
     return lo, hi

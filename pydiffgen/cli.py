@@ -225,7 +225,8 @@ def cmd_optimal_basis(args) -> int:
                   f"MSE/sigma^2 {r['mse_over_sigma2']:.2f} (optimum ~{r['k']})")
     for r in s.get("gaussian", []):
         print(f"gaussian sigma={r['sigma']:g}: |J - W_G|/|W_G| {r['rel_error']:.3f}; "
-              f"tr J {r['trace']:.2f} (optimal {r['optimal_trace']:.2f})")
+              f"diagonality {r['diagonality']:.3f}; tr J {r['trace']:.2f} "
+              f"(optimal {r['optimal_trace']:.2f})")
     print(f"report: {out / 'report.html'}")
     return 0
 

@@ -39,9 +39,11 @@
 //   zero (AVX-512 BF16 does) cost ≤ D·2^-126 per product sum: η = 2^-100 covers it.
 //   ‖x*‖² vs the float32 a_j: ≤ (3u_p + 2u)·a_j. Evaluating s̃ = a − w·G̃ and s̃ ± e in
 //   float32: ≤ u(a + w|G̃| + e) each.
-//   Together:  e = (1 + 16u)·[ w·(dq + γ‖q̃‖)·(‖x̃‖ + dx) + w‖q̃‖·dx
+//   Together:  e = (1 + 64u)·[ w·(dq + γ‖q̃‖)·(‖x̃‖ + dx) + w‖q̃‖·dx
 //                             + (w·u_out + 2w·u)·|G̃| + (3u_p + 4u)·a + η ]
-//   whose own float32 evaluation (≤ 8 roundings) is covered by the (1 + 16u) factor.
+//   whose own float32 evaluation (≤ 8 roundings) and the rounding of its float64 inputs
+//   (A, B, P, dx, constants) to float32 (≤ 4 more, each ≤ u) are covered by (1 + 64u):
+//   (1 − u)^12 > 1/(1 + 64u).
 //   int8 pass (uint8 inputs): int32 accumulation of |x'_i q'_i| ≤ 2^14 is exact for
 //   D < 2^17 and scores are formed in float64 (exact below 2^53), so e = 0.
 //
@@ -301,7 +303,7 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
   std::vector<S> add_s(add, add + t), p_s(t), d_s(xdelta, xdelta + t);
   for (int64_t j = 0; j < t; ++j) p_s[j] = static_cast<S>(xnorm[j] + xdelta[j]);
   const S inf = std::numeric_limits<S>::infinity();
-  const S safety = static_cast<S>(1 + 16 * kU32);
+  const S safety = static_cast<S>(1 + 64 * kU32);
   const S ws = static_cast<S>(w);
   at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / t), [&](int64_t b, int64_t e_) {
     std::vector<S> s_blk(kBlock);
@@ -313,7 +315,7 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
       // largest e of this row over the tile: |G̃| ≤ ‖q̃‖‖x̃‖(1 + γ)(1 + u_out) = B/w·n_max·g_grow
       const double e_max =
           exact ? 0.0
-                : (1 + 16 * kU32) * (A[row0 + r] * p_max + B[row0 + r] * d_max +
+                : (1 + 64 * kU32) * (A[row0 + r] * p_max + B[row0 + r] * d_max +
                                      Cg * (B[row0 + r] / w) * n_max * g_grow + Ca * a_max + eta);
       if (!std::isfinite(e_max)) {
         st.overflow = true;  // data too large for this precision: the next pass redoes it

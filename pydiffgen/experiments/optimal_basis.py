@@ -221,10 +221,19 @@ def gaussian_alignment(denoiser, reference, y: torch.Tensor, sigma: float, *,
     """Jacobian of ``denoiser`` at ``y`` [n, *F] vs the exact Gaussian optimum.
 
     ``reference``: a :class:`pydiffgen.analysis.GaussianDenoiser` with covariance Σ = UΛUᵀ;
-    its Jacobian is W = U diag(λ/(λ+σ²)) Uᵀ at every y. Returns per image: the relative
-    error ‖J − W‖_F / ‖W‖_F, the largest principal angle between the top-k eigenspaces of
-    J and Σ at every spectral gap k ≤ ``k_max`` (``angles_deg`` {k: [n]}), the top
-    eigenvalues of J beside λ/(λ+σ²), and the asymmetry of J.
+    its Jacobian is W = U diag(λ/(λ+σ²)) Uᵀ at every y. Returns per image:
+
+    - ``rel_error``: ‖J − W‖_F / ‖W‖_F;
+    - ``diagonality``: ‖diag(M)‖² / ‖M‖_F² for M = Uᵀ(J − (tr J/d)·I)U, the share of
+      J's anisotropic part that acts along the covariance eigenvectors without mixing
+      them (1 for the optimum; small for a J with an unrelated basis);
+    - ``shrinkage`` [n][d]: u_iᵀ J u_i, the factor J applies along each covariance
+      eigenvector, beside ``optimal_shrinkage`` λ_i/(λ_i+σ²);
+    - ``angles_deg`` {k: [n]} and ``overlap`` {k: [n]}: the largest principal angle and
+      the mean squared cosine between the top-k eigenspaces of J and Σ at every
+      spectral gap k ≤ ``k_max`` (the top eigenvectors of J are only well defined where
+      its eigenvalues are separated: at small σ the optimum's cluster near 1);
+    - the top eigenvalues of J beside λ/(λ+σ²), tr J and the asymmetry of J.
     """
     from ..analysis import jacobian, jacobian_spectrum
 
@@ -238,14 +247,27 @@ def gaussian_alignment(denoiser, reference, y: torch.Tensor, sigma: float, *,
     rel = torch.linalg.norm(J - W, dim=(1, 2)) / torch.linalg.norm(W)
     spec = jacobian_spectrum(denoiser, y, sigma)
     E = spec.eigenvectors.to(torch.float64).cpu()
+    C = U.T @ J @ U  # [n, d, d]: J in the covariance eigenbasis
+    shrink = C.diagonal(dim1=1, dim2=2)  # [n, d]
+    # the isotropic part (tr J/d)·I is diagonal in every basis: judge the rest
+    A = shrink - shrink.mean(1, keepdim=True)  # diagonal of C − (tr J/d)·I
+    off = (C**2).sum((1, 2)) - (shrink**2).sum(1)
+    diagonality = (A**2).sum(1) / ((A**2).sum(1) + off).clamp_min(1e-300)
     ks = spectral_gaps(lam, k_max)
-    angles = {str(k): torch.rad2deg(principal_angles(E[..., :k], U[:, :k].expand(n, -1, -1))
-                                    .amax(-1)).tolist() for k in ks}
+    angles, overlap = {}, {}
+    for k in ks:
+        theta = principal_angles(E[..., :k], U[:, :k].expand(n, -1, -1))  # [n, k]
+        angles[str(k)] = torch.rad2deg(theta.amax(-1)).tolist()
+        overlap[str(k)] = (theta.cos() ** 2).mean(-1).tolist()
     top = min(k_max, lam.numel())
     return {
         "sigma": sigma,
         "rel_error": rel.tolist(),
+        "diagonality": diagonality.tolist(),
+        "shrinkage": shrink.tolist(),
+        "optimal_shrinkage": (lam / (lam + sigma**2)).tolist(),
         "angles_deg": angles,
+        "overlap": overlap,
         "eigenvalues": spec.eigenvalues[..., :top].to(torch.float64).tolist(),
         "optimal_eigenvalues": (lam[:top] / (lam[:top] + sigma**2)).tolist(),
         "asymmetry": spec.asymmetry.to(torch.float64).tolist(),
@@ -586,6 +608,8 @@ def summarize(config: OptimalBasisConfig, analyses: dict) -> dict:
             rows.append({
                 "sigma": p["sigma"],
                 "rel_error": _mean(net["rel_error"]),
+                "diagonality": _mean(net["diagonality"]),
+                "overlap": {k: _mean(v) for k, v in net["overlap"].items()},
                 "max_angle_deg": {k: _mean(v) for k, v in net["angles_deg"].items()},
                 "optimum_max_angle_deg": max((max(v) for v in p["optimum"]["angles_deg"]
                                               .values()), default=0.0),

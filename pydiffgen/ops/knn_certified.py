@@ -61,18 +61,23 @@ def constants(metric, D, gemm_dtype):
     gamma = (D + 2) * u_acc / (1 - (D + 2) * u_acc)
     cg = 2 * w * u_eval
     ca = 3 * u_p + 4 * u_eval
-    return w, gamma, cg, ca, 2.0**-100, 1 + 16 * U32
+    # safety: ≤ 8 float32 roundings of the epilogue and ≤ 4 of its float64 inputs
+    return w, gamma, cg, ca, 2.0**-100, 1 + 64 * U32
 
 
 def torch_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
     """(lo, hi) of one tile with torch: G in float32 (exact products of bf16 values) or
-    float64 in the float64 pass; the epilogue in that dtype."""
+    float64 in the float64 pass; the epilogue in that dtype, in place (its roundings are
+    those the safety factor covers: A·P + B·dx is one rank-2 addmm)."""
     dt = torch.float64 if qg.dtype == torch.float64 else torch.float32
     G = qg.to(dt) @ xg.to(dt).T  # [m, t]
-    s = a.to(dt)[None, :] - w * G
-    e = safety * (A.to(dt)[:, None] * p.to(dt)[None, :] + B.to(dt)[:, None] * dx.to(dt)[None, :]
-                  + cg * G.abs() + ca * a.to(dt).abs()[None, :] + eta)
-    return s - e, s + e
+    a = a.to(dt)
+    AB = torch.stack([A, B], 1).to(dt)  # [m, 2]
+    pdx = torch.stack([p, dx]).to(dt)  # [2, t]
+    e = torch.addmm((ca * a.abs() + eta)[None, :], AB, pdx)  # A·P + B·dx + ca|a| + η
+    e.add_(G.abs(), alpha=cg).mul_(safety)
+    s = G.mul_(-w).add_(a[None, :])  # a − w·G (w·G exact: w = 1 or 2)
+    return s - e, s.add_(e)
 
 
 def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, centre):

@@ -97,11 +97,22 @@ def test_gaussian_optimum_recovers_the_covariance_eigenvectors():
     assert torch.allclose(torch.tensor(r["eigenvalues"]),
                           torch.tensor(r["optimal_eigenvalues"]).expand(3, -1), atol=1e-9)
     assert abs(r["trace"][0] - r["optimal_trace"]) < 1e-8
+    assert min(r["diagonality"]) > 1 - 1e-10
+    assert torch.allclose(torch.tensor(r["shrinkage"]),
+                          torch.tensor(r["optimal_shrinkage"]).expand(3, -1), atol=1e-9)
+    assert all(min(v) > 1 - 1e-9 for v in r["overlap"].values())
     # the optimum of a different covariance (white: eigenvectors unrelated) is detected
     white = GaussianDenoiser.from_moments(mean, 0.04 * torch.eye(size * size, dtype=torch.float64),
                                           shape=(1, size, size))
     r = ob.gaussian_alignment(white, G, y, sigma, k_max=12)
     assert min(r["rel_error"]) > 0.1
+    # ... while a linear map with another basis mixes the covariance eigenvectors
+    Q = torch.linalg.qr(torch.randn(36, 36, generator=torch.Generator().manual_seed(1),
+                                    dtype=torch.float64)).Q
+    rotated = GaussianDenoiser.from_moments(mean, Q @ cov @ Q.T, shape=(1, size, size))
+    r = ob.gaussian_alignment(rotated, G, y, sigma, k_max=12)
+    assert max(r["diagonality"]) < 0.5
+    assert max(max(v) for v in r["overlap"].values()) < 0.9
 
 
 def test_spectral_gaps():
