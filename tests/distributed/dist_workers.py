@@ -115,19 +115,22 @@ def _split(n, rank, world, split):
     return range(0, split) if rank == 0 else range(split, n)
 
 
-def search(rank, world, out):
+def search(rank, world, out, device="cpu"):
+    """The sharded searches of test_dist_search on ``device`` (every rank on the same GPU
+    for the gpu test: gloo moves the collectives' tensors through the host)."""
     from pydiffgen import distributed
     from pydiffgen.errors import InputError
 
     results = {}
     for name, q, keys, k, metric, split in search_cases():
         rows = _split(len(keys), rank, world, split)
-        v, i = distributed.knn(q, keys[rows.start : rows.stop], k, metric)
-        results[f"knn/{name}/values"], results[f"knn/{name}/indices"] = v, i
+        v, i = distributed.knn(q.to(device), keys[rows.start : rows.stop].to(device), k, metric)
+        results[f"knn/{name}/values"], results[f"knn/{name}/indices"] = v.cpu(), i.cpu()
     for name, y, train, sigma, split in empirical_cases():
         rows = _split(len(train), rank, world, split)
+        sigma = sigma.to(device) if isinstance(sigma, torch.Tensor) else sigma
         results[f"empirical/{name}"] = distributed.empirical_denoiser(
-            y, train[rows.start : rows.stop], sigma)
+            y.to(device), train[rows.start : rows.stop].to(device), sigma).cpu()
     # explicit offsets: shards laid out in reverse rank order
     _, q, keys, k, metric, _ = search_cases()[0]
     rows = range(20, 37) if rank == 0 else range(0, 20)
@@ -146,7 +149,7 @@ def search(rank, world, out):
     from pydiffgen.experiments.audit import audit
 
     samples, train = audit_inputs()
-    a = audit(samples, train)
+    a = audit(samples.to(device), train.to(device))
     px = a.spaces["pixel"]
     results.update({"audit/ratio": px.memorization.ratio, "audit/nn": px.memorization.nn_index,
                     "audit/cos_index": px.nearest_cosine_index,
