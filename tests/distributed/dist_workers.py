@@ -145,6 +145,22 @@ def search(rank, world, out, device="cpu"):
     results["refused-on-every-rank"] = torch.tensor(
         int(distributed._all_reduce(results["mismatch-refused"].double(),
                                     torch.distributed.ReduceOp.MIN, None)))
+    # an error on rank 0 inside run_on_main reaches every rank with its type and message
+    from pydiffgen.errors import ConfigError
+
+    def fail():
+        raise ConfigError("refused by rank 0")
+
+    try:
+        distributed.run_on_main(fail)
+        results["run_on_main-error"] = torch.tensor(0)
+    except ConfigError as err:
+        results["run_on_main-error"] = torch.tensor(int(str(err) == "refused by rank 0"))
+    results["run_on_main-error-everywhere"] = distributed._all_reduce(
+        results["run_on_main-error"].double(), torch.distributed.ReduceOp.MIN, None)
+    results["run_on_main-value"] = torch.tensor(
+        distributed.run_on_main(lambda: 40 + distributed.rank() + 2))
+
     # the audit under 2 ranks: every search scans one shard per rank
     from pydiffgen.experiments.audit import audit
 
