@@ -1,7 +1,8 @@
-"""Certified low-precision score tile of exact kNN: bf16 GEMM tile + bound epilogue.
+"""Certified low-precision score tile of exact kNN: bf16 (or int8) GEMM tile + bound epilogue.
 
 Formula (query i, key j; "smaller is better" for every metric, see csrc/cpu/knn.cpp):
     G̃[i, j] = ⟨q̃_i, x̃_j⟩          bfloat16 inputs, tl.dot with a float32 accumulator
+                                   (int8 inputs: int32 accumulator, exact; then float32)
     s̃[i, j] = a_j − W·G̃[i, j]      (l2: a_j = ‖x_p‖², W = 2; ip / cosine: a_j = 0, W = 1)
     e[i, j] = SAFETY·(A_i·P_j + B_i·dx_j + CG·|G̃| + CA·|a_j| + ETA)
     lo = s̃ − e,  hi = s̃ + e        (float32 outputs, [M, N])
@@ -38,7 +39,7 @@ def bound_tile_kernel(
     M, N, D,
     stride_qm, stride_xn, stride_om,
     W: tl.constexpr, CG: tl.constexpr, CA: tl.constexpr, ETA: tl.constexpr,
-    SAFETY: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SAFETY: tl.constexpr, INPUT_PRECISION: tl.constexpr, IS_INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -48,7 +49,10 @@ def bound_tile_kernel(
     offs_d = tl.arange(0, BLOCK_D)  # [BD]
     mask_m = offs_m < M
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if IS_INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + offs_d
         mask_d = d < D
@@ -56,14 +60,18 @@ def bound_tile_kernel(
                     mask=mask_m[:, None] & mask_d[None, :], other=0.0)  # [BM, BD] bf16
         x = tl.load(x_ptr + offs_n[:, None] * stride_xn + d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BN, BD] bf16
-        acc = tl.dot(q, tl.trans(x), acc, input_precision=INPUT_PRECISION)  # [BM, BN] f32
+        if IS_INT8:
+            acc = tl.dot(q, tl.trans(x), acc)  # [BM, BN] int32, exact
+        else:
+            acc = tl.dot(q, tl.trans(x), acc, input_precision=INPUT_PRECISION)  # [BM, BN] f32
+    g = acc.to(tl.float32)  # int32 → float32 rounds above 2^24: the CG term covers it
     a = tl.load(a_ptr + offs_n, mask=mask_n, other=0.0)  # [BN]
     p = tl.load(p_ptr + offs_n, mask=mask_n, other=0.0)
     dx = tl.load(dx_ptr + offs_n, mask=mask_n, other=0.0)
     A = tl.load(A_ptr + offs_m, mask=mask_m, other=0.0)  # [BM]
     B = tl.load(B_ptr + offs_m, mask=mask_m, other=0.0)
-    s = a[None, :] - W * acc
-    e = SAFETY * (A[:, None] * p[None, :] + B[:, None] * dx[None, :] + CG * tl.abs(acc)
+    s = a[None, :] - W * g
+    e = SAFETY * (A[:, None] * p[None, :] + B[:, None] * dx[None, :] + CG * tl.abs(g)
                   + CA * tl.abs(a)[None, :] + ETA)
     out = offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
@@ -73,15 +81,23 @@ def bound_tile_kernel(
 
 def bound_tile(qg, xg, a, p, dx, A, B, *, w: float, cg: float, ca: float, eta: float,
                safety: float):
-    """(lo, hi) float32 [M, N] for bf16 rows qg [M, D], xg [N, D] (see module doc)."""
+    """(lo, hi) float32 [M, N] for bf16 rows qg [M, D], xg [N, D], or int8 rows (8-bit
+    images minus 128: an exact int32 dot; see module doc)."""
     if qg.ndim != 2 or xg.ndim != 2 or qg.shape[1] != xg.shape[1]:
         raise ValueError(f"qg [M, D] and xg [N, D] must share D, got {tuple(qg.shape)}, "
                          f"{tuple(xg.shape)}")
-    # the interpreter mis-reads bfloat16 buffers: there the (exactly) bf16-valued rows go
-    # in as float32, whose "ieee" dot has the same exact products and float32 accumulation
-    row_dtype = torch.float32 if interpreted() else torch.bfloat16
-    qg = qg.to(torch.bfloat16).to(row_dtype).contiguous()
-    xg = xg.to(torch.bfloat16).to(row_dtype).contiguous()
+    is_int8 = qg.dtype == torch.int8
+    if is_int8:
+        # 8-bit images shifted by 128: the int32 dot is exact while 2^14·D < 2^31
+        if xg.dtype != torch.int8 or qg.shape[1] >= 1 << 17:
+            raise ValueError("int8 tiles need int8 qg and xg and D < 2^17")
+        qg, xg = qg.contiguous(), xg.contiguous()
+    else:
+        # the interpreter mis-reads bfloat16 buffers: there the (exactly) bf16-valued rows go
+        # in as float32, whose "ieee" dot has the same exact products and float32 accumulation
+        row_dtype = torch.float32 if interpreted() else torch.bfloat16
+        qg = qg.to(torch.bfloat16).to(row_dtype).contiguous()
+        xg = xg.to(torch.bfloat16).to(row_dtype).contiguous()
     M, D = qg.shape
     N = xg.shape[0]
     lo = torch.empty(M, N, dtype=torch.float32, device=qg.device)
@@ -93,8 +109,8 @@ def bound_tile(qg, xg, a, p, dx, A, B, *, w: float, cg: float, ca: float, eta: f
     grid = (triton.cdiv(M, bm), triton.cdiv(N, bn))
     bound_tile_kernel[grid](
         qg, xg, *f32, lo, hi, M, N, D, qg.stride(0), xg.stride(0), lo.stride(0),
-        W=w, CG=cg, CA=ca, ETA=eta, SAFETY=safety,
-        INPUT_PRECISION="ieee", BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
+        W=w, CG=cg, CA=ca, ETA=eta, SAFETY=safety, INPUT_PRECISION="ieee", IS_INT8=is_int8,
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=bd, num_warps=warps,
         num_stages=1 if interpreted() else 3,
     )
     return lo, hi

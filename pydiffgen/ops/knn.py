@@ -15,8 +15,9 @@ The ``triton`` backend runs the same certified algorithm with a Triton bf16 tile
 and ``reference`` with torch matmuls (pydiffgen.ops.knn_certified).
 
 Backends in priority order:
-  CUDA: triton (bf16 bound tiles by pydiffgen.kernels.knn_bound_tile, custom op
-        ``pydiffgen::knn_bound_tile``; running sets by topk_merge's CUDA kernel) → reference;
+  CUDA: triton (bf16 bound tiles, int8 for uint8 data, by pydiffgen.kernels.knn_bound_tile,
+        custom op ``pydiffgen::knn_bound_tile``; running sets by topk_merge's CUDA kernel)
+        → reference;
   CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
         + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
         → reference (torch matmul tiles + topk_merge, the same certified algorithm).
@@ -192,7 +193,8 @@ def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None)
     brute force) + float64 re-rank. Any device; the triton backend's path on CUDA."""
     score_fn = score_fn or knn_certified.torch_bound_tile
     M = q.shape[0]
-    if q.dtype == torch.uint8 and x.dtype == torch.uint8:
+    u8 = q.dtype == torch.uint8 and x.dtype == torch.uint8
+    if u8:
         # 8-bit levels are exact in bfloat16, and so are x − 128: an exact shift as centre
         centre = torch.full((x.shape[1],), 128.0, device=x.device)
     else:
@@ -203,6 +205,8 @@ def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None)
     passes = [(torch.bfloat16, score_fn), (torch.float64, knn_certified.torch_bound_tile)]
     if precision in ("fp32", "fp64"):
         passes = passes[1:]
+    elif u8 and metric != "cosine" and x.shape[1] < 1 << 17:
+        passes[0] = (torch.int8, score_fn)  # exact int32 dot of x − 128
     values = torch.empty(M, k, dtype=torch.float32, device=q.device)
     indices = torch.empty(M, k, dtype=torch.int64, device=q.device)
     rows = torch.arange(M, device=q.device)

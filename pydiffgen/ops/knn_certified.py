@@ -34,6 +34,14 @@ def prepare(x, mu, metric, gemm_dtype):
     x* = x − μ (l2), x/‖x‖ (cosine), x (ip), formed in float64 and rounded once to the
     preparation dtype (float32, or float64 in the float64 pass)."""
     D = x.shape[1]
+    if gemm_dtype == torch.int8:
+        # 8-bit images: x' = x − 128 exactly (the centre is this fixed shift); ip keys carry
+        # −128·Σx' (⟨q, x⟩ = ⟨q', x'⟩ + 128Σx' + terms constant per query)
+        xs = x.to(torch.int16) - 128
+        xsd = xs.double()
+        zero = torch.zeros(len(x), dtype=torch.float64, device=x.device)
+        a = xsd.square().sum(1) if metric == "l2" else -128 * xsd.sum(1)
+        return xs.to(torch.int8), zero, zero, a
     prep = torch.float64 if gemm_dtype == torch.float64 else torch.float32
     u_p = (1.01 * (U64 if prep == torch.float64 else U32)) + (D + 4) * U64
     xd = x.double()
@@ -54,6 +62,9 @@ def prepare(x, mu, metric, gemm_dtype):
 def constants(metric, D, gemm_dtype):
     """(w, γ, cg, ca, eta, safety) of the bound for this pass."""
     w = 2.0 if metric == "l2" else 1.0
+    if gemm_dtype == torch.int8:
+        # exact int32 dot; float32 epilogue: G to float32 (u|G|), s̃ (u(a + w|G|)), lo/hi
+        return w, 0.0, 3 * w * U32, 4 * U32, 2.0**-100, 1 + 64 * U32
     f64 = gemm_dtype == torch.float64
     u_acc = U64 if f64 else U_ACC_TC
     u_eval = U64 if f64 else U32
@@ -69,7 +80,8 @@ def torch_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
     """(lo, hi) of one tile with torch: G in float32 (exact products of bf16 values) or
     float64 in the float64 pass; the epilogue in that dtype, in place (its roundings are
     those the safety factor covers: A·P + B·dx is one rank-2 addmm)."""
-    dt = torch.float64 if qg.dtype == torch.float64 else torch.float32
+    # int8 rows in float64: the dot of integers is exact there
+    dt = torch.float64 if qg.dtype in (torch.float64, torch.int8) else torch.float32
     G = qg.to(dt) @ xg.to(dt).T  # [m, t]
     a = a.to(dt)
     AB = torch.stack([A, B], 1).to(dt)  # [m, 2]
@@ -84,7 +96,7 @@ def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, cent
     """Certified candidates cand [M, capacity] (−1: none) and overflow [M] (see module doc)."""
     (M, D), N = q.shape, x.shape[0]
     w, gamma, cg, ca, eta, safety = constants(metric, D, gemm_dtype)
-    qg, qn, dq, _ = prepare(q, centre, metric, gemm_dtype)
+    qg, qn, dq, _ = prepare(q, centre, metric, gemm_dtype)  # (a of queries: constant per row)
     A = w * (dq + gamma * qn)  # [M] float64
     B = w * qn
     cap = min(capacity, N)

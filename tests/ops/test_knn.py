@@ -327,13 +327,25 @@ def test_certified_overflow_falls_back_exactly():
     _assert_knn((v, i), reference.knn_bruteforce(q, x, 5), "l2")
 
 
-def test_certified_uint8_exact_shift():
+@pytest.mark.parametrize("triton", [False, True])
+def test_certified_uint8_int8_pass(triton):
+    """uint8 keys: the exact int8 pass (Triton int32 dot, or its float64 torch twin), with
+    an exact duplicate key; few candidates survive the (float32 epilogue) bound."""
+    if triton and not TRITON_ON_CPU:
+        pytest.skip("needs TRITON_INTERPRET=1 and triton on CPU")
+    fn = knn_mod._triton_bound_tile if triton else None
     g = torch.Generator().manual_seed(8)
     x = torch.randint(0, 256, (300, 48), generator=g, dtype=torch.uint8)
+    x = torch.cat([x, x[:20]])
     q = torch.cat([x[:3], torch.randint(0, 256, (4, 48), generator=g, dtype=torch.uint8)])
-    for metric in ("l2", "ip"):
-        got = knn_mod._knn_certified(q, x, 4, metric, 1 << 12)
-        _assert_knn(got, reference.knn_bruteforce(q.double(), x.double(), 4, metric), metric)
+    for metric in ("l2", "ip", "cosine"):
+        got = knn_mod._knn_certified(q, x, 4, metric, 1 << 12, score_fn=fn)
+        want = reference.knn_bruteforce(q.double(), x.double(), 4, metric)
+        _assert_knn_up_to_duplicates(got, want, x, metric)
+    centre = torch.full((48,), 128.0)
+    cand, over = cert.candidates(q, x, 4, "l2", 1 << 12, 300, torch.int8,
+                                 fn or cert.torch_bound_tile, centre)
+    assert not bool(over.any()) and int((cand >= 0).sum(1).max()) <= 8
 
 
 @pytest.mark.skipif(not TRITON_ON_CPU, reason="needs TRITON_INTERPRET=1 and triton on CPU")
