@@ -124,6 +124,16 @@ def worker(rank: int, world: int, threads: int, port: int, device: str, cfg: dic
                  "gflops": flops / t / 1e9, "gflops_per_rank": flops / t / 1e9 / world,
                  "comm_bytes_per_row": 8 * (D + 2) if world > 1 else 0})
 
+    # the per-rank work of the sharded empirical denoiser alone: the partials of this shard
+    from pydiffgen.ops import empirical as E
+
+    sig = torch.full((M,), 2.0, dtype=torch.float64, device=dev)
+    t = _timed(lambda: E._partials(y, train_shard, sig), cfg["repeats"], device)
+    flops = 4 * M * len(rng) * D
+    rows.append({"case": f"empirical partials M={M} N_r={len(rng)} D={D}", "op": "partials",
+                 "ranks": world, "threads_per_rank": threads, "seconds": t,
+                 "gflops": flops / t / 1e9 * world, "gflops_per_rank": flops / t / 1e9})
+
     # communication alone at the sizes above
     if world > 1:
         MAX, SUM = torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM

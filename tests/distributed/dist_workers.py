@@ -145,6 +145,36 @@ def search(rank, world, out, device="cpu"):
     results["refused-on-every-rank"] = torch.tensor(
         int(distributed._all_reduce(results["mismatch-refused"].double(),
                                     torch.distributed.ReduceOp.MIN, None)))
+    # bad input on one rank only (NaN keys, a wrong feature shape) is refused on every rank
+    bad_keys = keys[rank::2].clone()
+    if rank == 1:
+        bad_keys[0, 0] = float("nan")
+    y, train = empirical_cases()[0][1:3]
+    for name, call in (("nan-keys", lambda: distributed.knn(q, bad_keys, 3)),
+                       ("bad-shape", lambda: distributed.empirical_denoiser(
+                           y, train[rank::2].flatten(1) if rank else train[rank::2], 0.5))):
+        try:
+            call()
+            results[f"one-rank-{name}"] = torch.tensor(0)
+        except InputError as err:
+            results[f"one-rank-{name}"] = torch.tensor(int("on rank 1" in str(err)))
+
+    # an error on rank 0 inside run_on_main reaches every rank with its type and message
+    from pydiffgen.errors import ConfigError
+
+    def fail():
+        raise ConfigError("refused by rank 0")
+
+    try:
+        distributed.run_on_main(fail)
+        results["run_on_main-error"] = torch.tensor(0)
+    except ConfigError as err:
+        results["run_on_main-error"] = torch.tensor(int(str(err) == "refused by rank 0"))
+    results["run_on_main-error-everywhere"] = distributed._all_reduce(
+        results["run_on_main-error"].double(), torch.distributed.ReduceOp.MIN, None)
+    results["run_on_main-value"] = torch.tensor(
+        distributed.run_on_main(lambda: 40 + distributed.rank() + 2))
+
     # the audit under 2 ranks: every search scans one shard per rank
     from pydiffgen.experiments.audit import audit
 

@@ -36,6 +36,9 @@ def test_sharded_search_equals_single_process(tmp_path):
         torch.testing.assert_close(d, single, rtol=tol, atol=tol, msg=name)
 
     assert int(got["refused-on-every-rank"]) == 1
+    assert int(got["run_on_main-error-everywhere"]) == 1
+    assert int(got["one-rank-nan-keys"]) == 1 and int(got["one-rank-bad-shape"]) == 1
+    assert int(got["run_on_main-value"]) == 42  # rank 0's result on every rank
 
     # the audit with its searches sharded over the ranks: the single-process answers
     from pydiffgen.experiments.audit import audit
