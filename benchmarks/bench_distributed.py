@@ -15,9 +15,10 @@ training set split over R ranks (gloo on CPU, R = 1 and 2; NCCL on one GPU, R = 
   DDP all-reduces 4·P gradient bytes per step (P parameters);
 - ``comm``: the same collectives alone at those sizes (seconds, payload GB/s).
 
-Each rank gets cores // R threads, so R = 1 and R = 2 use the same cores: the aggregate
-ratio shows what sharding costs or gains on one machine; per-rank numbers × R project to
-R machines. Timing: barrier, ``--repeats`` calls, barrier; the median over repeats.
+CPU runs: R = 1 on all cores, R = 1 on one core, R = 2 with cores // 2 threads each (the
+same cores): per-rank numbers at equal threads show what sharding costs per rank, and
+per-rank × R projects to R machines. Timing: barrier, ``--repeats`` calls, barrier; the
+median over repeats.
 
     python benchmarks/bench_distributed.py            # CPU, R = 1, 2
     python benchmarks/bench_distributed.py --quick    # small sizes
@@ -70,10 +71,10 @@ def _timed(fn, repeats: int, device: str) -> float:
     return statistics.median(times)
 
 
-def worker(rank: int, world: int, port: int, device: str, cfg: dict, out: str) -> None:
+def worker(rank: int, world: int, threads: int, port: int, device: str, cfg: dict,
+           out: str) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    threads = max(1, (os.cpu_count() or 1) // world)
     if device == "cpu":
         torch.set_num_threads(threads)
     from pydiffgen import distributed, models, ops
@@ -122,6 +123,16 @@ def worker(rank: int, world: int, port: int, device: str, cfg: dict, out: str) -
                  "threads_per_rank": threads, "seconds": t, "rows_per_sec": M / t,
                  "gflops": flops / t / 1e9, "gflops_per_rank": flops / t / 1e9 / world,
                  "comm_bytes_per_row": 8 * (D + 2) if world > 1 else 0})
+
+    # the per-rank work of the sharded empirical denoiser alone: the partials of this shard
+    from pydiffgen.ops import empirical as E
+
+    sig = torch.full((M,), 2.0, dtype=torch.float64, device=dev)
+    t = _timed(lambda: E._partials(y, train_shard, sig), cfg["repeats"], device)
+    flops = 4 * M * len(rng) * D
+    rows.append({"case": f"empirical partials M={M} N_r={len(rng)} D={D}", "op": "partials",
+                 "ranks": world, "threads_per_rank": threads, "seconds": t,
+                 "gflops": flops / t / 1e9 * world, "gflops_per_rank": flops / t / 1e9})
 
     # communication alone at the sizes above
     if world > 1:
@@ -195,12 +206,16 @@ def main():
     args = parse_args(__doc__.splitlines()[0])
     cfg = sizes(args.quick, args.device)
     cfg.update(quick=args.quick, check=True)
-    worlds = [1] if args.device == "cuda" else [1, 2]
+    cores = os.cpu_count() or 1
+    # (ranks, threads per rank): one rank on every core, one rank on one core (the per-rank
+    # baseline), and R = 2 ranks sharing the cores
+    runs = [(1, 1)] if args.device == "cuda" else [(1, cores), (1, 1), (2, max(1, cores // 2))]
     rows = []
     tmp = ROOT / "benchmarks" / "results" / ".bench_distributed.pt"
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    for world in worlds:
-        ctx = mp.start_processes(worker, args=(world, _free_port(), args.device, cfg, str(tmp)),
+    for world, threads in runs:
+        ctx = mp.start_processes(worker, args=(world, threads, _free_port(), args.device, cfg,
+                                               str(tmp)),
                                  nprocs=world, join=False, start_method="spawn")
         while not ctx.join():
             pass
@@ -209,8 +224,8 @@ def main():
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = metadata(args.device) | {"load_average_1min": load, "cores": os.cpu_count()}
     path = write_json("bench_distributed", rows, meta)
-    print_table(rows, ["case", "ranks", "seconds", "gflops", "gflops_per_rank", "rows_per_sec",
-                       "images_per_sec", "payload_gbs"])
+    print_table(rows, ["case", "ranks", "threads_per_rank", "seconds", "gflops",
+                       "gflops_per_rank", "rows_per_sec", "images_per_sec", "payload_gbs"])
     print(f"load average {load}; wrote {path}")
 
 

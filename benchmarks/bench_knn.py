@@ -54,15 +54,15 @@ def gemm_topk(q, x, k):
 
 
 def exact_float64(q, x, k):
-    """float64 brute force (direct differences), streamed over key chunks: no float64
-    copy of the whole key set (12 GB of float32 keys on the GPU case)."""
+    """float64 brute force (direct differences, no norm expansion), streamed over key
+    chunks of ≤ 16 M elements: no float64 copy of the whole key set (12 GB on the GPU)."""
     qd = q.double()
     best_v = torch.full((len(q), k), float("inf"), dtype=torch.float64, device=q.device)
     best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=q.device)
-    step = max(1, (1 << 24) // (len(q) * x.shape[1]))
+    step = max(1, (1 << 24) // x.shape[1])
     for n0 in range(0, len(x), step):
         xd = x[n0 : n0 + step].double()
-        d = ((qd[:, None, :] - xd[None]) ** 2).sum(-1)  # [m, step]
+        d = torch.cdist(qd, xd, compute_mode="donot_use_mm_for_euclid_dist")  # [m, step]
         v = torch.cat([best_v, d], 1)
         i = torch.cat([best_i, torch.arange(n0, n0 + len(xd), device=q.device).expand_as(d)], 1)
         order = v.topk(k, dim=1, largest=False).indices

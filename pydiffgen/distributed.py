@@ -177,15 +177,26 @@ def _all_reduce(t: torch.Tensor, op, group) -> torch.Tensor:
     return tc.to(t.device)
 
 
-def _agree(what: str, values: list, names: list[str], group, queries=None) -> torch.Tensor:
+def _agree(what: str, values: list, names: list[str], group, queries=None,
+           error: str | None = None) -> torch.Tensor:
     """all_gather a few numbers per rank and check that ``names`` agree (else every rank
     raises InputError instead of hanging or merging garbage); returns [world, len] float64.
-    With ``queries``, also their float64 sum and absolute sum, which must agree to 1e-9."""
-    row = [float(v) for v in values]
-    if queries is not None:
+    With ``queries``, also their float64 sum and absolute sum, which must agree to 1e-9.
+    ``error``: this rank's own validation failure (bad input on one rank only), raised on
+    every rank with the rank named."""
+    row = [float(error is not None)] + [float(v) for v in values]
+    if queries is not None and error is None:
         qd = queries.detach().double()
         row += [float(qd.sum()), float(qd.abs().sum())]
+    elif queries is not None:
+        row += [0.0, 0.0]
     rows = torch.stack(_all_gather(torch.tensor(row, dtype=torch.float64), group))
+    if bool(rows[:, 0].any()):
+        errors = [None] * world_size(group)
+        torch.distributed.all_gather_object(errors, error, group=group)
+        bad = [r for r, e in enumerate(errors) if e is not None]
+        raise InputError(f"distributed.{what} on rank {bad[0]}: {errors[bad[0]]}")
+    rows = rows[:, 1:]
     for j, name in enumerate(names):
         if not bool((rows[:, j] == rows[0, j]).all()):
             raise InputError(f"distributed.{what}: {name} differs across ranks "
@@ -217,26 +228,20 @@ def knn(queries, keys_shard, k: int, metric: str = "l2", *, offset: int | None =
     from .ops.knn import knn as local_knn
     from .ops.topk import topk_merge
 
-    if metric not in METRICS:
-        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if world_size(group) == 1:
         v, i = local_knn(queries, keys_shard, k, metric, backend)
         return v, i + (offset or 0)
-    for name, t in (("queries", queries), ("keys_shard", keys_shard)):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point():
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise InputError(f"{name} must be a floating-point tensor [rows, *F], got {got}")
-    if queries.shape[1:] != keys_shard.shape[1:]:
-        raise InputError(f"queries and keys_shard must share feature shape, got "
-                         f"{tuple(queries.shape[1:])} and {tuple(keys_shard.shape[1:])}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise InputError(f"k must be an integer >= 1, got {k!r}")
-    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
-                               or offset < 0):
-        raise InputError(f"offset must be None or an integer >= 0, got {offset!r}")
-    M, n_local, D = queries.shape[0], keys_shard.shape[0], queries.shape[1:].numel()
-    rows = _agree("knn", [M, D, k, METRICS.index(metric), n_local],
-                  ["the number of queries", "the feature size", "k", "metric"], group, queries)
+    # check locally, then agree: an error on one rank is raised on every rank, no hang
+    error, meta = None, [0, 0, 0, 0, 0]
+    try:
+        _check_knn_inputs(queries, keys_shard, k, metric, offset)
+        meta = [queries.shape[0], queries.shape[1:].numel(), k, METRICS.index(metric),
+                keys_shard.shape[0]]
+    except InputError as err:
+        error = str(err)
+    rows = _agree("knn", meta, ["the number of queries", "the feature size", "k", "metric"],
+                  group, queries, error)
+    M, D, _, _, n_local = meta
     sizes = rows[:, 4].long().tolist()
     if k > sum(sizes):
         raise InputError(f"k={k} exceeds the number of keys N={sum(sizes)} over all ranks")
@@ -265,6 +270,32 @@ def knn(queries, keys_shard, k: int, metric: str = "l2", *, offset: int | None =
     return best_v.float(), cand_i.gather(1, pos)
 
 
+def _check_knn_inputs(queries, keys_shard, k, metric, offset):
+    from .ops.knn import METRICS, _check_finite
+
+    if metric not in METRICS:
+        raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    for name, t in (("queries", queries), ("keys_shard", keys_shard)):
+        if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point():
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"{name} must be a floating-point tensor [rows, *F], got {got}")
+    if queries.shape[1:] != keys_shard.shape[1:]:
+        raise InputError(f"queries and keys_shard must share feature shape, got "
+                         f"{tuple(queries.shape[1:])} and {tuple(keys_shard.shape[1:])}")
+    if queries.shape[0] == 0:
+        raise InputError("queries is empty; expected at least one query")
+    if queries.device != keys_shard.device:
+        raise InputError(f"queries and keys_shard must be on one device, got {queries.device} "
+                         f"and {keys_shard.device}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise InputError(f"k must be an integer >= 1, got {k!r}")
+    if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
+                               or offset < 0):
+        raise InputError(f"offset must be None or an integer >= 0, got {offset!r}")
+    _check_finite(queries, "queries")
+    _check_finite(keys_shard, "keys_shard")
+
+
 def _exact_scores(q, x, idx, metric):
     """float64 scores of keys idx [M, k] for queries q [M, D], as ``ops.knn``'s re-rank."""
     out = []
@@ -288,6 +319,26 @@ def _exact_scores(q, x, idx, metric):
 # ----------------------------------------------------------------------------------------
 
 
+def _check_empirical_inputs(y, train_shard, sigma):
+    """``ops.empirical._validate`` that also accepts an empty shard."""
+    from ._checks import as_sigma
+    from .ops import empirical as E
+
+    for name, t in (("y", y), ("train_shard", train_shard)):
+        if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point():
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"{name} must be a floating-point tensor [rows, *F], got {got}")
+    if train_shard.shape[0]:
+        return E._validate(y, train_shard, sigma, None)
+    if y.shape[1:] != train_shard.shape[1:]:
+        raise InputError(f"y and train_shard must share feature shape, got "
+                         f"{tuple(y.shape)} and {tuple(train_shard.shape)}")
+    sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
+    dtype = torch.promote_types(y.dtype, train_shard.dtype)
+    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    return y.to(dtype), train_shard.to(dtype), sig
+
+
 @torch.no_grad()
 def empirical_denoiser(y, train_shard, sigma, *, group=None):
     """``ops.empirical_denoiser`` over a training set split across the ranks of ``group``.
@@ -300,26 +351,17 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
 
     if world_size(group) == 1:
         return E.empirical_denoiser(y, train_shard, sigma)
-    for name, t in (("y", y), ("train_shard", train_shard)):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point():
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise InputError(f"{name} must be a floating-point tensor [rows, *F], got {got}")
-    n_local = train_shard.shape[0]
-    if n_local:
-        y, train_shard, sig = E._validate(y, train_shard, sigma, None)
-    else:  # an empty shard: E._validate refuses an empty training set
-        if y.shape[1:] != train_shard.shape[1:]:
-            raise InputError(f"y and train_shard must share feature shape, got "
-                             f"{tuple(y.shape)} and {tuple(train_shard.shape)}")
-        from ._checks import as_sigma
-
-        sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
-        dtype = torch.promote_types(y.dtype, train_shard.dtype)
-        dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-        y, train_shard = y.to(dtype), train_shard.to(dtype)
-    shape, M, D = y.shape, y.shape[0], y.shape[1:].numel()
-    rows = _agree("empirical_denoiser", [M, D, n_local],
-                  ["the number of rows y", "the feature size"], group, y)
+    # check locally, then agree: an error on one rank is raised on every rank, no hang
+    error, meta = None, [0, 0, 0]
+    try:
+        y, train_shard, sig = _check_empirical_inputs(y, train_shard, sigma)
+        meta = [y.shape[0], y.shape[1:].numel(), train_shard.shape[0]]
+    except InputError as err:
+        error = str(err)
+    rows = _agree("empirical_denoiser", meta, ["the number of rows y", "the feature size"],
+                  group, y, error)
+    M, D, n_local = meta
+    shape = y.shape
     if int(rows[:, 2].sum()) == 0:
         raise InputError("distributed.empirical_denoiser: the training set is empty on every "
                          "rank")

@@ -148,23 +148,43 @@ void prepare_rows(const T* x, const P* mu_p, const double* mu_d, int64_t n, int6
                   int64_t metric, double u_p, Gt* out, double* norm, double* delta, double* add) {
   constexpr int64_t L = 16;
   // small blocks run inline: a parallel region costs more than ~64 K elements of work
-  at::parallel_for(0, n, std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1)), [&](int64_t b, int64_t e) {
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1));
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    std::vector<P> buf(D);  // x_p of one row
     for (int64_t i = b; i < e; ++i) {
-      const T* xi = x + i * D;
-      Gt* gi = out + i * D;
-      double scale = 1.0;
-      if (metric == kCosine) {
+      const T* __restrict__ xi = x + i * D;
+      P* __restrict__ xp = buf.data();
+      // pass 1, one loop per metric so each vectorizes: x_p = x* rounded once to P
+      if (metric == kL2) {
+        for (int64_t c = 0; c < D; ++c) xp[c] = prep_value<T, P>(xi[c], kL2, mu_p, mu_d, c, 1.0);
+      } else if (metric == kCosine) {
         double ss = 0;
         for (int64_t c = 0; c < D; ++c) ss += static_cast<double>(xi[c]) * xi[c];
-        scale = 1.0 / std::max(std::sqrt(ss), 1e-300);
+        const double scale = 1.0 / std::max(std::sqrt(ss), 1e-300);
+        for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(static_cast<double>(xi[c]) * scale);
+      } else {
+        for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(xi[c]);
       }
+      // pass 2: x̃ and the float64 sums in L independent lanes
+      Gt* __restrict__ gi = out + i * D;
       double sg[L] = {}, sd[L] = {}, sp[L] = {};
       auto step = [&](int64_t c, int64_t l) {
-        const P xp = prep_value<T, P>(xi[c], metric, mu_p, mu_d, c, scale);
-        const Gt xg = round_to<Gt, P>(xp);
-        gi[c] = xg;
-        const double xpd = static_cast<double>(xp);
-        const double xgd = static_cast<double>(back<P, Gt>(xg));
+        double xgd;
+        if constexpr (std::is_same_v<Gt, c10::BFloat16> && std::is_same_v<P, float>) {
+          // round to nearest even on the bits (vectorizes; inputs finite)
+          uint32_t bits;
+          std::memcpy(&bits, &xp[c], sizeof(bits));
+          const uint32_t r = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+          float f;
+          std::memcpy(&f, &r, sizeof(f));
+          reinterpret_cast<uint16_t*>(gi)[c] = static_cast<uint16_t>(r >> 16);
+          xgd = static_cast<double>(f);
+        } else {
+          const Gt xg = round_to<Gt, P>(xp[c]);
+          gi[c] = xg;
+          xgd = static_cast<double>(back<P, Gt>(xg));
+        }
+        const double xpd = static_cast<double>(xp[c]);
         sg[l] += xgd * xgd;
         sd[l] += (xpd - xgd) * (xpd - xgd);
         sp[l] += xpd * xpd;

@@ -93,7 +93,8 @@ def torch_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
 
 
 def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, centre):
-    """Certified candidates cand [M, capacity] (−1: none) and overflow [M] (see module doc)."""
+    """Certified candidates cand [M, C ≤ capacity] (−1: none) and overflow [M] (see module
+    doc)."""
     (M, D), N = q.shape, x.shape[0]
     w, gamma, cg, ca, eta, safety = constants(metric, D, gemm_dtype)
     qg, qn, dq, _ = prepare(q, centre, metric, gemm_dtype)  # (a of queries: constant per row)
@@ -117,7 +118,12 @@ def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, cent
             hv[r], hi_i[r] = merge(hv[r], hi_i[r], hi.to(hv.dtype), n0, False)
             cv[r], ci[r] = merge(cv[r], ci[r], lo.to(cv.dtype), n0, False)
     tau = hv[:, k - 1 : k]  # [M, 1]
-    cand = torch.where(cv <= tau, ci, torch.full_like(ci, -1))
+    # candidates first (in index order), then cut the columns to the largest count: the
+    # float64 re-rank gathers only these
+    cand = torch.where(cv <= tau, ci, N).sort(dim=1).values
+    width = max(1, int((cand < N).sum(1).max())) if M else 1
+    cand = cand[:, :width]
+    cand = torch.where(cand < N, cand, -1)
     overflow = (cv[:, cap - 1] <= tau[:, 0]) if cap < N else torch.zeros(M, dtype=torch.bool,
                                                                            device=q.device)
     return cand, overflow

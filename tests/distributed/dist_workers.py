@@ -115,19 +115,22 @@ def _split(n, rank, world, split):
     return range(0, split) if rank == 0 else range(split, n)
 
 
-def search(rank, world, out):
+def search(rank, world, out, device="cpu"):
+    """The sharded searches of test_dist_search on ``device`` (every rank on the same GPU
+    for the gpu test: gloo moves the collectives' tensors through the host)."""
     from pydiffgen import distributed
     from pydiffgen.errors import InputError
 
     results = {}
     for name, q, keys, k, metric, split in search_cases():
         rows = _split(len(keys), rank, world, split)
-        v, i = distributed.knn(q, keys[rows.start : rows.stop], k, metric)
-        results[f"knn/{name}/values"], results[f"knn/{name}/indices"] = v, i
+        v, i = distributed.knn(q.to(device), keys[rows.start : rows.stop].to(device), k, metric)
+        results[f"knn/{name}/values"], results[f"knn/{name}/indices"] = v.cpu(), i.cpu()
     for name, y, train, sigma, split in empirical_cases():
         rows = _split(len(train), rank, world, split)
+        sigma = sigma.to(device) if isinstance(sigma, torch.Tensor) else sigma
         results[f"empirical/{name}"] = distributed.empirical_denoiser(
-            y, train[rows.start : rows.stop], sigma)
+            y.to(device), train[rows.start : rows.stop].to(device), sigma).cpu()
     # explicit offsets: shards laid out in reverse rank order
     _, q, keys, k, metric, _ = search_cases()[0]
     rows = range(20, 37) if rank == 0 else range(0, 20)
@@ -142,11 +145,41 @@ def search(rank, world, out):
     results["refused-on-every-rank"] = torch.tensor(
         int(distributed._all_reduce(results["mismatch-refused"].double(),
                                     torch.distributed.ReduceOp.MIN, None)))
+    # bad input on one rank only (NaN keys, a wrong feature shape) is refused on every rank
+    bad_keys = keys[rank::2].clone()
+    if rank == 1:
+        bad_keys[0, 0] = float("nan")
+    y, train = empirical_cases()[0][1:3]
+    for name, call in (("nan-keys", lambda: distributed.knn(q, bad_keys, 3)),
+                       ("bad-shape", lambda: distributed.empirical_denoiser(
+                           y, train[rank::2].flatten(1) if rank else train[rank::2], 0.5))):
+        try:
+            call()
+            results[f"one-rank-{name}"] = torch.tensor(0)
+        except InputError as err:
+            results[f"one-rank-{name}"] = torch.tensor(int("on rank 1" in str(err)))
+
+    # an error on rank 0 inside run_on_main reaches every rank with its type and message
+    from pydiffgen.errors import ConfigError
+
+    def fail():
+        raise ConfigError("refused by rank 0")
+
+    try:
+        distributed.run_on_main(fail)
+        results["run_on_main-error"] = torch.tensor(0)
+    except ConfigError as err:
+        results["run_on_main-error"] = torch.tensor(int(str(err) == "refused by rank 0"))
+    results["run_on_main-error-everywhere"] = distributed._all_reduce(
+        results["run_on_main-error"].double(), torch.distributed.ReduceOp.MIN, None)
+    results["run_on_main-value"] = torch.tensor(
+        distributed.run_on_main(lambda: 40 + distributed.rank() + 2))
+
     # the audit under 2 ranks: every search scans one shard per rank
     from pydiffgen.experiments.audit import audit
 
     samples, train = audit_inputs()
-    a = audit(samples, train)
+    a = audit(samples.to(device), train.to(device))
     px = a.spaces["pixel"]
     results.update({"audit/ratio": px.memorization.ratio, "audit/nn": px.memorization.nn_index,
                     "audit/cos_index": px.nearest_cosine_index,

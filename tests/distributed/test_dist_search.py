@@ -1,5 +1,6 @@
 """Sharded knn and empirical denoiser on 2 gloo ranks equal the single-process ops."""
 
+import pytest
 import torch
 from dist_workers import audit_inputs, empirical_cases, launch, search_cases
 
@@ -35,6 +36,9 @@ def test_sharded_search_equals_single_process(tmp_path):
         torch.testing.assert_close(d, single, rtol=tol, atol=tol, msg=name)
 
     assert int(got["refused-on-every-rank"]) == 1
+    assert int(got["run_on_main-error-everywhere"]) == 1
+    assert int(got["one-rank-nan-keys"]) == 1 and int(got["one-rank-bad-shape"]) == 1
+    assert int(got["run_on_main-value"]) == 42  # rank 0's result on every rank
 
     # the audit with its searches sharded over the ranks: the single-process answers
     from pydiffgen.experiments.audit import audit
@@ -47,3 +51,24 @@ def test_sharded_search_equals_single_process(tmp_path):
     assert torch.equal(got["audit/background_index"], px.background_index)
     assert torch.equal(got["audit/dropped"], a.duplicates.dropped)
     assert len(a.duplicates.dropped) == 7 and int(px.memorization.memorized.sum()) >= 10
+
+
+@pytest.mark.gpu
+def test_sharded_search_on_a_gpu_equals_the_float64_references(tmp_path):
+    """Both ranks on the one GPU (Triton knn candidates, torch GEMM partials), gloo
+    collectives through the host; judged against the float64 references."""
+    out = tmp_path / "results.pt"
+    launch("search", world=2, timeout=300, out=out, device="cuda")
+    got = torch.load(out, weights_only=True)
+    for name, q, keys, k, metric, _ in search_cases():
+        v64, i64 = reference.knn_bruteforce(q, keys, k, metric)
+        assert torch.equal(got[f"knn/{name}/indices"], i64), name
+        torch.testing.assert_close(got[f"knn/{name}/values"], v64.float(), msg=name)
+    for name, y, train, sigma, _ in empirical_cases():
+        sig = torch.as_tensor(sigma, dtype=torch.float64).expand(len(y))
+        exact = reference.empirical_denoiser(y.reshape(len(y), -1), train.reshape(len(train), -1),
+                                             sig).reshape(y.shape)
+        tol = 1e-12 if y.dtype == torch.float64 else 2e-6
+        torch.testing.assert_close(got[f"empirical/{name}"].double(), exact, rtol=tol, atol=tol,
+                                   msg=name)
+    assert int(got["refused-on-every-rank"]) == 1

@@ -12,7 +12,7 @@ from pydiffgen.experiments import generalization_sweep
 
 
 def test_sweep_killed_midway_and_relaunched_equals_an_uninterrupted_run(tmp_path):
-    with pytest.raises(RuntimeError, match="exited"):
+    with pytest.raises(RuntimeError):  # a rank exited (or its peer failed first)
         launch("sweep", out=tmp_path / "dist", die_after_first_run=True, timeout=90)
     dist = tmp_path / "dist"
     assert (dist / "n2" / "B" / "model.json").exists()  # rank 1's first run survived

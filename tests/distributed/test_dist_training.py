@@ -42,7 +42,7 @@ def test_ddp_takes_the_steps_of_one_process_with_the_global_batch(uninterrupted)
 
 def test_ddp_resumes_exactly_after_a_rank_dies(uninterrupted, tmp_path):
     # rank 1 dies at step 3, after the step-2 checkpoint: the job fails, the rerun resumes
-    with pytest.raises(RuntimeError, match="exited"):
+    with pytest.raises(RuntimeError):  # a rank exited (or its peer failed first)
         launch("train_ddp", out_dir=tmp_path / "run", result=tmp_path / "result.pt", die_at=3,
                timeout=60)
     assert not (tmp_path / "result.pt").exists()

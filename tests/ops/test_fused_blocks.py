@@ -71,6 +71,7 @@ GFS_CASES = [  # (shape, G)
     ((1, 4, 127), 2),
     ((5, 12, 33, 31), 4),
     ((7, 8, 1, 3), 8),
+    ((1, 4, 33, 31), 2),  # batch 1: the Triton kernels split L over several programs
 ]
 
 
@@ -132,6 +133,20 @@ def test_gfs_layouts_noncontiguous_and_empty(backend):
                                atol=2e-5, rtol=1e-5)
     empty = torch.randn(0, 8, 6, 5)
     assert gfs(backend, empty, G, w, None, None, None).shape == empty.shape
+
+
+@pytest.mark.parametrize("backend", _gfs_backends())
+def test_gfs_channels_last_split_reduction(backend):
+    x, G, w, b, s, t = _inputs((1, 6, 20, 20), 3, seed=15, offset=-2.0)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = gfs(backend, x, G, w, b, s, t)
+    xd = x.detach().double().requires_grad_()
+    want = gfs_float64(xd, G, w, b, s, t)
+    torch.testing.assert_close(y.double(), want, atol=2e-5, rtol=1e-5)
+    gy = torch.randn(y.shape)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0].double(),
+                               torch.autograd.grad(want, xd, gy.double())[0],
+                               atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", _gfs_backends())
@@ -303,3 +318,45 @@ def test_bn_relu_bad_inputs():
         bf_batchnorm_relu(torch.randn(2, 3, 4, 4), None)
     with pytest.raises(InputError, match="batch statistics need at least one element"):
         bf_batchnorm_relu(torch.randn(0, 3, 4, 4), torch.ones(3))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B,C,H", [(1, 128, 64), (256, 64, 32), (3, 96, 17)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gfs_triton_on_gpu_unet_shapes(B, C, H, channels_last):
+    """The Triton kernel at real sizes (split reductions with many splits), fp32 and bf16."""
+    x, G, w, b, s, t = _inputs((B, C, H, H), 32, seed=13)
+    x, w, b, s, t = (v.cuda() for v in (x, w, b, s, t))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    live = [v.requires_grad_() for v in (x, w, b, s, t)]
+    y = groupnorm_film_silu(live[0], G, *live[1:], backend="triton")
+    got = _grads(y, live)
+    d64 = [v.detach().double().requires_grad_() for v in live]
+    want_y = gfs_float64(d64[0], G, *d64[1:])
+    want = _grads(want_y, d64)
+    torch.testing.assert_close(y.double(), want_y, atol=5e-5, rtol=1e-4)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a.double(), e, atol=5e-5 * max(1.0, float(e.abs().max())),
+                                   rtol=1e-3)
+    xb = x.detach().bfloat16()
+    args = [xb, G, w.detach(), b.detach(), s.detach().bfloat16(), t.detach().bfloat16()]
+    want_b = gfs_float64(*[a.double() if isinstance(a, torch.Tensor) else a for a in args])
+    err = float((groupnorm_film_silu(*args).double() - want_b).abs().max())
+    err_eager = float((reference.groupnorm_film_silu(*args).double() - want_b).abs().max())
+    assert err <= 2 * err_eager + 1e-6
+
+
+@pytest.mark.slow
+def test_gfs_and_bn_relu_under_torch_compile():
+    x, G, w, b, s, t = _inputs((2, 8, 5, 5), 4, seed=14)
+    live = [v.requires_grad_() for v in (x, w, b, s, t)]
+    f = torch.compile(lambda x, w, b, s, t: groupnorm_film_silu(x, G, w, b, s, t), fullgraph=True)
+    y = f(*live)
+    torch.testing.assert_close(y, reference.groupnorm_film_silu(x, G, w, b, s, t),
+                               atol=1e-5, rtol=1e-5)
+    assert all(g is not None for g in _grads(y, live))
+    gain = torch.rand(8).requires_grad_()
+    h = torch.compile(lambda x, g: bf_batchnorm_relu(x, g)[0], fullgraph=True)
+    torch.testing.assert_close(h(x, gain), reference.bf_batchnorm_relu(x, gain)[0],
+                               atol=1e-5, rtol=1e-5)
