@@ -11,8 +11,10 @@ k = (1 + s)·w, A = Σ_{c∈g} k·S1, Bg = Σ_{c∈g} k·S2:
 Parallelism: not one program per (batch, group), which leaves most of the GPU idle at
 batch 1. Every kernel runs on [BLOCK_C, BLOCK_L] tiles over a grid
 (B × channel blocks, L splits): the reductions write per-(b, c, split) partial sums and a
-few small torch ops on [B, C]-sized tensors combine them (a split reduction; no atomics, so
-results are deterministic). Tiles follow the memory layout: long in L for NCHW
+finalize kernel per (b, g) combines them in float64 (a split reduction; no atomics, so
+results are deterministic; 3 launches forward, 3 backward, plus a few [C]-sized torch ops
+for dweight / dbias / dscale). The apply kernels derive each channel's a, d from
+(mean, rstd, w, β, s, t) themselves. Tiles follow the memory layout: long in L for NCHW
 (L contiguous), wide in C for channels-last (C contiguous), so loads coalesce in both;
 any strides of the [B, C, L] view are accepted.
 
@@ -61,7 +63,48 @@ def _stats_kernel(x_ptr, part_ptr, C, L, Cg, total, sxb, sxc, sxl, n_cblk, n_spl
 
 
 @triton.jit
-def _apply_kernel(x_ptr, y_ptr, a_ptr, d_ptr, C, L, sxb, sxc, sxl, syb, syc, syl, n_cblk,
+def _affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, b, c, cmask, C, G, Cg,
+            ACC: tl.constexpr):
+    """Per-channel (a, d, μ, r) of z = a·x + d for sample b and channels c."""
+    grp = c // Cg
+    mu = tl.load(mean_ptr + b * G + grp, mask=cmask, other=0.0).to(ACC)
+    r = tl.load(rstd_ptr + b * G + grp, mask=cmask, other=0.0).to(ACC)
+    w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(ACC)
+    bb = tl.load(b_ptr + c, mask=cmask, other=0.0).to(ACC)
+    one_s = 1.0 + tl.load(s_ptr + b * C + c, mask=cmask, other=0.0).to(ACC)
+    t = tl.load(t_ptr + b * C + c, mask=cmask, other=0.0).to(ACC)
+    a = r * w * one_s
+    d = (bb - mu * r * w) * one_s + t
+    return a, d, mu, r, one_s * w
+
+
+@triton.jit
+def _stats_finalize_kernel(part_ptr, x_ptr, mean_ptr, rstd_ptr, C, L, G, Cg, total, n_split,
+                           sxb, sxc, eps, BLOCK: tl.constexpr):
+    """mean, rstd of one (b, g) from its Cg·n_split partial sums, combined in float64."""
+    pid = tl.program_id(0)
+    b = pid // G
+    g = pid % G
+    base = (b * C + g * Cg) * n_split  # the group's partials are contiguous
+    n = Cg * n_split
+    acc_s = tl.zeros((BLOCK,), dtype=tl.float64)
+    acc_q = tl.zeros((BLOCK,), dtype=tl.float64)
+    for i0 in range(0, n, BLOCK):
+        i = i0 + tl.arange(0, BLOCK)
+        m = i < n
+        acc_s += tl.load(part_ptr + base + i, mask=m, other=0.0).to(tl.float64)
+        acc_q += tl.load(part_ptr + total + base + i, mask=m, other=0.0).to(tl.float64)
+    N = (Cg * L).to(tl.float64)
+    dm = tl.sum(acc_s, axis=0) / N
+    var = tl.maximum(tl.sum(acc_q, axis=0) / N - dm * dm, 0.0)
+    K = tl.load(x_ptr + b * sxb + (g * Cg) * sxc).to(tl.float64)
+    tl.store(mean_ptr + pid, (K + dm).to(mean_ptr.dtype.element_ty))
+    tl.store(rstd_ptr + pid, (1.0 / tl.sqrt(var + eps)).to(rstd_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _apply_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, C, L, G, Cg,
+                  sxb, sxc, sxl, syb, syc, syl, n_cblk,
                   ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // n_cblk
@@ -69,8 +112,8 @@ def _apply_kernel(x_ptr, y_ptr, a_ptr, d_ptr, C, L, sxb, sxc, sxl, syb, syc, syl
     l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cmask = c < C
     m = cmask[:, None] & (l < L)[None, :]
-    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
-    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
+    a, d, _, _, _ = _affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, b, c, cmask, C, G,
+                            Cg, ACC)
     v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m, other=0.0)
     z = a[:, None] * v.to(ACC) + d[:, None]
     y = z * _sigmoid(z)
@@ -79,18 +122,17 @@ def _apply_kernel(x_ptr, y_ptr, a_ptr, d_ptr, C, L, sxb, sxc, sxl, syb, syc, syl
 
 
 @triton.jit
-def _bwd_reduce_kernel(x_ptr, dy_ptr, part_ptr, a_ptr, d_ptr, mu_ptr, r_ptr, C, L, total,
-                       sxb, sxc, sxl, sgb, sgc, sgl, n_cblk, n_split, chunk_l,
-                       ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+def _bwd_reduce_kernel(x_ptr, dy_ptr, part_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr,
+                       C, L, G, Cg, total, sxb, sxc, sxl, sgb, sgc, sgl, n_cblk, n_split,
+                       chunk_l, ACC: tl.constexpr, BLOCK_C: tl.constexpr,
+                       BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // n_cblk
     c = (pid % n_cblk) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = c < C
-    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
-    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
-    mu = tl.load(mu_ptr + b * C + c, mask=cmask, other=0.0)  # μ, r expanded per channel
-    r = tl.load(r_ptr + b * C + c, mask=cmask, other=0.0)
+    a, d, mu, r, _ = _affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, b, c, cmask, C, G,
+                             Cg, ACC)
     acc1 = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
     acc2 = tl.zeros((BLOCK_C, BLOCK_L), dtype=ACC)
     l_start = split * chunk_l
@@ -112,8 +154,40 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, part_ptr, a_ptr, d_ptr, mu_ptr, r_ptr, C, 
 
 
 @triton.jit
-def _bwd_dx_kernel(x_ptr, dy_ptr, dx_ptr, a_ptr, d_ptr, c1_ptr, c2_ptr, c3_ptr, C, L,
-                   sxb, sxc, sxl, sgb, sgc, sgl, sdb, sdc, sdl, n_cblk,
+def _bwd_finalize_kernel(part_ptr, w_ptr, s_ptr, S1_ptr, S2_ptr, AB_ptr, C, G, Cg, total,
+                         n_split, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
+    """S1, S2 [b, c] over the splits (float64), and A = Σ_c k·S1, Bg = Σ_c k·S2 of (b, g)."""
+    pid = tl.program_id(0)
+    b = pid // G
+    g = pid % G
+    A = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    Bg = tl.zeros((BLOCK_C,), dtype=tl.float64)
+    for c0 in range(0, Cg, BLOCK_C):
+        j = c0 + tl.arange(0, BLOCK_C)
+        cmask = j < Cg
+        c = g * Cg + j
+        s1 = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        s2 = tl.zeros((BLOCK_C,), dtype=tl.float64)
+        for s0 in range(0, n_split, BLOCK_S):
+            sp = s0 + tl.arange(0, BLOCK_S)
+            m = cmask[:, None] & (sp < n_split)[None, :]
+            idx = (b * C + c)[:, None] * n_split + sp[None, :]
+            s1 += tl.sum(tl.load(part_ptr + idx, mask=m, other=0.0).to(tl.float64), axis=1)
+            s2 += tl.sum(tl.load(part_ptr + total + idx, mask=m, other=0.0).to(tl.float64),
+                         axis=1)
+        tl.store(S1_ptr + b * C + c, s1, mask=cmask)
+        tl.store(S2_ptr + b * C + c, s2, mask=cmask)
+        k = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float64) * (
+            1.0 + tl.load(s_ptr + b * C + c, mask=cmask, other=0.0).to(tl.float64))
+        A += k * s1
+        Bg += k * s2
+    tl.store(AB_ptr + 2 * pid, tl.sum(A, axis=0))
+    tl.store(AB_ptr + 2 * pid + 1, tl.sum(Bg, axis=0))
+
+
+@triton.jit
+def _bwd_dx_kernel(x_ptr, dy_ptr, dx_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, AB_ptr,
+                   C, L, G, Cg, sxb, sxc, sxl, sgb, sgc, sgl, sdb, sdc, sdl, n_cblk,
                    ACC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // n_cblk
@@ -121,11 +195,16 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, dx_ptr, a_ptr, d_ptr, c1_ptr, c2_ptr, c3_ptr, 
     l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     cmask = c < C
     m = cmask[:, None] & (l < L)[None, :]
-    a = tl.load(a_ptr + b * C + c, mask=cmask, other=0.0)
-    d = tl.load(d_ptr + b * C + c, mask=cmask, other=0.0)
-    c1 = tl.load(c1_ptr + b * C + c, mask=cmask, other=0.0)
-    c2 = tl.load(c2_ptr + b * C + c, mask=cmask, other=0.0)
-    c3 = tl.load(c3_ptr + b * C + c, mask=cmask, other=0.0)
+    a, d, mu, r, k = _affine(mean_ptr, rstd_ptr, w_ptr, b_ptr, s_ptr, t_ptr, b, c, cmask, C, G,
+                             Cg, ACC)
+    grp = c // Cg
+    N = Cg * L
+    A = tl.load(AB_ptr + 2 * (b * G + grp), mask=cmask, other=0.0).to(ACC) / N
+    Bn = tl.load(AB_ptr + 2 * (b * G + grp) + 1, mask=cmask, other=0.0).to(ACC) / N
+    # dx = r·k·dz − r²·(Bg/N)·x + r·(μ·r·Bg − A)/N
+    c1 = r * k
+    c2 = -r * r * Bn
+    c3 = r * (mu * r * Bn - A)
     v = tl.load(x_ptr + b * sxb + c[:, None] * sxc + l[None, :] * sxl, mask=m,
                 other=0.0).to(ACC)
     g = tl.load(dy_ptr + b * sgb + c[:, None] * sgc + l[None, :] * sgl, mask=m,
@@ -176,22 +255,6 @@ def _acc(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _per_channel(t, Cg):
-    """[B, G] -> [B, C = G·Cg], each group's value repeated over its channels."""
-    B, G = t.shape
-    return t[:, :, None].expand(B, G, Cg).reshape(B, G * Cg)
-
-
-def _coefficients(mean, rstd, w, b, s, t, Cg):
-    """a, d [B, C] of z = a·x + d from mean, rstd [B, G] (float64 internally)."""
-    mu = _per_channel(mean.double(), Cg)  # [B, C]
-    r = _per_channel(rstd.double(), Cg)
-    one_s = 1 + s.double()
-    a = r * w.double() * one_s
-    d = (b.double() - mu * r * w.double()) * one_s + t.double()
-    return a, d, mu, r
-
-
 def forward(x, num_groups, weight, bias, scale, shift, eps):
     """Returns (y [x's shape, dtype and layout], mean [B, G], rstd [B, G])."""
     B, C = x.shape[:2]
@@ -218,21 +281,12 @@ def forward(x, num_groups, weight, bias, scale, shift, eps):
     _stats_kernel[(B * n_cblk, n_split)](
         v, part, C, L, Cg, total, *v.stride(), n_cblk, n_split, chunk_l,
         ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
-    S = part[:total].view(B, G, Cg * n_split).double().sum(-1)  # Σ (x − K)
-    Q = part[total:].view(B, G, Cg * n_split).double().sum(-1)  # Σ (x − K)²
-    N = Cg * L
-    K = v[:, ::Cg, 0].double()  # [B, G] the shifts used by the kernel
-    dm = S / N
-    var = (Q / N - dm * dm).clamp_min(0)
-    mean64 = K + dm
-    rstd64 = torch.rsqrt(var + eps)
-    mean.copy_(mean64)
-    rstd.copy_(rstd64)
-    a, d, _, _ = _coefficients(mean64, rstd64, weight, bias, scale, shift, Cg)
-    a, d = a.to(acc).contiguous(), d.to(acc).contiguous()
+    _stats_finalize_kernel[(B * G,)](
+        part, v, mean, rstd, C, L, G, Cg, total, n_split, v.stride(0), v.stride(1), eps,
+        BLOCK=min(1024, max(16, triton.next_power_of_2(Cg * n_split))))
     _apply_kernel[(B * n_cblk, triton.cdiv(L, BL))](
-        v, yv, a, d, C, L, *v.stride(), *yv.stride(), n_cblk,
-        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+        v, yv, mean, rstd, weight, bias, scale, shift, C, L, G, Cg, *v.stride(), *yv.stride(),
+        n_cblk, ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
     return y.view(x.shape), mean, rstd
 
 
@@ -252,28 +306,27 @@ def backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift):
     n_cblk = triton.cdiv(C, BC)
     n_split, chunk_l = _splits(B, n_cblk, L, BL, x.device)
     ACC = tl.float64 if acc == torch.float64 else tl.float32
-    a, d, mu, r = _coefficients(mean, rstd, weight, bias, scale, shift, Cg)
-    a_, d_ = a.to(acc).contiguous(), d.to(acc).contiguous()
+    mean, rstd = mean.contiguous(), rstd.contiguous()
+    weight, bias = weight.contiguous(), bias.contiguous()
+    scale, shift = scale.contiguous(), shift.contiguous()
     total = B * C * n_split
     part = torch.empty(2 * total, dtype=acc, device=x.device)
     _bwd_reduce_kernel[(B * n_cblk, n_split)](
-        v, g, part, a_, d_, mu.to(acc).contiguous(), r.to(acc).contiguous(), C, L, total,
+        v, g, part, mean, rstd, weight, bias, scale, shift, C, L, G, Cg, total,
         *v.stride(), *g.stride(), n_cblk, n_split, chunk_l,
         ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
-    S1 = part[:total].view(B, C, n_split).double().sum(-1)  # [B, C]
-    S2 = part[total:].view(B, C, n_split).double().sum(-1)
-    w, bb, one_s = weight.double(), bias.double(), 1 + scale.double()
-    k = one_s * w  # [B, C]
-    N = Cg * L
-    A = _per_channel((k * S1).view(B, G, Cg).sum(-1), Cg)  # [B, C]
-    Bg = _per_channel((k * S2).view(B, G, Cg).sum(-1), Cg)
-    c1 = (r * k).to(acc).contiguous()
-    c2 = (-r * r * Bg / N).to(acc).contiguous()
-    c3 = (r * (mu * r * Bg - A) / N).to(acc).contiguous()
+    S1 = torch.empty(B, C, dtype=torch.float64, device=x.device)
+    S2 = torch.empty(B, C, dtype=torch.float64, device=x.device)
+    AB = torch.empty(B * G * 2, dtype=torch.float64, device=x.device)
+    _bwd_finalize_kernel[(B * G,)](
+        part, weight, scale, S1, S2, AB, C, G, Cg, total, n_split,
+        BLOCK_C=min(64, max(2, triton.next_power_of_2(Cg))),
+        BLOCK_S=min(64, max(2, triton.next_power_of_2(n_split))))
     _bwd_dx_kernel[(B * n_cblk, triton.cdiv(L, BL))](
-        v, g, dx, a_, d_, c1, c2, c3, C, L, *v.stride(), *g.stride(), *dx.stride(), n_cblk,
-        ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+        v, g, dx, mean, rstd, weight, bias, scale, shift, AB, C, L, G, Cg, *v.stride(),
+        *g.stride(), *dx.stride(), n_cblk, ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
+    one_s = 1 + scale.double()
     dweight = (one_s * S2).sum(0).to(acc)
     dbias = (one_s * S1).sum(0).to(acc)
-    dscale = (w * S2 + bb * S1).to(acc)
+    dscale = (weight.double() * S2 + bias.double() * S1).to(acc)
     return dx.view(x.shape), dweight, dbias, dscale, S1.to(acc)

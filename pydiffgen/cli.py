@@ -431,6 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# commands that share their work among torchrun's ranks; the others run on rank 0 only
+_DISTRIBUTED_COMMANDS = ("train", "sweep", "demo", "audit")
+
+
 def _world() -> int:
     from . import distributed
 
@@ -457,6 +461,8 @@ def main(argv=None) -> int:
             from . import distributed
 
             distributed.init()
+            if args.command not in _DISTRIBUTED_COMMANDS and not distributed.is_main():
+                return 0  # the other commands run once, on rank 0
         return args.func(args)
     except PydiffgenError as err:
         print(f"pydiffgen: error: {err}", file=sys.stderr)

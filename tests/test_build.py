@@ -35,6 +35,8 @@ def test_extension_built():
 
     assert _C.WITH_CUDA in (0, 1)
     assert torch._C._dispatch_has_kernel_for_dispatch_key("pydiffgen::topk_merge", "CPU")
+    for op in ("knn_candidates", "knn_rerank"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pydiffgen::{op}", "CPU")
     if _native.has_cuda_ops():
         assert torch._C._dispatch_has_kernel_for_dispatch_key("pydiffgen::topk_merge", "CUDA")
 

@@ -69,6 +69,11 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
             raise InputError(
                 f"{name} must be a floating-point or uint8 tensor, got dtype {t.dtype}"
             )
+    if queries.device != keys.device:
+        raise InputError(
+            f"queries and keys must be on one device, got {queries.device} and {keys.device} "
+            "(keys too large for the device can be passed as a numpy memmap or .npy path)"
+        )
     _check_finite(queries, "queries")
     _check_finite(keys, "keys")
     if queries.shape[1:] != keys.shape[1:]:

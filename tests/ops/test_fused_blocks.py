@@ -71,6 +71,7 @@ GFS_CASES = [  # (shape, G)
     ((1, 4, 127), 2),
     ((5, 12, 33, 31), 4),
     ((7, 8, 1, 3), 8),
+    ((1, 4, 33, 31), 2),  # batch 1: the Triton kernels split L over several programs
 ]
 
 
@@ -132,6 +133,20 @@ def test_gfs_layouts_noncontiguous_and_empty(backend):
                                atol=2e-5, rtol=1e-5)
     empty = torch.randn(0, 8, 6, 5)
     assert gfs(backend, empty, G, w, None, None, None).shape == empty.shape
+
+
+@pytest.mark.parametrize("backend", _gfs_backends())
+def test_gfs_channels_last_split_reduction(backend):
+    x, G, w, b, s, t = _inputs((1, 6, 20, 20), 3, seed=15, offset=-2.0)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = gfs(backend, x, G, w, b, s, t)
+    xd = x.detach().double().requires_grad_()
+    want = gfs_float64(xd, G, w, b, s, t)
+    torch.testing.assert_close(y.double(), want, atol=2e-5, rtol=1e-5)
+    gy = torch.randn(y.shape)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0].double(),
+                               torch.autograd.grad(want, xd, gy.double())[0],
+                               atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("backend", _gfs_backends())

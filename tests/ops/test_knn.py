@@ -260,6 +260,8 @@ def test_precision_and_dtype_errors():
         knn(q, x, 3, precision="fp8")
     with pytest.raises(InputError, match="floating-point or uint8"):
         knn(q, x.to(torch.int32), 3)
+    with pytest.raises(InputError, match="one device"):
+        knn(q, x.to("meta"), 3)
 
 
 @pytest.mark.slow
