@@ -136,7 +136,7 @@ def effective_dimension(curves: dict, reference: dict | None = None):
     for label, value in (reference or {}).items():
         ax.axhline(value, color="k", lw=0.8, ls="--")
         ax.text(ax.get_xlim()[0], value, f" {label}", va="bottom", fontsize=7)
-    ax.set_xscale("log")
+    _sigma_ticks(ax, sorted({float(v) for c in curves.values() for v in c[0]}))
     ax.set_yscale("log")
     ax.set_xlabel("noise level σ")
     ax.set_ylabel("effective dimension tr J")
@@ -144,6 +144,14 @@ def effective_dimension(curves: dict, reference: dict | None = None):
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _sigma_ticks(ax, sigmas):
+    """Log σ axis labelled at the measured noise levels only (no crowded minor labels)."""
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(sigmas)
+    ax.set_xticklabels([f"{s:g}" for s in sigmas])
 
 
 def psnr_slopes(per_alpha: list):
@@ -190,7 +198,7 @@ def tangent_angles(rows: list, name: str):
                 color=cmap(j / max(1, k - 1)), label=f"angle {j + 1}")
     ax.plot(sig, [r["random_mean_angles_deg"][0] for r in rows], "k--", lw=0.8,
             label="random subspace (smallest)")
-    ax.set_xscale("log")
+    _sigma_ticks(ax, sig)
     ax.set_ylim(0, 92)
     ax.set_xlabel("noise level σ")
     ax.set_ylabel("principal angle (degrees)")

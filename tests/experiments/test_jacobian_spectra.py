@@ -96,3 +96,14 @@ def test_sweep_jacobian_identical_models_agree():
     assert torch.tensor(same["A"]["eigenvectors"]["0.2"]).shape == (2, 1, 8, 8)
     diff = sweep_jacobian(m, other, held, [0.2], show=2, agree_k=4)
     assert diff["agreement"]["0.2"] < 0.99
+
+
+@pytest.mark.gpu
+def test_cli_on_cuda(checkpoint, tmp_path):
+    out = tmp_path / "jac"
+    assert main(["--quiet", "jacobian", "--model", str(checkpoint), "--data", "digits",
+                 "--n", "2", "--sigmas", "0.1", "--device", "cuda", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    lam = torch.tensor(res["per_sigma"][0]["eigenvalues"])
+    assert torch.allclose(lam.sum(1), torch.tensor(res["per_sigma"][0]["trace"]), rtol=1e-3,
+                          atol=1e-3)

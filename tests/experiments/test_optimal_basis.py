@@ -178,3 +178,14 @@ def test_quick_preset_finds_the_disk_tangent_space(tmp_path):
         assert row["mean_angles_deg"][0] < row["random_mean_angles_deg"][0] - 20
     for row in s["calpha"]:
         assert 0.1 < row["slope"] < 1.2
+
+
+@pytest.mark.gpu
+def test_tiny_run_on_cuda_matches_the_exact_references(tmp_path):
+    """The experiments run with models on the GPU (comparisons on the CPU)."""
+    res = ob.optimal_basis(replace(TINY, device="cuda"), tmp_path / "cuda", progress=False,
+                           log=lambda m: None)
+    s = res["summary"]
+    assert math.isfinite(s["calpha"][0]["slope"])
+    assert s["gaussian"][0]["optimum_max_angle_deg"] < 1e-3
+    assert all(0 <= a <= 90 for a in s["disks"][0]["mean_angles_deg"])
