@@ -25,6 +25,7 @@ Two paths:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -178,12 +179,18 @@ def block_krylov_topk(apply, B, d, k, block, max_dim, tol, max_iters, gen, like)
         scale = theta.abs().amax(dim=1, keepdim=True).clamp_min(1e-300)
         if bool((res[:, :k] <= tol * scale).all()) or V.shape[1] >= d:
             break
-        if V.shape[1] + block > max_dim:
+        if V.shape[1] + block > max_dim and max_dim < d:  # (max_dim = d: grow to all of R^d)
             keep = min(2 * block, V.shape[1])
             Yk = Y[:, :, :keep].transpose(1, 2).to(V.dtype)
             V, AV = Yk @ V, Yk @ AV  # thick restart on the best Ritz vectors
         W = _orthonormalize(R[:, : min(block, d - V.shape[1])], V, gen)
         V, AV = torch.cat([V, W], 1), torch.cat([AV, apply(W)], 1)
+    else:
+        worst = float((res[:, :k] / scale).max())
+        warnings.warn(
+            f"jacobian_spectrum: the top {k} eigenpairs did not converge in {max_iters} block "
+            f"steps (largest residual {worst:.1e}·max|θ| > tol {tol:g}); see .residuals, or "
+            "raise max_iters / max_dim", RuntimeWarning, stacklevel=3)
     return theta[:, :k], X[:, :k], res[:, :k]
 
 

@@ -236,3 +236,12 @@ def test_sure_is_unbiased_for_a_linear_denoiser():
     assert abs(float(diff.mean())) < 4 * float(diff.std()) / math.sqrt(n)
     # and on average equal to the exact risk σ² tr(W)/d + ‖(W − I) x‖²/d
     assert abs(float(sure.mean() - true.mean())) < 0.02 * float(true.mean())
+
+
+def test_matrix_free_warns_when_not_converged():
+    A = torch.diag(torch.linspace(1, 0, 60, dtype=torch.float64))
+    y = torch.randn(1, 1, 6, 10, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        spec = jacobian_spectrum(LinearMap(A, None), y, 1.0, k=4, block=4, max_dim=8,
+                                 max_iters=2, tol=1e-12, probes=0)
+    assert spec.residuals.shape == (1, 4)
