@@ -12,8 +12,8 @@ Parallelism: not one program per (batch, group), which leaves most of the GPU id
 batch 1. Every kernel runs on [BLOCK_C, BLOCK_L] tiles over a grid
 (B × channel blocks, L splits): the reductions write per-(b, c, split) partial sums and a
 finalize kernel per (b, g) combines them in float64 (a split reduction; no atomics, so
-results are deterministic; 3 launches forward, 3 backward, plus a few [C]-sized torch ops
-for dweight / dbias / dscale). The apply kernels derive each channel's a, d from
+results are deterministic; 3 launches forward, 3 backward plus one sum over the batch
+for dweight and dbias). The apply kernels derive each channel's a, d from
 (mean, rstd, w, β, s, t) themselves. Tiles follow the memory layout: long in L for NCHW
 (L contiguous), wide in C for channels-last (C contiguous), so loads coalesce in both;
 any strides of the [B, C, L] view are accepted.
@@ -94,9 +94,9 @@ def _stats_finalize_kernel(part_ptr, x_ptr, mean_ptr, rstd_ptr, C, L, G, Cg, tot
         m = i < n
         acc_s += tl.load(part_ptr + base + i, mask=m, other=0.0).to(tl.float64)
         acc_q += tl.load(part_ptr + total + base + i, mask=m, other=0.0).to(tl.float64)
-    N = (Cg * L).to(tl.float64)
-    dm = tl.sum(acc_s, axis=0) / N
-    var = tl.maximum(tl.sum(acc_q, axis=0) / N - dm * dm, 0.0)
+    # Cg·L may be a compile-time 1 (Triton specialises integer arguments equal to 1)
+    dm = tl.sum(acc_s, axis=0) / (Cg * L)
+    var = tl.maximum(tl.sum(acc_q, axis=0) / (Cg * L) - dm * dm, 0.0)
     K = tl.load(x_ptr + b * sxb + (g * Cg) * sxc).to(tl.float64)
     tl.store(mean_ptr + pid, (K + dm).to(mean_ptr.dtype.element_ty))
     tl.store(rstd_ptr + pid, (1.0 / tl.sqrt(var + eps)).to(rstd_ptr.dtype.element_ty))
@@ -154,9 +154,12 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, part_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
 
 
 @triton.jit
-def _bwd_finalize_kernel(part_ptr, w_ptr, s_ptr, S1_ptr, S2_ptr, AB_ptr, C, G, Cg, total,
-                         n_split, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr):
-    """S1, S2 [b, c] over the splits (float64), and A = Σ_c k·S1, Bg = Σ_c k·S2 of (b, g)."""
+def _bwd_finalize_kernel(part_ptr, w_ptr, b_ptr, s_ptr, dshift_ptr, dscale_ptr, pw_ptr, pb_ptr,
+                         AB_ptr, C, G, Cg, total, n_split, BLOCK_C: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
+    """For one (b, g): S1, S2 per channel over the splits (float64) → dshift = S1,
+    dscale = w·S2 + β·S1 and the per-sample terms (1 + s)·S2, (1 + s)·S1 of dweight, dbias;
+    and A = Σ_c k·S1, Bg = Σ_c k·S2 (k = (1 + s)·w) for the dx kernel."""
     pid = tl.program_id(0)
     b = pid // G
     g = pid % G
@@ -175,12 +178,16 @@ def _bwd_finalize_kernel(part_ptr, w_ptr, s_ptr, S1_ptr, S2_ptr, AB_ptr, C, G, C
             s1 += tl.sum(tl.load(part_ptr + idx, mask=m, other=0.0).to(tl.float64), axis=1)
             s2 += tl.sum(tl.load(part_ptr + total + idx, mask=m, other=0.0).to(tl.float64),
                          axis=1)
-        tl.store(S1_ptr + b * C + c, s1, mask=cmask)
-        tl.store(S2_ptr + b * C + c, s2, mask=cmask)
-        k = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float64) * (
-            1.0 + tl.load(s_ptr + b * C + c, mask=cmask, other=0.0).to(tl.float64))
-        A += k * s1
-        Bg += k * s2
+        w = tl.load(w_ptr + c, mask=cmask, other=0.0).to(tl.float64)
+        bb = tl.load(b_ptr + c, mask=cmask, other=0.0).to(tl.float64)
+        one_s = 1.0 + tl.load(s_ptr + b * C + c, mask=cmask, other=0.0).to(tl.float64)
+        out_t = dshift_ptr.dtype.element_ty
+        tl.store(dshift_ptr + b * C + c, s1.to(out_t), mask=cmask)
+        tl.store(dscale_ptr + b * C + c, (w * s2 + bb * s1).to(out_t), mask=cmask)
+        tl.store(pw_ptr + b * C + c, (one_s * s2).to(out_t), mask=cmask)
+        tl.store(pb_ptr + b * C + c, (one_s * s1).to(out_t), mask=cmask)
+        A += one_s * w * s1
+        Bg += one_s * w * s2
     tl.store(AB_ptr + 2 * pid, tl.sum(A, axis=0))
     tl.store(AB_ptr + 2 * pid + 1, tl.sum(Bg, axis=0))
 
@@ -315,18 +322,14 @@ def backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift):
         v, g, part, mean, rstd, weight, bias, scale, shift, C, L, G, Cg, total,
         *v.stride(), *g.stride(), n_cblk, n_split, chunk_l,
         ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
-    S1 = torch.empty(B, C, dtype=torch.float64, device=x.device)
-    S2 = torch.empty(B, C, dtype=torch.float64, device=x.device)
+    # dshift, dscale [B, C] and the per-sample terms of dweight and dbias
+    dshift, dscale, pw, pb = (torch.empty(B, C, dtype=acc, device=x.device) for _ in range(4))
     AB = torch.empty(B * G * 2, dtype=torch.float64, device=x.device)
     _bwd_finalize_kernel[(B * G,)](
-        part, weight, scale, S1, S2, AB, C, G, Cg, total, n_split,
-        BLOCK_C=min(64, max(2, triton.next_power_of_2(Cg))),
+        part, weight, bias, scale, dshift, dscale, pw, pb, AB, C, G, Cg, total,
+        n_split, BLOCK_C=min(64, max(2, triton.next_power_of_2(Cg))),
         BLOCK_S=min(64, max(2, triton.next_power_of_2(n_split))))
     _bwd_dx_kernel[(B * n_cblk, triton.cdiv(L, BL))](
         v, g, dx, mean, rstd, weight, bias, scale, shift, AB, C, L, G, Cg, *v.stride(),
         *g.stride(), *dx.stride(), n_cblk, ACC=ACC, BLOCK_C=BC, BLOCK_L=BL)
-    one_s = 1 + scale.double()
-    dweight = (one_s * S2).sum(0).to(acc)
-    dbias = (one_s * S1).sum(0).to(acc)
-    dscale = (weight.double() * S2 + bias.double() * S1).to(acc)
-    return dx.view(x.shape), dweight, dbias, dscale, S1.to(acc)
+    return dx.view(x.shape), pw.sum(0), pb.sum(0), dscale, dshift

@@ -95,7 +95,7 @@ def jacobian_spectrum(denoiser, y, sigma, k: int | None = None, *, symmetrize: b
     max_iters = check_positive_int(max_iters, "max_iters")
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 0:
         raise InputError(f"probes must be a non-negative integer, got {probes!r}")
-    chunk = default_chunk(B, d, y.element_size()) if chunk is None else chunk
+    chunk = default_chunk(B, d, y) if chunk is None else chunk
     chunk = check_positive_int(chunk, "chunk")
 
     with linearize(denoiser, y, sigma, method) as lin:

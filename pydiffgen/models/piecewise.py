@@ -11,6 +11,14 @@ et al. 2024). :func:`frozen_relus` swaps every ``nn.ReLU`` of a model for a modu
   replay hold ``group`` rows per recorded sample, sample-major (``[B·group, ...]``), so
   one pattern is applied to many vectors at once.
 
+With ``fold_batchnorm=True`` every eval-mode :class:`BFBatchNorm2d` that directly follows
+a bias-free ``nn.Conv2d`` in the same container is folded into that convolution's weight
+(BF-BN in eval mode is the per-channel scale gain/running_std) and replaced by identity:
+one elementwise pass less per layer. In replay without autograd, a ReLU whose input is
+certainly a fresh tensor (it follows a convolution in an ``nn.Sequential``) applies its
+mask in place: no allocation per layer. Both rewrites look only inside ``nn.Sequential``
+containers, where the order of the children is the order of the data flow.
+
 A model opts in by setting ``piecewise_linear = True`` (see :class:`Denoiser`): it
 promises that in eval mode every nonlinearity is an ``nn.ReLU`` module and nothing adds
 a constant. Callers should still verify a replay against the real forward (the Jacobian
@@ -26,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .blocks import BFBatchNorm2d
 
 __all__ = ["ActivationPattern", "frozen_relus"]
 
@@ -39,7 +48,7 @@ class ActivationPattern:
         self.position = 0
         self.group = 1
 
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
+    def apply(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         if self.mode == "record":
             mask = (x > 0).to(x.dtype)  # [B, ...]
             self.masks.append(mask)
@@ -59,7 +68,10 @@ class ActivationPattern:
                     f"is {tuple(mask.shape)} with {self.group} rows per sample"
                 )
             # [B, group, ...] · [B, 1, ...]: every row of a sample gets that sample's mask
-            return (x.view(B, self.group, *x.shape[1:]) * mask.unsqueeze(1)).view(x.shape)
+            rows = x.view(B, self.group, *x.shape[1:])
+            if inplace and not torch.is_grad_enabled():
+                return rows.mul_(mask.unsqueeze(1)).view(x.shape)
+            return (rows * mask.unsqueeze(1)).view(x.shape)
         return torch.relu(x)
 
     def record(self, fn, *args):
@@ -86,27 +98,64 @@ class ActivationPattern:
 
 
 class _PatternReLU(nn.Module):
-    def __init__(self, pattern: ActivationPattern):
+    def __init__(self, pattern: ActivationPattern, inplace: bool):
         super().__init__()
         self.pattern = pattern
+        self.inplace = inplace  # safe: the input is a fresh tensor nobody else holds
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pattern.apply(x)
+        return self.pattern.apply(x, self.inplace)
+
+
+def _folded_conv(conv: nn.Conv2d, bn: BFBatchNorm2d) -> nn.Conv2d | None:
+    """conv followed by eval-mode BF-BN as one convolution (None when not foldable)."""
+    if (type(conv) is not nn.Conv2d or conv.bias is not None or bn.training
+            or conv.out_channels != bn.num_features):
+        return None
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                       conv.padding, conv.dilation, conv.groups, bias=False,
+                       padding_mode=conv.padding_mode, device=conv.weight.device,
+                       dtype=conv.weight.dtype)
+    with torch.no_grad():
+        # Mohan et al. 2020, BF-BN in eval mode: x ↦ x · gain/running_std, per channel
+        scale = (bn.gain / bn.running_std).to(conv.weight.dtype)  # [C_out]
+        folded.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    return folded
 
 
 @contextmanager
-def frozen_relus(model: nn.Module):
-    """Swap every ``nn.ReLU`` in ``model`` for a pattern-recording/replaying module.
+def frozen_relus(model: nn.Module, *, fold_batchnorm: bool = False):
+    """Swap every ``nn.ReLU`` in ``model`` for a pattern-recording/replaying module (and,
+    with ``fold_batchnorm``, fold eval-mode BF-BN into the convolution before it).
 
     Yields the :class:`ActivationPattern`; the original modules are restored on exit.
     """
     pattern = ActivationPattern()
     swapped = []  # (parent, attribute name, original module)
     for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.ReLU):
-                swapped.append((parent, name, child))
-                setattr(parent, name, _PatternReLU(pattern))
+        children = list(parent.named_children())
+        replacements = {}
+        for i, (name, child) in enumerate(children):
+            previous = children[i - 1][1] if i > 0 else None
+            # child order is data flow only in a Sequential
+            sequential = isinstance(parent, nn.Sequential)
+            if (fold_batchnorm and sequential and isinstance(child, BFBatchNorm2d)
+                    and previous is not None):
+                folded = _folded_conv(replacements.get(children[i - 1][0], previous), child)
+                if folded is not None:
+                    replacements[children[i - 1][0]] = folded
+                    replacements[name] = nn.Identity()
+            elif isinstance(child, nn.ReLU):
+                # in a Sequential, the output of a convolution (possibly through a folded
+                # BN, now identity) reaches only this ReLU
+                earlier = [replacements.get(n, c) for n, c in children[:i]]
+                source = next((c for c in reversed(earlier) if not isinstance(c, nn.Identity)),
+                              None)
+                inplace = sequential and isinstance(source, (nn.Conv2d, nn.ConvTranspose2d))
+                replacements[name] = _PatternReLU(pattern, inplace)
+        for name, new in replacements.items():
+            swapped.append((parent, name, getattr(parent, name)))
+            setattr(parent, name, new)
     try:
         yield pattern
     finally:

@@ -177,7 +177,7 @@ def test_matrix_free_topk_matches_dense(method, H):
         model.decoder[-1][-1].weight.mul_(30)
     y = torch.randn(2, 1, H, 8, dtype=torch.float64)
     dense = jacobian_spectrum(model, y, 0.5)
-    top = jacobian_spectrum(model, y, 0.5, k=5, method=method, tol=1e-8, probes=256, seed=3)
+    top = jacobian_spectrum(model, y, 0.5, k=5, method=method, tol=1e-8, probes=64, seed=3)
     assert top.eigenvalues.shape == (2, 5) and top.eigenvectors.shape == (2, H * 8, 5)
     torch.testing.assert_close(top.eigenvalues, dense.eigenvalues[:, :5], rtol=1e-9, atol=0)
     # eigenvectors agree up to sign where the eigenvalues are separated
@@ -185,9 +185,9 @@ def test_matrix_free_topk_matches_dense(method, H):
     gaps = (dense.eigenvalues[:, :5] - dense.eigenvalues[:, 1:6]).abs()
     assert bool((cos[gaps > 1e-4] > 1 - 1e-6).all())
     assert not top.exact and bool((top.residuals < 1e-7).all())
-    # trace and asymmetry estimated from 256 probes: a few per cent
-    torch.testing.assert_close(top.trace, dense.trace, rtol=0.05, atol=0)
-    torch.testing.assert_close(top.asymmetry, dense.asymmetry, rtol=0.2, atol=0)
+    # trace and asymmetry estimated from 64 probes: within ten / thirty per cent
+    torch.testing.assert_close(top.trace, dense.trace, rtol=0.1, atol=0)
+    torch.testing.assert_close(top.asymmetry, dense.asymmetry, rtol=0.3, atol=0)
 
 
 def test_matrix_free_without_probes_reports_nan_trace():
