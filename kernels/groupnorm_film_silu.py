@@ -94,9 +94,9 @@ def _stats_finalize_kernel(part_ptr, x_ptr, mean_ptr, rstd_ptr, C, L, G, Cg, tot
         m = i < n
         acc_s += tl.load(part_ptr + base + i, mask=m, other=0.0).to(tl.float64)
         acc_q += tl.load(part_ptr + total + base + i, mask=m, other=0.0).to(tl.float64)
-    N = (Cg * L).to(tl.float64)
-    dm = tl.sum(acc_s, axis=0) / N
-    var = tl.maximum(tl.sum(acc_q, axis=0) / N - dm * dm, 0.0)
+    # Cg·L may be a compile-time 1 (Triton specialises integer arguments equal to 1)
+    dm = tl.sum(acc_s, axis=0) / (Cg * L)
+    var = tl.maximum(tl.sum(acc_q, axis=0) / (Cg * L) - dm * dm, 0.0)
     K = tl.load(x_ptr + b * sxb + (g * Cg) * sxc).to(tl.float64)
     tl.store(mean_ptr + pid, (K + dm).to(mean_ptr.dtype.element_ty))
     tl.store(rstd_ptr + pid, (1.0 / tl.sqrt(var + eps)).to(rstd_ptr.dtype.element_ty))

@@ -411,4 +411,7 @@ def _summary(r: dict) -> dict:
         "identification_bits": r.get("identification_bits"),
     }
     s["verdict"] = verdict(s)
+    if r.get("jacobian"):  # model A's tr J and the A–B basis agreement, per σ
+        s["effective_dimension"] = r["jacobian"]["A"]["trace"]
+        s["basis_agreement"] = r["jacobian"]["agreement"]
     return s

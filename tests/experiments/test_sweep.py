@@ -30,6 +30,7 @@ def test_sweep_writes_report_and_resumes_identically(tmp_path):
     assert set(metrics["sizes"]) == {"2", "5"}
     for s in metrics["sizes"].values():
         assert s["verdict"] in {"memorizing", "transition", "generalizing"}
+        assert 0 <= min(s["basis_agreement"].values()) <= max(s["basis_agreement"].values()) <= 1
         assert -1.0 <= s["paired_median"] <= 1.0
     html = (straight / "report.html").read_text()
     assert "N = 2:" in html and "data:image/png;base64," in html
