@@ -16,6 +16,10 @@ from pydiffgen.analysis import (
 )
 from pydiffgen.errors import InputError
 
+# many small ops: one thread is fastest for them and immune to OpenMP spin-waits on a busy
+# 2-core machine (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _randomize_bn(model):
     """Non-trivial eval-mode BF-BN (running std and gain away from 1)."""

@@ -7,6 +7,10 @@ from pydiffgen import ops
 from pydiffgen.errors import BackendError, InputError
 from pydiffgen.ops import _dispatch
 
+# many small ops: one thread is fastest for them and immune to OpenMP spin-waits on a busy
+# 2-core machine (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _sym(B, n, dtype, device="cpu", seed=0):
     gen = torch.Generator().manual_seed(seed)
