@@ -22,6 +22,8 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
+#include "fast_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -34,30 +36,7 @@ namespace {
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
-// ---- float32 hot loops, compiled for AVX-512 / AVX2 / baseline (GCC target_clones)
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PDG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PDG_CLONES
-#endif
-
-// Σx and Σx² of n floats: float partials over blocks of 512, float64 across blocks.
-PDG_CLONES void bn_stats_f32(const float* x, int64_t n, double* sum_out, double* sumsq_out) {
-  double sum = 0, sumsq = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += 512) {
-    const int64_t m = std::min<int64_t>(512, n - i0);
-    float s = 0, ss = 0;
-#pragma omp simd reduction(+ : s, ss)
-    for (int64_t i = 0; i < m; ++i) {
-      s += x[i0 + i];
-      ss += x[i0 + i] * x[i0 + i];
-    }
-    sum += s;
-    sumsq += ss;
-  }
-  *sum_out += sum;
-  *sumsq_out += sumsq;
-}
+// ---- float32 hot loops (PDG_CLONES: see fast_math.h)
 
 PDG_CLONES void relu_scale_f32(const float* x, float* y, int64_t n, float k) {
 #pragma omp simd
@@ -126,7 +105,7 @@ void forward_kernel(const at::Tensor& x, const at::Tensor& gain, double eps, int
             sumsq += xr[i] * xr[i];
           }
         } else {
-          bn_stats_f32(as_float(xr, L, xbuf), L, &sum, &sumsq);
+          add_sum_sumsq_f32(as_float(xr, L, xbuf), L, &sum, &sumsq);
         }
       }
       const double mu = sum / N;

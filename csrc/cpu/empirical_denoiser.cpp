@@ -31,6 +31,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "fast_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -42,27 +44,8 @@
 namespace pydiffgen {
 namespace {
 
-// exp(x) for x <= 0: Cephes expf polynomial, 2^n by exponent bits; 0 below −87.
-inline float exp_nonpos(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float t = xc * 1.44269504088896341f + 12582912.0f;  // round to nearest via 1.5·2^23
-  const float n = t - 12582912.0f;
-  int32_t ti;
-  std::memcpy(&ti, &t, sizeof(ti));
-  const int32_t ni = ti - 0x4B400000;
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : p * scale;
-}
+// exp(x) for x <= 0, and exactly 0 below −87 (where float32 exp underflows)
+inline float exp_nonpos(float x) { return x < -87.0f ? 0.0f : exp_poly(x); }
 
 inline double exp_nonpos(double x) { return std::exp(x); }
 

@@ -35,6 +35,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include "fast_math.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -45,27 +47,8 @@
 namespace pydiffgen {
 namespace {
 
-// exp(x) for |x| <= 87: Cephes expf polynomial, 2^n built from exponent bits.
-inline float exp_clamped(float x) {
-  x = x < -87.0f ? -87.0f : (x > 87.0f ? 87.0f : x);
-  const float t = x * 1.44269504088896341f + 12582912.0f;  // round to nearest via 1.5·2^23
-  const float n = t - 12582912.0f;
-  int32_t ti;
-  std::memcpy(&ti, &t, sizeof(ti));
-  const int32_t ni = ti - 0x4B400000;
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const int32_t bits = (ni + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
+// exp(x) clamped to |x| <= 87, where float32 exp is finite and nonzero
+inline float exp_clamped(float x) { return exp_poly(std::clamp(x, -87.0f, 87.0f)); }
 
 inline double exp_clamped(double x) { return std::exp(x); }
 
@@ -74,33 +57,8 @@ inline acc_t sigmoid(acc_t z) {
   return acc_t(1) / (acc_t(1) + exp_clamped(-z));
 }
 
-// ---- float32 hot loops: compiled for AVX-512 / AVX2 / baseline and picked at load time
-// (GCC function multi-versioning), since the extension is built without -march flags.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define PDG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PDG_CLONES
-#endif
+// ---- float32 hot loops (PDG_CLONES: see fast_math.h)
 
-// Σx and Σx² of n floats: float partials over blocks of 512, float64 across blocks.
-PDG_CLONES void stats_f32(const float* x, int64_t n, double* sum_out, double* sumsq_out) {
-  double sum = 0, sumsq = 0;
-  for (int64_t i0 = 0; i0 < n; i0 += 512) {
-    const int64_t m = std::min<int64_t>(512, n - i0);
-    float s = 0, ss = 0;
-#pragma omp simd reduction(+ : s, ss)
-    for (int64_t i = 0; i < m; ++i) {
-      s += x[i0 + i];
-      ss += x[i0 + i] * x[i0 + i];
-    }
-    sum += s;
-    sumsq += ss;
-  }
-  *sum_out = sum;
-  *sumsq_out = sumsq;
-}
-
-// y = SiLU(a·x + d)
 PDG_CLONES void apply_f32(const float* x, float* y, int64_t n, float a, float d) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
@@ -332,8 +290,8 @@ void forward_float(const at::Tensor& x, const at::Tensor& w_, const at::Tensor& 
         xs = xbuf.data();
         ys = ybuf.data();
       }
-      double sum, sumsq;
-      stats_f32(xs, N, &sum, &sumsq);
+      double sum = 0, sumsq = 0;
+      add_sum_sumsq_f32(xs, N, &sum, &sumsq);
       const double mu = sum / static_cast<double>(N);
       const double var = std::max(sumsq / static_cast<double>(N) - mu * mu, 0.0);
       const double r = 1.0 / std::sqrt(var + eps);
