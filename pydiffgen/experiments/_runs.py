@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from .. import config as cfgmod
 from ..errors import ConfigError
@@ -25,3 +28,15 @@ def claim_run_directory(out: Path, config, resume: bool, what: str = "run") -> N
         if not resume:
             raise ConfigError(f"{out} already holds this {what}; rerun without --no-resume")
     write_json(stored, cfgmod.to_dict(config))
+
+
+@contextmanager
+def torch_threads(n: int | None):
+    """Run a block with ``n`` intra-op threads (None: leave the setting alone)."""
+    old = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import math
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import claim_run_directory
+from ._runs import claim_run_directory, torch_threads
 
 __all__ = ["GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset", "regimes",
            "write_gaussian_report"]
@@ -147,17 +146,6 @@ def _model_keys(c: GaussianConfig) -> list[tuple[int, int]]:
     return keys
 
 
-@contextmanager
-def _threads(n):
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = True,
                        progress: bool = True, log=None) -> dict:
     """Run (or resume) the experiment; write models, analyses, metrics.json, report.html.
@@ -168,7 +156,7 @@ def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = T
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     claim_run_directory(out, config, resume, "run")
     t0 = time.perf_counter()
-    with _threads(config.threads):
+    with torch_threads(config.threads):
         train, held = _data(config, log)
         n_eval = min(config.n_eval, len(held) // 2)
         evalset, distill = held[:n_eval], held[n_eval:]

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +43,7 @@ from .._checks import check_positive_float, check_positive_int, check_tensor
 from ..errors import ConfigError, InputError
 from ..io import read_json, write_json
 from ..models.base import Denoiser
-from ._runs import claim_run_directory
+from ._runs import claim_run_directory, torch_threads
 
 __all__ = ["EXPERIMENTS", "OptimalBasisConfig", "PRESETS", "TangentProjection",
            "disk_tangent_space", "gaussian_alignment", "manifold_alignment", "optimal_basis",
@@ -406,17 +405,6 @@ def plan(config: OptimalBasisConfig) -> str:
     return "\n".join(lines)
 
 
-@contextmanager
-def _threads(n):
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def _dataset(config: OptimalBasisConfig, key: str, n: int, seed: int):
     """(images, info) of experiment ``key``; evaluation sets use another seed than training."""
     from ..data import load
@@ -553,7 +541,7 @@ def optimal_basis(config: OptimalBasisConfig, out_dir=None, *, resume: bool = Tr
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     claim_run_directory(out, config, resume, "optimal-basis run")
     t0 = time.perf_counter()
-    with _threads(config.threads):
+    with torch_threads(config.threads):
         for key in _model_keys(config):
             def compute(key=key):
                 model = _train(config, out, key, progress, log)
