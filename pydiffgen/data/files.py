@@ -1,6 +1,7 @@
-"""Images users bring: NumPy ``.npy`` / ``.npz`` arrays and folders of image files.
+"""Images users bring: NumPy ``.npy`` / ``.npz`` arrays, ``.safetensors`` files and
+folders of image files.
 
-Arrays are read with ``allow_pickle=False``: an array file must never run code.
+Arrays are read with ``allow_pickle=False`` or by safetensors: a file must never run code.
 """
 
 from __future__ import annotations
@@ -85,6 +86,33 @@ def npz(*, path, key: str | None = None):
         raise
     except _NUMPY_READ_ERRORS as err:
         raise DataError(f"{p}: expected an .npz archive written by numpy.savez ({err})") from None
+    x, info = _from_array(arr, f"{p}[{key}]")
+    return x, {**info, "key": key}
+
+
+def safetensors(*, path, key: str | None = None):
+    """Images from one tensor of a ``.safetensors`` file (layouts and scaling as :func:`npy`),
+    e.g. a sweep's ``samples.safetensors`` (keys ``A``, ``B``, ``S1``, ``S2`` ...).
+
+    ``key`` names the tensor; it may be omitted when the file holds exactly one.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    p = _existing(path, "file")
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            keys = list(f.keys())
+            if key is None:
+                if len(keys) != 1:
+                    raise DataError(f"{p} holds tensors {', '.join(keys) or '(none)'}; pass "
+                                    "key=... to choose one")
+                key = keys[0]
+            if key not in keys:
+                raise DataError(f"{p} has no tensor {key!r}; it holds {', '.join(keys)}")
+            t = f.get_tensor(key)
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{p}: expected a .safetensors file ({err})") from None
+    arr = t.numpy() if t.dtype == torch.uint8 else t.float().numpy()  # uint8: /255 scaling
     x, info = _from_array(arr, f"{p}[{key}]")
     return x, {**info, "key": key}
 

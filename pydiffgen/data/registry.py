@@ -20,6 +20,7 @@ _LOADERS = {
     "ray": (synthetic.ray, "one image under positive rescalings: a 1-dimensional ray"),
     "npy": (files.npy, "a .npy array of images (path=...)"),
     "npz": (files.npz, "one array of a .npz archive (path=..., key=...)"),
+    "safetensors": (files.safetensors, "one tensor of a .safetensors file (path=..., key=...)"),
     "folder": (files.folder, "a folder of png/jpg/bmp/tif images (path=..., size=...)"),
     "cifar10": (cifar.cifar10, "CIFAR-10 python batches: folder or .tar.gz (path=..., split=...)"),
 }

@@ -416,25 +416,28 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
 
 
 def load_images(path) -> tuple[torch.Tensor, dict]:
-    """Images [N, C, H, W] in [-1, 1] from a ``.npy`` file, a ``.npz`` archive holding one
-    array (or ``FILE.npz:KEY``) or a folder of image files; and how they were read."""
+    """Images [N, C, H, W] in [-1, 1] from a ``.npy`` file, a ``.npz`` archive or a
+    ``.safetensors`` file holding one array (or ``FILE.npz:KEY``, ``FILE.safetensors:KEY``,
+    e.g. a sweep's ``samples.safetensors:A`` and ``:S1``) or a folder of image files; and
+    how they were read."""
     from .. import data
 
     text = str(path)
     key = None
-    if ".npz:" in text:
+    if ".npz:" in text or ".safetensors:" in text:
         text, key = text.rsplit(":", 1)
     p = Path(text).expanduser()
     if p.is_dir():
         x, info = data.load("folder", path=p, return_info=True)
     elif p.suffix == ".npy":
         x, info = data.load("npy", path=p, return_info=True)
-    elif p.suffix == ".npz":
-        x, info = data.load("npz", path=p, key=key, return_info=True)
+    elif p.suffix in (".npz", ".safetensors"):
+        x, info = data.load(p.suffix[1:], path=p, key=key, return_info=True)
     elif not p.exists():
         raise DataError(f"{p} does not exist")
     else:
-        raise DataError(f"{p}: expected a .npy file, a .npz archive or a folder of images")
+        raise DataError(f"{p}: expected a .npy file, a .npz archive, a .safetensors file or "
+                        "a folder of images")
     return x, {"path": str(p), "scaling": info.get("scaling"), "key": info.get("key")}
 
 

@@ -311,8 +311,10 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log, heldout=None) -> dic
     if not samples_path.exists():
         from safetensors.torch import save_file
 
-        # the nearest training images travel with the samples: the report needs no dataset
-        tensors = {"A": xa, "B": xb, "nearest_A": s1[nn_a], "nearest_B": s2[nn_b]}
+        # the nearest training images and both training sets travel with the samples: the
+        # report needs no dataset, and `pydiffgen audit` can audit the run from this file
+        tensors = {"A": xa, "B": xb, "nearest_A": s1[nn_a], "nearest_B": s2[nn_b],
+                   "S1": s1.clone(), "S2": s2.clone()}  # own storage: safetensors refuses views
         with atomic_path(samples_path) as tmp:
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     baseline = metrics.closest_pairs_cosine(s1[: config.n_baseline], s2, center=c)

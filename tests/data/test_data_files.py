@@ -60,6 +60,23 @@ def test_npz_keys(tmp_path, uint8_images):
         load("npz", path=tmp_path / "two.npz", key="val")
 
 
+def test_safetensors_keys(tmp_path, uint8_images):
+    from safetensors.torch import save_file
+
+    imgs = torch.from_numpy(uint8_images)
+    save_file({"A": imgs, "S1": imgs[:2].clone()}, str(tmp_path / "s.safetensors"))
+    x, info = load("safetensors", path=tmp_path / "s.safetensors", key="A", return_info=True)
+    assert torch.allclose(x, _expected(uint8_images), atol=1e-6) and info["key"] == "A"
+    assert len(load("safetensors", path=tmp_path / "s.safetensors", key="S1")) == 2
+    with pytest.raises(DataError, match="pass key="):
+        load("safetensors", path=tmp_path / "s.safetensors")
+    with pytest.raises(DataError, match="no tensor 'B'"):
+        load("safetensors", path=tmp_path / "s.safetensors", key="B")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(DataError, match="expected a .safetensors file"):
+        load("safetensors", path=tmp_path / "bad.safetensors")
+
+
 def test_bad_array_files(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         load("npy", path=tmp_path / "missing.npy")

@@ -189,6 +189,19 @@ def test_cli_audit_files(train, tmp_path, capsys):
     assert summary["sources"]["train"]["path"] == t
 
 
+def test_cli_audit_a_sweep_samples_file(train, tmp_path, capsys):
+    """A sweep's samples.safetensors holds samples (A) and training set (S1): FILE:KEY."""
+    from safetensors.torch import save_file
+
+    samples, _ = _copies_and_fresh(train)
+    path = tmp_path / "samples.safetensors"
+    save_file({"A": samples.clamp(-1, 1).contiguous(), "S1": train.contiguous()}, str(path))
+    out = tmp_path / "out"
+    assert main(["--quiet", "audit", "--samples", f"{path}:A", "--train", f"{path}:S1",
+                 "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("memorized 4/13 (30.8%)")
+
+
 def test_cli_audit_image_folders(tmp_path, capsys):
     from PIL import Image
 
