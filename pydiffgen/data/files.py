@@ -91,10 +91,13 @@ def npz(*, path, key: str | None = None):
 
 
 def safetensors(*, path, key: str | None = None):
-    """Images from one tensor of a ``.safetensors`` file (layouts and scaling as :func:`npy`),
-    e.g. a sweep's ``samples.safetensors`` (keys ``A``, ``B``, ``S1``, ``S2`` ...).
+    """Images from one tensor of a ``.safetensors`` file, e.g. a sweep's
+    ``samples.safetensors`` (keys ``A``, ``B``, ``S1``, ``S2`` ...).
 
-    ``key`` names the tensor; it may be omitted when the file holds exactly one.
+    Layouts as :func:`npy`. Float tensors are taken in pydiffgen's own [-1, 1] convention
+    and clipped to it (a sampler's output overshoots slightly; a min/max rescale would
+    shift every intensity); uint8 is divided by 255. ``key`` names the tensor; it may be
+    omitted when the file holds exactly one.
     """
     from safetensors import SafetensorError, safe_open
 
@@ -112,9 +115,14 @@ def safetensors(*, path, key: str | None = None):
             t = f.get_tensor(key)
     except (SafetensorError, OSError) as err:
         raise DataError(f"{p}: expected a .safetensors file ({err})") from None
-    arr = t.numpy() if t.dtype == torch.uint8 else t.float().numpy()  # uint8: /255 scaling
-    x, info = _from_array(arr, f"{p}[{key}]")
-    return x, {**info, "key": key}
+    source = f"{p}[{key}]"
+    if t.dtype == torch.uint8:
+        x, info = _from_array(t.numpy(), source)
+        return x, {**info, "key": key}
+    if not t.is_floating_point():
+        raise DataError(f"{source}: expected a float or uint8 image tensor, got {t.dtype}")
+    x = torch.from_numpy(to_nchw(t.float().numpy(), source)).clamp(-1, 1).contiguous()
+    return x, {"groups": None, "scaling": "float, pydiffgen's [-1, 1] (clipped)", "key": key}
 
 
 def folder(*, path, size: int | None = None, grayscale: bool = False, center_crop: bool = True):

@@ -72,6 +72,10 @@ def test_safetensors_keys(tmp_path, uint8_images):
         load("safetensors", path=tmp_path / "s.safetensors")
     with pytest.raises(DataError, match="no tensor 'B'"):
         load("safetensors", path=tmp_path / "s.safetensors", key="B")
+    over = torch.linspace(-1.2, 1.3, 2 * 5 * 6).reshape(2, 1, 5, 6)  # a sampler's overshoot
+    save_file({"A": over}, str(tmp_path / "f.safetensors"))
+    torch.testing.assert_close(load("safetensors", path=tmp_path / "f.safetensors"),
+                               over.clamp(-1, 1))
     (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(DataError, match="expected a .safetensors file"):
         load("safetensors", path=tmp_path / "bad.safetensors")
