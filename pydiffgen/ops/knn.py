@@ -86,7 +86,19 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     impl = _dispatch.op("knn").select(queries.device.type, backend)
     q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
-    return impl.fn(q, x, k, metric, tile_elems, precision)
+    values, indices = impl.fn(q, x, k, metric, tile_elems, precision)
+    return _zero_queries(q, values, indices, metric)
+
+
+def _zero_queries(q, values, indices, metric):
+    """cos(0, x) := 0 for every key (as cos(q, 0) := 0): a zero query ties with all N keys,
+    so by the tie rule its neighbours are the k lowest indices."""
+    if metric == "cosine":
+        zero = ~q.reshape(len(q), -1).ne(0).any(dim=1)  # [M]
+        if bool(zero.any()):
+            values[zero] = 0.0
+            indices[zero] = torch.arange(indices.shape[1], device=indices.device)
+    return values, indices
 
 
 def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chunk_bytes):
@@ -109,7 +121,9 @@ def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chu
         return knn_stream.rerank_native_or_torch(q, rows, cand, kk, metric, tile_elems,
                                                  _METRIC_CODE[metric], _rerank)
 
-    return knn_stream.knn_streamed(search, rerank, queries, arr, k, metric, chunk_bytes)
+    values, indices = knn_stream.knn_streamed(search, rerank, queries, arr, k, metric,
+                                              chunk_bytes)
+    return _zero_queries(queries, values, indices, metric)
 
 
 def _as_float(t):

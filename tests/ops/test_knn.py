@@ -3,6 +3,7 @@ norms and bad inputs. The Triton score path also runs on CPU under the interpret
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,3 +395,23 @@ def test_knn_gpu_uint8_and_near_ties():
     got = knn(qf.float(), keys, 8)
     want = reference.knn_bruteforce(qf.float().cpu(), keys.cpu(), 8)
     assert torch.equal(got[1].cpu(), want[1])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_cosine_zero_vectors(backend, tmp_path):
+    """cos(0, x) = cos(q, 0) = 0: a zero key ranks by 0, a zero query ties with every key
+    and gets the k lowest indices, as the float64 brute force."""
+    torch.manual_seed(0)
+    x = torch.randn(50, 7)
+    x[3] = 0
+    x[17] = 0
+    q = torch.cat([torch.randn(3, 7), torch.zeros(1, 7), -x[:2]])
+    got_v, got_i = knn(q, x, 50, "cosine", backend=backend)
+    want_v, want_i = reference.knn_bruteforce(q, x, 50, "cosine")
+    assert torch.equal(got_i, want_i)
+    torch.testing.assert_close(got_v, want_v.float())
+    assert torch.equal(got_i[3], torch.arange(50)) and bool((got_v[3] == 0).all())
+    path = tmp_path / "keys.npy"
+    np.save(path, x.numpy())
+    got_i = knn(q, path, 50, "cosine", backend=backend, chunk_bytes=13 * 7 * 4)[1]
+    assert torch.equal(got_i, want_i)
