@@ -284,8 +284,9 @@ def cmd_backends(args) -> int:
 def cmd_datasets(args) -> int:
     from .data import DATASETS
 
+    width = max(map(len, DATASETS))
     for name, text in DATASETS.items():
-        print(f"{name:10s} {text}")
+        print(f"{name:{width}s}  {text}")
     return 0
 
 
