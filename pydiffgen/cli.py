@@ -102,19 +102,28 @@ def cmd_sample(args) -> int:
     return 0
 
 
+def _preset_experiment(args, config_cls, preset, plan, write_report):
+    """(config, out) of a preset-based experiment from --preset and its flags; None when
+    --report-only (rebuild a finished run's report) or --dry-run (print the plan) did it."""
+    if args.report_only:
+        write_report(args.report_only)
+        print(f"report: {Path(args.report_only) / 'report.html'}")
+        return None
+    config = cfgmod.from_arguments(config_cls, args, preset(args.preset) if args.preset else None)
+    if args.dry_run:
+        print(plan(config))
+        return None
+    return config, Path(args.out) if args.out else Path("runs") / config.name
+
+
 def cmd_gaussian(args) -> int:
     from .experiments import gaussian_structure as gs
 
-    if args.report_only:
-        gs.write_gaussian_report(args.report_only)
-        print(f"report: {Path(args.report_only) / 'report.html'}")
+    todo = _preset_experiment(args, gs.GaussianConfig, gs.preset, gs.plan,
+                              gs.write_gaussian_report)
+    if todo is None:
         return 0
-    config = cfgmod.from_arguments(gs.GaussianConfig, args,
-                                   gs.preset(args.preset) if args.preset else None)
-    if args.dry_run:
-        print(gs.plan(config))
-        return 0
-    out = Path(args.out) if args.out else Path("runs") / config.name
+    config, out = todo
     gs.gaussian_structure(config, out, resume=args.resume, progress=not args.quiet)
     print(f"report: {out / 'report.html'}")
     return 0
@@ -202,16 +211,11 @@ def cmd_optimal_basis(args) -> int:
     """Optimal-basis experiments on synthetic data (C^alpha, disks, ray, Gaussian)."""
     from .experiments import optimal_basis as ob
 
-    if args.report_only:
-        ob.write_optimal_basis_report(args.report_only)
-        print(f"report: {Path(args.report_only) / 'report.html'}")
+    todo = _preset_experiment(args, ob.OptimalBasisConfig, ob.preset, ob.plan,
+                              ob.write_optimal_basis_report)
+    if todo is None:
         return 0
-    config = cfgmod.from_arguments(ob.OptimalBasisConfig, args,
-                                   ob.preset(args.preset) if args.preset else None)
-    if args.dry_run:
-        print(ob.plan(config))
-        return 0
-    out = Path(args.out) if args.out else Path("runs") / config.name
+    config, out = todo
     res = ob.optimal_basis(config, out, resume=args.resume, progress=not args.quiet)
     s = res["summary"]
     for r in s.get("calpha", []):
