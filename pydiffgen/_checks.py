@@ -85,3 +85,10 @@ def as_sigma(sigma, batch: int, *, device=None, dtype=torch.float32, name: str =
             raise InputError(f"{name} must be positive and finite everywhere")
         return s
     return torch.full((batch,), check_positive_float(sigma, name), device=device, dtype=dtype)
+
+
+def check_same_image_shape(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str) -> None:
+    """Two image sets [N, *F] must share F (each image is compared with the other set's)."""
+    if a.shape[1:] != b.shape[1:]:
+        raise InputError(f"{name_a} and {name_b} must share image shape, got "
+                         f"{tuple(a.shape[1:])} and {tuple(b.shape[1:])}")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_positive_int, check_same_image_shape, check_tensor
 from ..errors import InputError
 from .distances import _apply, output_distance
 
@@ -134,9 +134,7 @@ def noise_level_gap(
                          f"{type(denoiser).__name__}")
     check_tensor(train, "train", min_ndim=2)
     check_tensor(heldout, "heldout", min_ndim=2)
-    if train.shape[1:] != heldout.shape[1:]:
-        raise InputError(f"train and heldout must share image shape, got "
-                         f"{tuple(train.shape[1:])} and {tuple(heldout.shape[1:])}")
+    check_same_image_shape(train, heldout, "train", "heldout")
     n = min(len(train), len(heldout))
     if n_images is not None:
         n_images = check_positive_int(n_images, "n_images")

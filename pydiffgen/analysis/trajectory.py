@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_positive_int, check_tensor
+from .._checks import check_positive_int, check_same_image_shape, check_tensor
 from ..errors import InputError
 from .distances import _apply
 
@@ -102,9 +102,7 @@ def trajectory_probe(
         raise InputError(f"method must be 'heun' or 'euler' (deterministic), got {method!r}")
     check_tensor(train, "train", min_ndim=2)
     check_tensor(heldout, "heldout", min_ndim=2)
-    if train.shape[1:] != heldout.shape[1:]:
-        raise InputError(f"train and heldout must share image shape, got "
-                         f"{tuple(train.shape[1:])} and {tuple(heldout.shape[1:])}")
+    check_same_image_shape(train, heldout, "train", "heldout")
     n = min(len(train), len(heldout))
     ref_tr, ref_va = train[:n], heldout[:n]
     k = n if n_recon is None else check_positive_int(n_recon, "n_recon")

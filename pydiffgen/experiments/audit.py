@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .. import config as cfgmod
-from .._checks import check_positive_float, check_positive_int, check_tensor
+from .._checks import check_positive_float, check_positive_int, check_same_image_shape, check_tensor
 from ..errors import DataError, InputError
 from ..metrics.memorization import MemorizationReport, memorization_from_knn
 from ..ops import knn
@@ -352,11 +352,7 @@ def _check_inputs(samples, train, features):
     if samples.device != train.device:
         raise InputError(f"samples and train must be on one device, got {samples.device} "
                          f"and {train.device}")
-    if samples.shape[1:] != train.shape[1:]:
-        raise InputError(
-            f"samples and train must share image shape, got {tuple(samples.shape[1:])} and "
-            f"{tuple(train.shape[1:])}"
-        )
+    check_same_image_shape(samples, train, "samples", "train")
     if len(train) < 2:
         raise InputError(f"the audit needs at least 2 training images, got {len(train)}")
     if features is None:

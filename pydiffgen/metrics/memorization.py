@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._checks import check_positive_float, check_tensor
+from .._checks import check_positive_float, check_same_image_shape, check_tensor
 from ..errors import InputError
 from ..ops import knn
 
@@ -32,11 +32,7 @@ class MemorizationReport:
 def _check_pair(samples, train):
     check_tensor(samples, "samples", min_ndim=2)
     check_tensor(train, "train", min_ndim=2)
-    if samples.shape[1:] != train.shape[1:]:
-        raise InputError(
-            f"samples and train must share image shape, got {tuple(samples.shape[1:])} "
-            f"and {tuple(train.shape[1:])}"
-        )
+    check_same_image_shape(samples, train, "samples", "train")
 
 
 def memorization(samples, train, threshold: float = 1 / 3) -> MemorizationReport:

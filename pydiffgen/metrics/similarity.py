@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_same_image_shape, check_tensor
 from ..errors import InputError
 from ..ops import knn
 
@@ -41,11 +41,7 @@ def nearest_cosine(samples, train, *, center: bool = False, return_index: bool =
     (the train-vs-train background of Somepalli et al. 2023).
     """
     vs, vt = _flat(samples, "samples", center), _flat(train, "train", center)
-    if vs.shape[1:] != vt.shape[1:]:
-        raise InputError(
-            f"samples and train must share image shape, got {tuple(samples.shape[1:])} "
-            f"and {tuple(train.shape[1:])}"
-        )
+    check_same_image_shape(samples, train, "samples", "train")
     k = 2 if exclude_self else 1
     if len(vt) < k:
         raise InputError(f"train needs at least {k} images here, got {len(vt)}")
