@@ -65,10 +65,7 @@ def image_grid(rows: list[tuple[str, np.ndarray]], title: str | None = None):
     for r, (label, imgs) in enumerate(rows):
         for c in range(k):
             ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
+            blank_axis(ax)
             if c < len(imgs):
                 ax.imshow(_to_display(imgs[c]), cmap="gray", vmin=0, vmax=1,
                           interpolation="nearest")
@@ -100,6 +97,14 @@ def psnr_curves(per_n: dict):
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+def blank_axis(ax) -> None:
+    """No ticks, no frame: an image-grid cell."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
 
 
 def _to_display(img: np.ndarray) -> np.ndarray:

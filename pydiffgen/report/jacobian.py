@@ -97,10 +97,7 @@ def eigenvector_grid(rows: list, title: str | None = None):
         vecs = np.asarray(vecs, dtype=np.float32)
         for c in range(k):
             ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for side in ax.spines.values():
-                side.set_visible(False)
+            figures.blank_axis(ax)
             if c >= len(vecs):
                 continue
             v = vecs[c]
