@@ -11,6 +11,12 @@ Where the files go (``save_model``) or come from (``load_model``), for ``path``:
 - an existing directory (or a path ending in a separator): ``path/model.{safetensors,json}``;
 - a path ending in ``.safetensors`` or ``.json``: that file and its sibling;
 - anything else is a prefix: ``path.safetensors`` and ``path.json``.
+
+A training checkpoint (``save_train_checkpoint`` / ``load_train_checkpoint``, written by
+``pydiffgen.train``) is the same kind of pair, ``checkpoint.{safetensors,json}`` in the
+run's directory: the tensors of the model, its EMA copy and Adam (``model/``, ``ema/``,
+``optim/<param>/`` keys), and in the JSON the step, the configs, Adam's scalars and
+param groups, the generator state and the loss of every step.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 
 import torch
@@ -25,10 +32,14 @@ import torch
 from .errors import CheckpointError, ConfigError, InputError
 from .io import atomic_path, read_json, write_json
 
-__all__ = ["save_model", "load_model", "model_paths"]
+__all__ = ["save_model", "load_model", "model_paths", "save_train_checkpoint",
+           "load_train_checkpoint", "train_checkpoint_paths"]
 
 MODEL_FORMAT = "pydiffgen.model"
 FORMAT_VERSION = 1
+TRAIN_CHECKPOINT_FORMAT = "pydiffgen.train_checkpoint"
+TRAIN_CHECKPOINT_VERSION = 1
+_START_OVER = "use a fresh out_dir, or resume=False to start over and overwrite it"
 
 
 def model_paths(path) -> tuple[Path, Path]:
@@ -88,7 +99,7 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
     info = read_json(desc)
     if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
         hint = ""
-        if isinstance(info, dict) and info.get("format") == "pydiffgen.train_checkpoint":
+        if isinstance(info, dict) and info.get("format") == TRAIN_CHECKPOINT_FORMAT:
             hint = " (it is a training checkpoint; load the model.json written next to it)"
         raise CheckpointError(f"{desc} is not a pydiffgen model description{hint}")
     config = info.get("config")
@@ -106,7 +117,154 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------------------
-# helpers shared with pydiffgen.training
+# training checkpoints
+# ----------------------------------------------------------------------------------------
+
+
+def train_checkpoint_paths(out_dir) -> tuple[Path, Path]:
+    """``(checkpoint.safetensors, checkpoint.json)`` of the run in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir / "checkpoint.safetensors", out_dir / "checkpoint.json"
+
+
+def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema, optimizer,
+                          generator: torch.Generator, train_config: dict) -> None:
+    """Write the training state after ``step`` steps to ``out_dir/checkpoint.*``.
+
+    ``ema`` is the EMA copy of ``model`` or None; ``losses`` the loss of every step so far;
+    ``train_config`` the run's ``TrainConfig.to_dict()``. Like ``save_model``, each file
+    is written atomically and the pair shares a token, so a torn pair is caught on load.
+    """
+    weights, desc = train_checkpoint_paths(out_dir)
+    state = optimizer.state_dict()
+    tensors = state_tensors(model, "model/")
+    if ema is not None:
+        tensors.update(state_tensors(ema, "ema/"))
+    opt_scalars = {}
+    for i, s in state["state"].items():
+        for key, value in s.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{i}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
+            else:
+                opt_scalars.setdefault(str(i), {})[key] = value
+    token = secrets.token_hex(8)
+    write_tensors(weights, tensors, token=token)
+    write_json(
+        desc,
+        {
+            "format": TRAIN_CHECKPOINT_FORMAT,
+            "version": TRAIN_CHECKPOINT_VERSION,
+            "token": token,
+            "step": step,
+            "model_config": getattr(model, "config", None),
+            "train_config": train_config,
+            "optimizer": {"param_groups": state["param_groups"], "scalars": opt_scalars},
+            "generator_state": generator.get_state().tolist(),
+            "ema": ema is not None,
+            "torch_version": torch.__version__,
+            "losses": list(losses),
+        },
+        indent=None,
+    )
+
+
+def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Generator,
+                          train_config: dict, resumable: Collection[str] = ()
+                          ) -> tuple[int, list[float]]:
+    """Restore ``model``, ``ema``, ``optimizer`` and ``generator`` from ``out_dir/checkpoint.*``
+    in place; returns ``(step, losses)``.
+
+    The checkpoint must come from the same model config and the same ``train_config``
+    (a ``TrainConfig.to_dict()``) except for the keys in ``resumable``; anything else
+    (another config, a missing, corrupt, torn or inconsistent file) raises
+    ``CheckpointError`` naming the file and what to do.
+    """
+    weights, desc = train_checkpoint_paths(out_dir)
+    info = read_json(desc)
+    if not isinstance(info, dict) or info.get("format") != TRAIN_CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{desc} is not a pydiffgen training checkpoint; use a fresh "
+                              "out_dir or resume=False to overwrite it")
+    _check_same_run(info, desc, model, train_config, resumable)
+    try:
+        step = int(info["step"])
+        losses = [float(v) for v in info["losses"]]
+        gen_state = torch.tensor(info["generator_state"], dtype=torch.uint8)
+        groups = info["optimizer"]["param_groups"]
+        scalars = info["optimizer"].get("scalars", {})
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{desc} is incomplete ({type(err).__name__}: {err}); "
+                              f"{_START_OVER}") from None
+    if len(losses) != step:
+        raise CheckpointError(f"{desc} is inconsistent ({len(losses)} losses for step {step}); "
+                              f"{_START_OVER}")
+
+    sections = _train_sections(read_tensors(weights, token=info.get("token"),
+                                            token_source=desc), weights)
+    load_state_tensors(model, sections["model"], source=weights)
+    if ema is not None:
+        load_state_tensors(ema, sections["ema"], source=weights)
+    try:
+        optimizer.load_state_dict(_optimizer_state(sections["optim"], scalars, groups))
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"{desc}: the optimizer state does not fit this model ({err}); "
+                              f"{_START_OVER}") from None
+    try:
+        generator.set_state(gen_state)
+    except RuntimeError as err:
+        raise CheckpointError(f"{desc}: bad generator state ({err}); {_START_OVER}") from None
+    return step, losses
+
+
+def _check_same_run(info: dict, desc: Path, model, train_config: dict,
+                    resumable: Collection[str]) -> None:
+    """CheckpointError unless the checkpoint ``info`` (read from ``desc``) was written by
+    ``model``'s config and ``train_config`` up to the ``resumable`` keys."""
+    saved = info.get("train_config") or {}
+    now = _json_normal(train_config)
+    diff = sorted(k for k in set(saved) | set(now)
+                  if k not in resumable and saved.get(k, "<absent>") != now.get(k))
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs now {now.get(k)!r}"
+                            for k in diff)
+        raise CheckpointError(
+            f"{desc} was written by a different training config ({details}); {_START_OVER}"
+        )
+    model_config = getattr(model, "config", None)
+    if _json_normal(model_config) != info.get("model_config"):
+        raise CheckpointError(
+            f"{desc} was written for a different model ({info.get('model_config')!r}, this "
+            f"model is {model_config!r}); {_START_OVER}"
+        )
+
+
+def _train_sections(tensors: dict, source: Path) -> dict[str, dict]:
+    """A training checkpoint's tensors split by their ``model/``, ``ema/``, ``optim/`` prefix."""
+    sections: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}}
+    for key, value in tensors.items():
+        head, _, rest = key.partition("/")
+        if head not in sections:
+            raise CheckpointError(f"{source} has an unknown entry {key!r}; {_START_OVER}")
+        sections[head][rest] = value
+    return sections
+
+
+def _optimizer_state(tensors: dict, scalars: dict, groups: list) -> dict:
+    """An optimizer ``state_dict`` from its ``<param>/<name>`` tensors, its JSON scalars
+    (``{param: {name: value}}``) and param groups."""
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        i, _, name = key.partition("/")
+        state.setdefault(int(i), {})[name] = value
+    for i, extra in scalars.items():
+        state.setdefault(int(i), {}).update(extra)
+    for group in groups:
+        if isinstance(group.get("betas"), list):  # JSON turned Adam's tuple into a list
+            group["betas"] = tuple(group["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------------------
+# tensor files, shared by models and training checkpoints
 # ----------------------------------------------------------------------------------------
 
 

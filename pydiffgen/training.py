@@ -26,11 +26,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,11 +38,9 @@ import torch
 from . import checkpoint as ckpt
 from ._checks import check_tensor
 from .errors import CheckpointError, ConfigError, InputError, PydiffgenError
-from .io import read_json, write_json
 
 __all__ = ["TrainConfig", "TrainResult", "train"]
 
-CHECKPOINT_FORMAT = "pydiffgen.train_checkpoint"
 SIGMA_DISTS = ("kadkhodaie", "edm")
 # Fields that may change between a checkpoint and its resumption: they do not change the
 # math of the steps already taken (``steps`` may grow to train longer).
@@ -236,14 +234,7 @@ def train(
               batch statistics, e.g. BFBatchNorm2d, see their rank's slice only). Only
               rank 0 writes checkpoints and the model; every rank returns the result.
     """
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
-    if not isinstance(model, torch.nn.Module):
-        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not any(p.requires_grad for p in model.parameters()):
-        raise InputError("model has no trainable parameters")
-    if callback is not None and not callable(callback):
-        raise InputError(f"callback must be callable, got {type(callback).__name__}")
+    _check_arguments(model, config, callback)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("TrainConfig.device is 'cuda' but no CUDA device is available here")
@@ -252,7 +243,105 @@ def train(
     if config.label_dropout and y_all is None:
         raise ConfigError("TrainConfig.label_dropout > 0 needs labels=... in train()")
     out_dir = Path(out_dir) if out_dir is not None else None
+    ranks, device = _ranks(config, device, distributed)
 
+    run = _Run(model, x_all, y_all, config, device, ranks, out_dir)
+    start = run.resume() if resume and run.has_checkpoint() else 0
+    run.parallelize()  # after the checkpoint: DDP broadcasts rank 0's state at construction
+    n_done, elapsed = _loop(run, start, progress, callback)
+    if out_dir is not None and ranks.main:
+        run.save_final()
+    if ranks.world > 1:
+        torch.distributed.barrier()  # rank 0's files exist when train returns on any rank
+    model.eval()
+    if run.ema is not None:
+        run.ema.eval()
+    rate = n_done * config.batch_size / elapsed if n_done and elapsed > 0 else 0.0
+    return TrainResult(model=model, ema=run.ema, losses=list(run.losses), steps=config.steps,
+                       images_per_s=rate, out_dir=out_dir)
+
+
+def _loop(run: _Run, start: int, progress: bool, callback) -> tuple[int, float]:
+    """Steps ``start + 1 .. config.steps`` of ``run``, with progress bar, checkpoints and
+    ``callback``; returns (steps done, seconds taken)."""
+    from tqdm.auto import tqdm
+
+    config = run.config
+    run.model.train()
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=run.fork_devices()), tqdm(
+        total=config.steps, initial=start, disable=not (progress and run.ranks.main),
+        desc="train", unit="step", dynamic_ncols=True,
+    ) as bar:
+        for step in range(start, config.steps):
+            run.set_lr(step)
+            # dropout & co. draw from the global RNG: make it a function of (seed, step)
+            torch.manual_seed(config.seed * 1_000_003 + step)
+            loss = run.loss(run.draw_batch())
+            run.optimizer_step(loss)
+            run.update_ema(step)
+            run.record(loss)
+            done = step + 1
+
+            shown = done % config.log_every == 0 or done == config.steps
+            if callback is not None or shown:
+                run.flush()
+            if shown:
+                recent = run.losses[-config.log_every:]
+                rate = (done - start) * config.batch_size / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}", img_s=f"{rate:.0f}",
+                                refresh=False)
+            bar.update(1)
+            if run.out_dir is not None and config.checkpoint_every is not None and (
+                done % config.checkpoint_every == 0
+            ):
+                run.checkpoint(done)
+            if callback is not None:
+                callback(done, run.losses[-1], run.model)
+        run.flush()
+        if run.device.type == "cuda":
+            torch.cuda.synchronize(run.device)
+        elapsed = time.perf_counter() - t0
+    return config.steps - start, elapsed
+
+
+# ----------------------------------------------------------------------------------------
+# setup
+# ----------------------------------------------------------------------------------------
+
+
+def _check_arguments(model, config, callback) -> None:
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, torch.nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError("model has no trainable parameters")
+    if callback is not None and not callable(callback):
+        raise InputError(f"callback must be callable, got {type(callback).__name__}")
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """This process's place in data-parallel training (rank 0 of 1 when not distributed).
+
+    part:  this rank's slice of every global batch.
+    share: its fraction of the batch; the global mean loss is Σ_r share_r · loss_r.
+    """
+
+    rank: int
+    world: int
+    part: slice
+    share: float
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _ranks(config: TrainConfig, device: torch.device, distributed: bool):
+    """``(_Ranks, device)``: with ``distributed``, this rank of the default process group
+    and, under torchrun's plain "cuda", the rank's own GPU."""
     if distributed:
         from . import distributed as dist
 
@@ -265,157 +354,186 @@ def train(
     else:
         rank, world = 0, 1
     part = dist.shard(config.batch_size, rank, world) if world > 1 else range(config.batch_size)
-    part = slice(part.start, part.stop)  # this rank's slice of every global batch
-    main = rank == 0
-    model.to(device)
-    channels_last = config.channels_last and x_all.ndim == 4
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ema_model = None
-    if config.ema is not None:
-        ema_model = copy.deepcopy(model).requires_grad_(False)
-    gen = torch.Generator(device=device).manual_seed(config.seed)
-    losses: list[float] = []
-    start = 0
-    if out_dir is not None and resume and (out_dir / "checkpoint.json").exists():
-        start, losses = _load_checkpoint(out_dir, model, ema_model, optimizer, gen, config)
-        if start > config.steps:
-            raise CheckpointError(
-                f"{out_dir / 'checkpoint.json'} is at step {start}, beyond the requested "
-                f"steps={config.steps}; ask for at least {start} steps, use a fresh out_dir or "
-                "resume=False"
-            )
-
-    ddp = None
-    if world > 1:  # after the checkpoint: DDP broadcasts rank 0's state at construction
-        ddp = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    # the global mean loss: each rank's slice mean weighted by its share of the batch
     share = (part.stop - part.start) / config.batch_size
-    loss_fn = _loss_fn(config)
-    params = [p for p in model.parameters() if p.requires_grad]
-    use_autocast = (config.autocast and device.type == "cuda") or (
-        config.autocast_cpu and device.type == "cpu")
-    forward_model = model if ddp is None else ddp
-    if config.compile:
-        forward_model = torch.compile(forward_model)
-    fork_devices = []
-    if device.type == "cuda":
-        fork_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    pending: list[torch.Tensor] = []  # losses not yet moved to the host
+    return _Ranks(rank, world, slice(part.start, part.stop), share), device
 
-    def flush():
-        if pending:
-            values = torch.stack(pending)
-            if ddp is not None:
-                torch.distributed.all_reduce(values)  # Σ_r share_r · loss_r
-            values = values.tolist()
-            pending.clear()
-            for i, v in enumerate(values):
-                if not math.isfinite(v):
-                    bad = len(losses) + i + 1
-                    raise PydiffgenError(
-                        f"training diverged: the loss is {v} at step {bad}; lower TrainConfig.lr "
-                        "or enable grad_clip"
-                    )
-            losses.extend(values)
 
-    from tqdm.auto import tqdm
+class _Batch(NamedTuple):
+    """This rank's part of one step's batch: images x [B, *F], σ [B], noise n [B, *F]
+    and class labels [B] (None for an unconditional model)."""
 
-    model.train()
-    n_done = 0
-    t0 = time.perf_counter()
-    last_saved = start if out_dir is not None and start > 0 else None
-    with torch.random.fork_rng(devices=fork_devices), tqdm(
-        total=config.steps, initial=start, disable=not (progress and main), desc="train",
-        unit="step",
-        dynamic_ncols=True,
-    ) as bar:
-        for step in range(start, config.steps):
-            lr = config.lr
-            if config.lr_halve_every is not None:
-                lr = config.lr * 0.5 ** (step // config.lr_halve_every)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            # dropout & co. draw from the global RNG: make it a function of (seed, step)
-            torch.manual_seed(config.seed * 1_000_003 + step)
+    x: torch.Tensor
+    sigma: torch.Tensor
+    noise: torch.Tensor
+    labels: torch.Tensor | None
 
-            # one batch: indices, σ, noise, all from `gen` in this order
-            idx = torch.randint(x_all.shape[0], (config.batch_size,), generator=gen, device=device)
-            x = x_all[idx]  # [B, *F]
-            sigma = _draw_sigma(config, gen, device)  # [B]
-            noise = torch.randn(x.shape, generator=gen, device=device)  # [B, *F]
-            x, sigma, noise = x[part], sigma[part], noise[part]
-            if channels_last:  # same values, another memory layout
-                x = x.contiguous(memory_format=torch.channels_last)
-                noise = noise.contiguous(memory_format=torch.channels_last)
-            net = forward_model
-            if y_all is not None:
-                lab = y_all[idx]  # [B]
-                if config.label_dropout:
-                    drop = torch.rand(config.batch_size, generator=gen, device=device)
-                    lab = torch.where(drop < config.label_dropout, model.null_label, lab)
-                net = _Conditioned(net, lab[part])
 
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                loss = loss_fn(net, x, sigma, noise)
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages the ranks' gradients: world·share makes that the global mean's
-            (loss * (world * share) if ddp is not None else loss).backward()
-            if config.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer.step()
-            if ema_model is not None:
-                _update_ema(ema_model, model, min(config.ema, (1 + step) / (10 + step)))
-            pending.append(loss.detach() * share if ddp is not None else loss.detach())
-            n_done += 1
-            done = step + 1
+class _Run:
+    """One call of ``train``: the state a checkpoint holds (model, EMA copy, Adam, the
+    generator of batches, σ and noise, the losses) and the steps that advance it."""
 
-            if callback is not None or done % config.log_every == 0 or done == config.steps:
-                flush()
-            if done % config.log_every == 0 or done == config.steps:
-                recent = losses[-config.log_every:]
-                rate = n_done * config.batch_size / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4g}", img_s=f"{rate:.0f}",
-                                refresh=False)
-            bar.update(1)
-            if out_dir is not None and config.checkpoint_every is not None and (
-                done % config.checkpoint_every == 0
-            ):
-                flush()
-                if main:
-                    _save_checkpoint(out_dir, done, losses, model, ema_model, optimizer, gen,
-                                     config)
-                last_saved = done
-            if callback is not None:
-                callback(done, losses[-1], model)
-        flush()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - t0
+    def __init__(self, model, x_all, y_all, config: TrainConfig, device, ranks: _Ranks,
+                 out_dir: Path | None):
+        self.model, self.config, self.device, self.ranks = model, config, device, ranks
+        self.x_all, self.y_all, self.out_dir = x_all, y_all, out_dir  # [N, *F], [N] or None
+        model.to(device)
+        self.channels_last = config.channels_last and x_all.ndim == 4
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.ema = None
+        if config.ema is not None:
+            self.ema = copy.deepcopy(model).requires_grad_(False)
+        self.gen = torch.Generator(device=device).manual_seed(config.seed)
+        self.losses: list[float] = []
+        self.pending: list[torch.Tensor] = []  # losses not yet moved to the host
+        self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.ddp = None
+        self.forward_model = model
+        self.loss_fn = _loss_fn(config)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.use_autocast = (config.autocast and device.type == "cuda") or (
+            config.autocast_cpu and device.type == "cpu")
 
-    steps_done = config.steps
-    if out_dir is not None and main:
-        if last_saved != steps_done:
-            _save_checkpoint(out_dir, steps_done, losses, model, ema_model, optimizer, gen, config)
-        final = ema_model if ema_model is not None else model
+    # --- setup ----------------------------------------------------------------------------
+
+    def has_checkpoint(self) -> bool:
+        return self.out_dir is not None and ckpt.train_checkpoint_paths(self.out_dir)[1].exists()
+
+    def resume(self) -> int:
+        """Load the checkpoint in ``out_dir``; returns its step."""
+        start, self.losses = ckpt.load_train_checkpoint(
+            self.out_dir, model=self.model, ema=self.ema, optimizer=self.optimizer,
+            generator=self.gen, train_config=self.config.to_dict(), resumable=_RESUMABLE_FIELDS)
+        if start > self.config.steps:
+            raise CheckpointError(
+                f"{ckpt.train_checkpoint_paths(self.out_dir)[1]} is at step {start}, beyond the "
+                f"requested steps={self.config.steps}; ask for at least {start} steps, use a "
+                "fresh out_dir or resume=False"
+            )
+        self.saved_step = start
+        return start
+
+    def parallelize(self) -> None:
+        """Wrap the forward model in DistributedDataParallel (several ranks) and
+        ``torch.compile`` (``config.compile``)."""
+        if self.ranks.world > 1:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.forward_model = self.ddp
+        if self.config.compile:
+            self.forward_model = torch.compile(self.forward_model)
+
+    def fork_devices(self) -> list[int]:
+        """The CUDA devices whose RNG ``torch.random.fork_rng`` must save and restore."""
+        if self.device.type != "cuda":
+            return []
+        return [self.device.index if self.device.index is not None
+                else torch.cuda.current_device()]
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def set_lr(self, step: int) -> None:
+        """lr halved every ``lr_halve_every`` steps."""
+        lr = self.config.lr
+        if self.config.lr_halve_every is not None:
+            lr = self.config.lr * 0.5 ** (step // self.config.lr_halve_every)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def draw_batch(self) -> _Batch:
+        """One global batch, all from ``gen`` in this order: indices, σ, noise, then the
+        label dropout; this rank keeps its part."""
+        config, gen, device, part = self.config, self.gen, self.device, self.ranks.part
+        idx = torch.randint(self.x_all.shape[0], (config.batch_size,), generator=gen,
+                            device=device)
+        x = self.x_all[idx]  # [B, *F]
+        sigma = _draw_sigma(config, gen, device)  # [B]
+        noise = torch.randn(x.shape, generator=gen, device=device)  # [B, *F]
+        x, sigma, noise = x[part], sigma[part], noise[part]
+        if self.channels_last:  # same values, another memory layout
+            x = x.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        labels = None
+        if self.y_all is not None:
+            labels = self.y_all[idx]  # [B]
+            if config.label_dropout:  # classifier-free guidance (Ho & Salimans 2022)
+                drop = torch.rand(config.batch_size, generator=gen, device=device)
+                labels = torch.where(drop < config.label_dropout, self.model.null_label, labels)
+            labels = labels[part]
+        return _Batch(x, sigma, noise, labels)
+
+    def loss(self, batch: _Batch) -> torch.Tensor:
+        """The denoising loss of this rank's part of the batch (bf16 autocast if asked)."""
+        net = self.forward_model
+        if batch.labels is not None:
+            net = _Conditioned(net, batch.labels)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_autocast):
+            return self.loss_fn(net, batch.x, batch.sigma, batch.noise)
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping, Adam."""
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages the ranks' gradients: world·share makes that the global mean's
+        scale = self.ranks.world * self.ranks.share
+        (loss * scale if self.ddp is not None else loss).backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+
+    def update_ema(self, step: int) -> None:
+        if self.ema is not None:
+            _update_ema(self.ema, self.model, min(self.config.ema, (1 + step) / (10 + step)))
+
+    def record(self, loss: torch.Tensor) -> None:
+        """Keep the step's loss on the device until the next ``flush``."""
+        self.pending.append(loss.detach() * self.ranks.share if self.ddp is not None
+                            else loss.detach())
+
+    def flush(self) -> None:
+        """Move the pending losses to ``losses`` (the global mean over ranks); a non-finite
+        loss stops training."""
+        if not self.pending:
+            return
+        values = torch.stack(self.pending)
+        if self.ddp is not None:
+            torch.distributed.all_reduce(values)  # Σ_r share_r · loss_r
+        values = values.tolist()
+        self.pending.clear()
+        for i, v in enumerate(values):
+            if not math.isfinite(v):
+                raise PydiffgenError(
+                    f"training diverged: the loss is {v} at step {len(self.losses) + i + 1}; "
+                    "lower TrainConfig.lr or enable grad_clip"
+                )
+        self.losses.extend(values)
+
+    # --- checkpoints --------------------------------------------------------------------------
+
+    def checkpoint(self, step: int) -> None:
+        """The training checkpoint of ``step`` (written by rank 0)."""
+        self.flush()
+        if self.ranks.main:
+            ckpt.save_train_checkpoint(
+                self.out_dir, step=step, losses=self.losses, model=self.model, ema=self.ema,
+                optimizer=self.optimizer, generator=self.gen, train_config=self.config.to_dict())
+        self.saved_step = step
+
+    def save_final(self) -> None:
+        """The last checkpoint, unless on disk already, and the final model (the EMA
+        weights when EMA is on) for ``pydiffgen.load_model(out_dir)``."""
+        steps = self.config.steps
+        if self.saved_step != steps:
+            self.checkpoint(steps)
+        final = self.ema if self.ema is not None else self.model
         if getattr(final, "config", None):
-            ckpt.save_model(out_dir, final, meta={
-                "weights": "ema" if ema_model is not None else "model",
-                "step": steps_done,
-                "train_config": config.to_dict(),
-                "final_loss": losses[-1] if losses else None,
-                "data_shape": list(x_all.shape[1:]),
+            ckpt.save_model(self.out_dir, final, meta={
+                "weights": "ema" if self.ema is not None else "model",
+                "step": steps,
+                "train_config": self.config.to_dict(),
+                "final_loss": self.losses[-1] if self.losses else None,
+                "data_shape": list(self.x_all.shape[1:]),
             })
-    if world > 1:
-        torch.distributed.barrier()  # rank 0's files exist when train returns on any rank
-    model.eval()
-    if ema_model is not None:
-        ema_model.eval()
-    rate = n_done * config.batch_size / elapsed if n_done and elapsed > 0 else 0.0
-    return TrainResult(model=model, ema=ema_model, losses=list(losses), steps=steps_done,
-                       images_per_s=rate, out_dir=out_dir)
 
 
 # ----------------------------------------------------------------------------------------
@@ -490,112 +608,3 @@ def _update_ema(ema_model, model, decay: float) -> None:
     torch._foreach_lerp_(ema_p, p, 1.0 - decay)  # ema ← decay·ema + (1 − decay)·p
     for b_ema, b in zip(ema_model.buffers(), model.buffers(), strict=True):
         b_ema.copy_(b)  # running statistics follow the live model
-
-
-# ----------------------------------------------------------------------------------------
-# checkpoints
-# ----------------------------------------------------------------------------------------
-
-
-def _save_checkpoint(out_dir, step, losses, model, ema_model, optimizer, gen, config):
-    state = optimizer.state_dict()
-    tensors = ckpt.state_tensors(model, "model/")
-    if ema_model is not None:
-        tensors.update(ckpt.state_tensors(ema_model, "ema/"))
-    opt_scalars = {}
-    for i, s in state["state"].items():
-        for key, value in s.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim/{i}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
-            else:
-                opt_scalars.setdefault(str(i), {})[key] = value
-    token = secrets.token_hex(8)
-    ckpt.write_tensors(out_dir / "checkpoint.safetensors", tensors, token=token)
-    write_json(
-        out_dir / "checkpoint.json",
-        {
-            "format": CHECKPOINT_FORMAT,
-            "version": 1,
-            "token": token,
-            "step": step,
-            "model_config": getattr(model, "config", None),
-            "train_config": config.to_dict(),
-            "optimizer": {"param_groups": state["param_groups"], "scalars": opt_scalars},
-            "generator_state": gen.get_state().tolist(),
-            "ema": ema_model is not None,
-            "torch_version": torch.__version__,
-            "losses": list(losses),
-        },
-        indent=None,
-    )
-
-
-def _load_checkpoint(out_dir, model, ema_model, optimizer, gen, config):
-    path = out_dir / "checkpoint.json"
-    info = read_json(path)
-    if not isinstance(info, dict) or info.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a pydiffgen training checkpoint; use a fresh "
-                              "out_dir or resume=False to overwrite it")
-    fresh = "use a fresh out_dir, or resume=False to start over and overwrite it"
-    saved = info.get("train_config") or {}
-    now = ckpt._json_normal(config.to_dict())
-    diff = sorted(k for k in set(saved) | set(now)
-                  if k not in _RESUMABLE_FIELDS and saved.get(k, "<absent>") != now.get(k))
-    if diff:
-        details = ", ".join(f"{k}: checkpoint {saved.get(k, '<absent>')!r} vs now {now.get(k)!r}"
-                            for k in diff)
-        raise CheckpointError(
-            f"{path} was written by a different training config ({details}); {fresh}"
-        )
-    model_config = getattr(model, "config", None)
-    if ckpt._json_normal(model_config) != info.get("model_config"):
-        raise CheckpointError(
-            f"{path} was written for a different model ({info.get('model_config')!r}, this "
-            f"model is {model_config!r}); {fresh}"
-        )
-    try:
-        step = int(info["step"])
-        losses = [float(v) for v in info["losses"]]
-        gen_state = torch.tensor(info["generator_state"], dtype=torch.uint8)
-        groups = info["optimizer"]["param_groups"]
-        scalars = info["optimizer"].get("scalars", {})
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"{path} is incomplete ({type(err).__name__}: {err}); {fresh}") \
-            from None
-    if len(losses) != step:
-        raise CheckpointError(f"{path} is inconsistent ({len(losses)} losses for step {step}); "
-                              f"{fresh}")
-
-    tensors = ckpt.read_tensors(out_dir / "checkpoint.safetensors", token=info.get("token"),
-                                token_source=path)
-    sections: dict[str, dict] = {"model": {}, "ema": {}, "optim": {}}
-    for key, value in tensors.items():
-        head, _, rest = key.partition("/")
-        if head not in sections:
-            raise CheckpointError(f"{out_dir / 'checkpoint.safetensors'} has an unknown entry "
-                                  f"{key!r}; {fresh}")
-        sections[head][rest] = value
-    source = out_dir / "checkpoint.safetensors"
-    ckpt.load_state_tensors(model, sections["model"], source=source)
-    if ema_model is not None:
-        ckpt.load_state_tensors(ema_model, sections["ema"], source=source)
-
-    opt_state: dict[int, dict] = {}
-    for key, value in sections["optim"].items():
-        i, _, name = key.partition("/")
-        opt_state.setdefault(int(i), {})[name] = value
-    for i, extra in scalars.items():
-        opt_state.setdefault(int(i), {}).update(extra)
-    for group in groups:
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
-    try:
-        optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
-    except (ValueError, KeyError, RuntimeError) as err:
-        raise CheckpointError(f"{path}: the optimizer state does not fit this model ({err}); "
-                              f"{fresh}") from None
-    try:
-        gen.set_state(gen_state)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: bad generator state ({err}); {fresh}") from None
-    return step, losses

@@ -157,6 +157,49 @@ def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
     assert _same_outputs(m, load_model(tmp_path))
 
 
+def _adam_state(m, seed=0):
+    """Adam over ``m`` after one step on a fixed input, and a generator that drew once."""
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m(torch.randn(2, 1, 6, 6, generator=torch.Generator().manual_seed(seed)), 0.5).square() \
+        .mean().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(seed)
+    torch.rand(3, generator=gen)
+    return opt, gen
+
+
+def test_train_checkpoint_round_trip_and_config_check(tmp_path):
+    m, ema = _net().train(), _net(width=4)
+    opt, gen = _adam_state(m)
+    config = {"steps": 4, "lr": 1e-3, "betas": (0.9, 0.999)}
+    ckpt.save_train_checkpoint(tmp_path, step=2, losses=[0.5, 0.25], model=m, ema=ema,
+                               optimizer=opt, generator=gen, train_config=config)
+    assert ckpt.train_checkpoint_paths(tmp_path) == (tmp_path / "checkpoint.safetensors",
+                                                     tmp_path / "checkpoint.json")
+    with pytest.raises(CheckpointError, match="training checkpoint"):
+        load_model(tmp_path / "checkpoint.json")
+
+    m2, ema2 = _net(width=4), _net(width=4)
+    opt2, gen2 = _adam_state(m2, seed=1)
+    step, losses = ckpt.load_train_checkpoint(
+        tmp_path, model=m2, ema=ema2, optimizer=opt2, generator=gen2,
+        train_config={**config, "steps": 8}, resumable={"steps"})
+    assert step == 2 and losses == [0.5, 0.25]
+    for a, b in ((m, m2), (ema, ema2)):
+        for k, v in a.state_dict().items():
+            assert torch.equal(v, b.state_dict()[k])
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(torch.as_tensor(v), torch.as_tensor(opt2.state_dict()["state"][0][k]))
+    assert torch.equal(gen.get_state(), gen2.get_state())
+
+    with pytest.raises(CheckpointError, match="different training config .*steps"):
+        ckpt.load_train_checkpoint(tmp_path, model=m2, ema=ema2, optimizer=opt2, generator=gen2,
+                                   train_config={**config, "steps": 8})
+    with pytest.raises(CheckpointError, match="different model"):
+        ckpt.load_train_checkpoint(tmp_path, model=_net(width=6), ema=None, optimizer=opt2,
+                                   generator=gen2, train_config=config)
+
+
 def test_save_model_needs_a_registered_denoiser(tmp_path):
     with pytest.raises(InputError, match="Denoiser"):
         save_model(tmp_path, nn.Linear(2, 2))

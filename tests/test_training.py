@@ -239,12 +239,12 @@ def test_checkpoint_files_and_torn_checkpoint(tmp_path, monkeypatch):
     assert meta["weights"] == "ema" and meta["step"] == 6
 
     # a crash between writing the tensors and the JSON of a checkpoint is detected
-    import pydiffgen.training as training
+    import pydiffgen.checkpoint as checkpoint
 
     def crash(*a, **k):
         raise _Kill
 
-    monkeypatch.setattr(training, "write_json", crash)
+    monkeypatch.setattr(checkpoint, "write_json", crash)
     with pytest.raises(_Kill):
         train(_model(), data, TrainConfig(steps=9, batch_size=4, checkpoint_every=3),
               out_dir=tmp_path, progress=False)

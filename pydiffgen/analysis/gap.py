@@ -29,7 +29,7 @@ import torch
 
 from .._checks import check_positive_int, check_same_image_shape, check_tensor
 from ..errors import InputError
-from .distances import _apply, output_distance
+from .distances import _apply, fixed_noise, output_distance
 
 __all__ = ["GapResult", "default_sigmas", "noise_level_gap", "noise_level_gap_over_training"]
 
@@ -135,35 +135,16 @@ def noise_level_gap(
     check_tensor(train, "train", min_ndim=2)
     check_tensor(heldout, "heldout", min_ndim=2)
     check_same_image_shape(train, heldout, "train", "heldout")
-    n = min(len(train), len(heldout))
-    if n_images is not None:
-        n_images = check_positive_int(n_images, "n_images")
-        if n_images > n:
-            raise InputError(f"n_images={n_images} exceeds the images available per split "
-                             f"(train {len(train)}, heldout {len(heldout)})")
-        n = n_images
+    n = _images_per_split(train, heldout, n_images)
     noise_draws = check_positive_int(noise_draws, "noise_draws")
     batch_size = check_positive_int(batch_size, "batch_size")
     sig = default_sigmas() if sigmas is None else _check_sigmas(sigmas)
-    if optimum == "empirical":
-        from .empirical import EmpiricalDenoiser
-
-        optimum = EmpiricalDenoiser(train).to(train.device)
-    elif optimum is not None and not callable(optimum):
-        raise InputError(f"optimum must be 'empirical', a denoiser or None, got {optimum!r}")
-
-    lab_tr = lab_va = None
-    if class_labels is not None:
-        try:
-            lab_tr, lab_va = (torch.as_tensor(v)[:n].repeat_interleave(noise_draws, 0)
-                              for v in class_labels)
-        except (TypeError, ValueError):
-            raise InputError("class_labels must be a pair (train_labels, heldout_labels) of "
-                             "int tensors") from None
+    optimum = _optimum(optimum, train)
+    lab_tr, lab_va = _repeated_labels(class_labels, n, noise_draws)  # [n·r] each, or None
     x_tr = train[:n].repeat_interleave(noise_draws, 0)  # [n·r, *F]
     x_va = heldout[:n].repeat_interleave(noise_draws, 0)  # [n·r, *F]
-    z_tr = _noise(x_tr, seed)
-    z_va = _noise(x_va, seed + 1)
+    z_tr = fixed_noise(x_tr, seed)
+    z_va = fixed_noise(x_va, seed + 1)
     e_tr, e_va, gap, rmse, nmse = [], [], [], [], []
     for s in sig:
         y_tr, y_va = x_tr + s * z_tr, x_va + s * z_va  # y = x + σ n
@@ -257,6 +238,43 @@ def _apply_labeled(denoiser, y, sigma: float, batch_size: int, labels):
             denoiser.train()
 
 
+def _images_per_split(train, heldout, n_images) -> int:
+    """n: ``n_images``, or by default as many as both splits have."""
+    n = min(len(train), len(heldout))
+    if n_images is None:
+        return n
+    n_images = check_positive_int(n_images, "n_images")
+    if n_images > n:
+        raise InputError(f"n_images={n_images} exceeds the images available per split "
+                         f"(train {len(train)}, heldout {len(heldout)})")
+    return n_images
+
+
+def _optimum(optimum, train):
+    """The denoiser to measure the distance to: D_M of ``train`` for "empirical"."""
+    if optimum == "empirical":
+        from .empirical import EmpiricalDenoiser
+
+        return EmpiricalDenoiser(train).to(train.device)
+    if optimum is not None and not callable(optimum):
+        raise InputError(f"optimum must be 'empirical', a denoiser or None, got {optimum!r}")
+    return optimum
+
+
+def _repeated_labels(class_labels, n: int, noise_draws: int):
+    """(train, heldout) labels of the first n images, each repeated ``noise_draws`` times
+    like the images; (None, None) without ``class_labels``."""
+    if class_labels is None:
+        return None, None
+    try:
+        lab_tr, lab_va = (torch.as_tensor(v)[:n].repeat_interleave(noise_draws, 0)
+                          for v in class_labels)
+    except (TypeError, ValueError):
+        raise InputError("class_labels must be a pair (train_labels, heldout_labels) of "
+                         "int tensors") from None
+    return lab_tr, lab_va
+
+
 def _check_sigmas(sigmas) -> list[float]:
     if isinstance(sigmas, torch.Tensor):
         sigmas = sigmas.reshape(-1).tolist()
@@ -266,11 +284,6 @@ def _check_sigmas(sigmas) -> list[float]:
     if not sig or not all(math.isfinite(s) and s > 0 for s in sig):
         raise InputError(f"sigmas must be a non-empty list of positive finite numbers, got {sig}")
     return sig
-
-
-def _noise(x: torch.Tensor, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(x.shape, generator=gen, dtype=torch.float32).to(x.device, x.dtype)
 
 
 def _mse(D: torch.Tensor, x: torch.Tensor) -> float:

@@ -139,6 +139,26 @@ def kadkhodaie_ascent(
     ``x_init`` [n, *shape] replaces x0 (the generator still draws it, so z_t is unchanged).
     """
     n, shape = _check_n_shape(n, shape)
+    h0, beta, sigma0, sigma_inf, max_steps = _check_ascent(h0, beta, sigma0, sigma_inf, max_steps)
+    gen = _generator(generator, device)
+    with _eval_mode(denoiser):
+        x = _initial(x_init, n, shape, gen, device, dtype, sigma0, float(m))  # x0 ~ N(m, σ0² I)
+        walk = _Ascent(x, torch.full((n,), sigma0, device=device, dtype=dtype), return_trajectory)
+        t = 0
+        while t < max_steps and walk.running():
+            t += 1
+            h = h0 * t / (1 + h0 * (t - 1))  # h_t, the growing step
+            z = _randn(gen, n, shape, device, dtype)  # z_t for the whole batch
+            _ascent_step(denoiser, walk, h, z, beta, sigma_inf, dtype)
+        if walk.running():
+            _denoise_the_rest(denoiser, walk, sigma_inf, max_steps, dtype)
+    if return_trajectory:
+        return walk.x, walk.rec.result(dtype, walk.n_steps)
+    return walk.x
+
+
+def _check_ascent(h0, beta, sigma0, sigma_inf, max_steps):
+    """Algorithm 1's parameters, checked: h0 and β in (0, 1], σ0, σ_∞ > 0, max_steps ≥ 1."""
     h0 = check_positive_float(h0, "h0")
     beta = check_positive_float(beta, "beta")
     sigma0 = check_positive_float(sigma0, "sigma0")
@@ -146,59 +166,67 @@ def kadkhodaie_ascent(
     max_steps = check_positive_int(max_steps, "max_steps")
     if h0 > 1 or beta > 1:
         raise InputError(f"h0 and beta must lie in (0, 1], got h0={h0}, beta={beta}")
-    gen = _generator(generator, device)
-    dim = math.prod(shape)
+    return h0, beta, sigma0, sigma_inf, max_steps
 
-    with _eval_mode(denoiser):
-        # x0 ~ N(m, σ0² I)
-        x = _initial(x_init, n, shape, gen, device, dtype, sigma0, float(m))  # [n, *shape]
-        sigma_in = torch.full((n,), sigma0, device=device, dtype=dtype)  # [n]
-        active = torch.ones(n, dtype=torch.bool, device=device)
-        n_steps = torch.zeros(n, dtype=torch.long, device=device)
-        rec = _Recorder(return_trajectory, x, sigma_in)
-        t = 0
-        while t < max_steps and bool(active.any()):
-            t += 1
-            h = h0 * t / (1 + h0 * (t - 1))
-            z = _randn(gen, n, shape, device, dtype)  # z_t for the whole batch
-            idx = active.nonzero().squeeze(1)  # [A]
-            x_a = x[idx]
-            D_x = _call(denoiser, x_a, sigma_in[idx], dtype)
-            d = D_x - x_a  # d_t = f(x_{t-1}) - x_{t-1}
-            sigma_t = d.flatten(1).norm(dim=1) / math.sqrt(dim)  # σ_t = ‖d_t‖ / √d, [A]
-            # γ_t² = ((1 − βh)² − (1 − h)²) σ_t²
-            gamma = math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2) * sigma_t
-            x_new = x_a + h * d + _bcast(gamma, x_a) * z[idx]  # x_t = x_{t-1} + h d_t + γ_t z_t
-            stop = sigma_t < sigma_inf  # [A]
-            x_new = torch.where(_bcast(stop, x_a), D_x, x_new)  # final full denoising step
-            denoised = x.clone() if rec.enabled else None
-            x[idx] = x_new
-            sigma_in[idx] = torch.where(stop, 0.0, (1 - beta * h) * sigma_t)
-            n_steps[idx] += 1
-            active[idx[stop]] = False
-            if rec.enabled:
-                denoised[idx] = D_x
-                rec.step(denoised, x, sigma_in)
-        if bool(active.any()):
-            idx = active.nonzero().squeeze(1)
-            warnings.warn(
-                f"kadkhodaie_ascent: {idx.numel()} of {n} samples still had σ_t ≥ σ_∞ = "
-                f"{sigma_inf} after max_steps = {max_steps}; they were denoised in one step. "
-                "Raise max_steps or sigma_inf.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            D_x = _call(denoiser, x[idx], sigma_in[idx], dtype)
-            denoised = x.clone() if rec.enabled else None
-            x[idx] = D_x
-            sigma_in[idx] = 0.0
-            n_steps[idx] += 1
-            if rec.enabled:
-                denoised[idx] = D_x
-                rec.step(denoised, x, sigma_in)
-    if return_trajectory:
-        return x, rec.result(dtype, n_steps)
-    return x
+
+class _Ascent:
+    """The per-sample state of the ascent: x [n, *shape], the σ handed to the denoiser
+    [n], which samples still run [n], the transitions each took [n], and the recorder."""
+
+    def __init__(self, x: torch.Tensor, sigma_in: torch.Tensor, record: bool):
+        self.x, self.sigma_in = x, sigma_in
+        self.active = torch.ones(len(x), dtype=torch.bool, device=x.device)
+        self.n_steps = torch.zeros(len(x), dtype=torch.long, device=x.device)
+        self.rec = _Recorder(record, x, sigma_in)
+
+    def running(self) -> bool:
+        return bool(self.active.any())
+
+    def advance(self, idx, D_x, x_new, sigma_next) -> None:
+        """Samples ``idx`` [A] move to ``x_new`` [A, *shape], where the denoiser will see
+        ``sigma_next``; ``D_x`` [A, *shape] is what the denoiser returned for them."""
+        denoised = self.x.clone() if self.rec.enabled else None
+        self.x[idx] = x_new
+        self.sigma_in[idx] = sigma_next
+        self.n_steps[idx] += 1
+        if self.rec.enabled:
+            denoised[idx] = D_x
+            self.rec.step(denoised, self.x, self.sigma_in)
+
+
+def _ascent_step(denoiser, walk: _Ascent, h: float, z: torch.Tensor, beta: float,
+                 sigma_inf: float, dtype) -> None:
+    """Step t of Algorithm 1 for the running samples, with h = h_t and z = z_t [n, *shape];
+    a sample whose σ_t falls below σ_∞ takes the full denoising step x = f(x) and stops."""
+    idx = walk.active.nonzero().squeeze(1)  # [A]
+    x_a = walk.x[idx]
+    D_x = _call(denoiser, x_a, walk.sigma_in[idx], dtype)
+    d = D_x - x_a  # d_t = f(x_{t-1}) - x_{t-1}
+    sigma_t = d.flatten(1).norm(dim=1) / math.sqrt(math.prod(x_a.shape[1:]))  # ‖d_t‖/√d, [A]
+    # γ_t² = ((1 − βh)² − (1 − h)²) σ_t²
+    gamma = math.sqrt((1 - beta * h) ** 2 - (1 - h) ** 2) * sigma_t
+    x_new = x_a + h * d + _bcast(gamma, x_a) * z[idx]  # x_t = x_{t-1} + h d_t + γ_t z_t
+    stop = sigma_t < sigma_inf  # [A]
+    x_new = torch.where(_bcast(stop, x_a), D_x, x_new)  # final full denoising step
+    # the noise level the step leaves, (1 − βh)·σ_t, is what the denoiser sees next
+    walk.advance(idx, D_x, x_new, torch.where(stop, 0.0, (1 - beta * h) * sigma_t))
+    walk.active[idx[stop]] = False
+
+
+def _denoise_the_rest(denoiser, walk: _Ascent, sigma_inf: float, max_steps: int,
+                      dtype) -> None:
+    """The samples still running after ``max_steps`` take the final step x = f(x), with a
+    warning."""
+    idx = walk.active.nonzero().squeeze(1)
+    warnings.warn(
+        f"kadkhodaie_ascent: {idx.numel()} of {len(walk.x)} samples still had σ_t ≥ σ_∞ = "
+        f"{sigma_inf} after max_steps = {max_steps}; they were denoised in one step. "
+        "Raise max_steps or sigma_inf.",
+        RuntimeWarning,
+        stacklevel=3,  # past this helper and kadkhodaie_ascent
+    )
+    D_x = _call(denoiser, walk.x[idx], walk.sigma_in[idx], dtype)
+    walk.advance(idx, D_x, D_x, 0.0)
 
 
 # ----------------------------------------------------------------------------------------
