@@ -111,7 +111,9 @@ def sweep_curves(panels):
     return fig
 
 
-def write_report(out, config, results, summary) -> Path:
+def gaussian_report(out, config, results, summary) -> Path:
+    """report.html of the hidden-Gaussian-structure experiment: regimes, distances,
+    linearity, W_L vs W_G and the size / width / training-time sweeps."""
     from ..config import to_dict
 
     out = Path(out)
@@ -192,12 +194,3 @@ def write_report(out, config, results, summary) -> Path:
     rep.code(json.dumps(to_dict(config), indent=2))
     return rep.save()
 
-
-def _first(sig, labels, name):
-    idx = [i for i, lab in enumerate(labels) if lab == name]
-    return f"{sig[idx[0]]:.3g}" if idx else "n/a"
-
-
-def _last(sig, labels, name):
-    idx = [i for i, lab in enumerate(labels) if lab == name]
-    return f"{sig[idx[-1]]:.3g}" if idx else "n/a"
