@@ -25,8 +25,9 @@ output saturates (the contour itself is lost), at low noise the optimum keeps ne
 every pixel (slope → 1) and a network trained with σ = U²·σ_max rarely sees that noise.
 The report shows the whole curve with the fitted line.
 
-Every trained model (``models/<key>``) and every analysis (``analysis/<key>.json``) is
-stored as soon as it exists, so a rerun with the same config resumes.
+The comparisons themselves are in :mod:`pydiffgen.analysis.basis`. Every trained model
+(``models/<key>``) and every analysis (``analysis/<key>.json``) is stored as soon as it
+exists, so a rerun with the same config resumes.
 """
 
 from __future__ import annotations
