@@ -7,47 +7,48 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import config as cfgmod
 from .errors import PydiffgenError
 
+if TYPE_CHECKING:
+    from .experiments import Experiment
+
 
 def cmd_demo(args) -> int:
-    from .experiments.generalization import generalization_sweep, preset
-
-    config = preset("demo")
-    out = Path(args.out) if args.out else Path("runs") / config.name
-    generalization_sweep(config, out, progress=not args.quiet)
-    if _is_main():
-        print(f"report: {out / 'report.html'}")
-    return 0
+    """The sweep's "demo" preset (what ``make demo`` runs)."""
+    sweep = _experiment("sweep")
+    return _run_experiment(sweep, sweep.preset("demo"), args.out, resume=True,
+                           progress=not args.quiet)
 
 
-def cmd_sweep(args) -> int:
-    from .experiments.generalization import (
-        SweepConfig,
-        generalization_sweep,
-        plan,
-        preset,
-    )
-
-    base = preset(args.preset) if args.preset else SweepConfig()
-    config = cfgmod.from_arguments(SweepConfig, args, base)
+def cmd_experiment(exp: Experiment, args) -> int:
+    """A preset-based experiment: rebuild a finished run's report (--report-only), print
+    the plan (--dry-run), or run it with --preset and the config's flags."""
+    if args.report_only:
+        return _report_only(exp, args.report_only)
+    config = cfgmod.from_arguments(exp.config, args, exp.preset(args.preset) if args.preset
+                                   else None)
     if args.dry_run:
-        print(plan(config))
+        print(exp.plan(config))
         return 0
-    out = Path(args.out) if args.out else Path("runs") / config.name
-    generalization_sweep(config, out, resume=args.resume, progress=not args.quiet)
-    if _is_main():
+    return _run_experiment(exp, config, args.out, resume=args.resume, progress=not args.quiet)
+
+
+def _run_experiment(exp: Experiment, config, out, *, resume: bool, progress: bool) -> int:
+    out = Path(out) if out else Path("runs") / config.name
+    results = exp.run(config, out, resume=resume, progress=progress)
+    if _is_main():  # under torchrun every rank runs a sweep; rank 0 speaks
+        for line in exp.summary(results) if exp.summary else ():
+            print(line)
         print(f"report: {out / 'report.html'}")
     return 0
 
 
-def cmd_report(args) -> int:
-    from .experiments.generalization import write_report
-
-    write_report(args.run)
-    print(f"report: {Path(args.run) / 'report.html'}")
+def _report_only(exp: Experiment, run) -> int:
+    exp.report(run)
+    print(f"report: {Path(run) / 'report.html'}")
     return 0
 
 
@@ -102,88 +103,31 @@ def cmd_sample(args) -> int:
     return 0
 
 
-def _preset_experiment(args, config_cls, preset, plan, write_report):
-    """(config, out) of a preset-based experiment from --preset and its flags; None when
-    --report-only (rebuild a finished run's report) or --dry-run (print the plan) did it."""
-    if args.report_only:
-        write_report(args.report_only)
-        print(f"report: {Path(args.report_only) / 'report.html'}")
-        return None
-    config = cfgmod.from_arguments(config_cls, args, preset(args.preset) if args.preset else None)
-    if args.dry_run:
-        print(plan(config))
-        return None
-    return config, Path(args.out) if args.out else Path("runs") / config.name
+def cmd_memorization_gap(args) -> int:
+    """Gap vs σ and trajectory probe of a trained checkpoint."""
+    from .experiments.memorization_probes import checkpoint_gap
 
-
-def cmd_gaussian(args) -> int:
-    from .experiments import gaussian_structure as gs
-
-    todo = _preset_experiment(args, gs.GaussianConfig, gs.preset, gs.plan,
-                              gs.write_gaussian_report)
-    if todo is None:
-        return 0
-    config, out = todo
-    gs.gaussian_structure(config, out, resume=args.resume, progress=not args.quiet)
-    print(f"report: {out / 'report.html'}")
+    res = checkpoint_gap(args.model, args.data, n_train=args.n_train,
+                         data_options=cfgmod.parse_options(args.data_option),
+                         n_heldout=args.n_heldout, n_samples=args.n_samples, out_dir=args.out)
+    peak_sigma, peak = res["gap"].peak()
+    print(f"peak gap {peak:.3g} at sigma {peak_sigma:.3g}; report: {res['report']}")
     return 0
 
 
-def cmd_memorization(args) -> int:
-    """Where models memorize: gap (+ trajectory probe) of a trained model, the 2-D toy,
-    factor sweeps, or a rebuilt factor report."""
-    from .experiments import memorization_factors as mf
-    from .io import write_json
+def cmd_memorization_toy2d(args) -> int:
+    """The 2-D circle toy: a trained MLP vs the exact and the blurred optimum."""
+    from .analysis.toy2d import Toy2DConfig
+    from .experiments.memorization_probes import toy2d
 
-    if args.action == "report":
-        print(f"report: {mf.write_factor_report(args.run)}")
-        return 0
-    if args.action == "factors":
-        config = cfgmod.from_arguments(mf.FactorConfig, args,
-                                       mf.preset(args.preset) if args.preset else None)
-        if args.dry_run:
-            for p in mf.factor_points(config):
-                print(f"{p['factor']}={p['value']}: N={p['n']} width={p['width']} "
-                      f"k={p['k']} steps={p['steps']} w={p['w']}")
-            return 0
-        out = Path(args.out) if args.out else Path("runs") / config.name
-        mf.memorization_factors(config, out, resume=args.resume, progress=not args.quiet)
-        print(f"report: {out / 'report.html'}")
-        return 0
-    from .report import memorization as rm
-    from .report.html import Report
-
-    out = Path(args.out)
-    if args.action == "toy2d":
-        from .analysis.toy2d import Toy2DConfig, toy2d_experiment
-
-        toy = toy2d_experiment(Toy2DConfig(steps=args.steps, delta=args.delta,
-                                           n_points=args.n_points), progress=not args.quiet)
-        for name, d in toy["denoisers"].items():
-            g = d["gap"]
-            print(f"{name:8s} peak G {g['peak_gap']:.3g} at sigma {g['peak_sigma']:.3g}; "
-                  f"memorized {d['memorized_fraction']:.2f}; nearer held-out "
-                  f"{d['nearer_heldout_fraction']:.2f}")
-        print(f"fitted delta {toy['fit_delta']['delta']}; report: {rm.toy2d_report(toy, out)}")
-        return 0
-    # gap: a checkpoint trained on the first --n-train images of --data
-    from . import data
-    from .analysis import noise_level_gap, trajectory_probe
-    from .checkpoint import load_model
-
-    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
-    model = load_model(args.model).eval()
-    if getattr(model, "name", "") == "mlp":
-        x = x.reshape(len(x), -1)
-    train, heldout = x[: args.n_train], x[len(x) - args.n_heldout:]
-    gap = noise_level_gap(model, train, heldout, n_images=min(len(train), len(heldout)))
-    probe = trajectory_probe(model, train, heldout, n_samples=args.n_samples)
-    write_json(out / "gap.json", {"gap": gap.to_dict(), "trajectory": probe.summary()})
-    rep = Report(f"Noise-level gap: {args.model}", out)
-    rep.figure(rm.gap_figure({"model": gap.to_dict()}), "gap")
-    rep.figure(rm.trajectory_figure(probe.summary()), "trajectory")
-    peak_sigma, peak = gap.peak()
-    print(f"peak gap {peak:.3g} at sigma {peak_sigma:.3g}; report: {rep.save()}")
+    toy = toy2d(Toy2DConfig(steps=args.steps, delta=args.delta, n_points=args.n_points),
+                args.out, progress=not args.quiet)
+    for name, d in toy["denoisers"].items():
+        g = d["gap"]
+        print(f"{name:8s} peak G {g['peak_gap']:.3g} at sigma {g['peak_sigma']:.3g}; "
+              f"memorized {d['memorized_fraction']:.2f}; nearer held-out "
+              f"{d['nearer_heldout_fraction']:.2f}")
+    print(f"fitted delta {toy['fit_delta']['delta']}; report: {toy['report']}")
     return 0
 
 
@@ -204,34 +148,6 @@ def cmd_jacobian(args) -> int:
         lam1 = sum(e[0] for e in r["eigenvalues"]) / len(r["eigenvalues"])
         print(f"sigma {r['sigma']:g}: tr J {tr:.3g}, top eigenvalue {lam1:.3g}")
     print(f"report: {Path(args.out) / 'report.html'}")
-    return 0
-
-
-def cmd_optimal_basis(args) -> int:
-    """Optimal-basis experiments on synthetic data (C^alpha, disks, ray, Gaussian)."""
-    from .experiments import optimal_basis as ob
-
-    todo = _preset_experiment(args, ob.OptimalBasisConfig, ob.preset, ob.plan,
-                              ob.write_optimal_basis_report)
-    if todo is None:
-        return 0
-    config, out = todo
-    res = ob.optimal_basis(config, out, resume=args.resume, progress=not args.quiet)
-    s = res["summary"]
-    for r in s.get("calpha", []):
-        print(f"C^alpha alpha={r['alpha']:g}: PSNR slope {r['slope']:.3f} "
-              f"(optimal {r['optimal_slope']:.3f})")
-    for key in ("disks", "ray"):
-        for r in s.get(key, []):
-            print(f"{key} sigma={r['sigma']:g}: angles "
-                  f"{', '.join(f'{a:.1f}' for a in r['mean_angles_deg'])} deg (random "
-                  f"{r['random_mean_angles_deg'][0]:.1f}); tr J {r['trace']:.2f}; "
-                  f"MSE/sigma^2 {r['mse_over_sigma2']:.2f} (optimum ~{r['k']})")
-    for r in s.get("gaussian", []):
-        print(f"gaussian sigma={r['sigma']:g}: |J - W_G|/|W_G| {r['rel_error']:.3f}; "
-              f"diagonality {r['diagonality']:.3f}; tr J {r['trace']:.2f} "
-              f"(optimal {r['optimal_trace']:.2f})")
-    print(f"report: {out / 'report.html'}")
     return 0
 
 
@@ -295,29 +211,48 @@ def cmd_datasets(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .experiments.generalization import PRESETS, SweepConfig
-    from .training import TrainConfig
+    from .experiments.registry import EXPERIMENTS
 
     p = argparse.ArgumentParser(prog="pydiffgen", description=__doc__.splitlines()[0])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
-
     s = sub.add_parser("demo", help="the memorization→generalization sweep on built-in data")
     s.add_argument("--out", help="output folder (default runs/demo)")
     s.set_defaults(func=cmd_demo)
-
-    s = sub.add_parser("sweep", help="train pairs of models on disjoint subsets, compare")
-    s.add_argument("--preset", help=f"start from a preset: {', '.join(PRESETS)}")
-    s.add_argument("--out", help="output folder (default runs/<name>)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="skip what a previous run of the same config finished")
-    cfgmod.add_arguments(s, SweepConfig)
-    s.set_defaults(func=cmd_sweep)
-
     s = sub.add_parser("report", help="rebuild report.html of a finished sweep")
     s.add_argument("run", help="the sweep's output folder")
-    s.set_defaults(func=cmd_report)
+    s.set_defaults(func=lambda args: _report_only(_experiment("sweep"), args.run))
+    _add_train(sub)
+    _add_sample(sub)
+    groups = {"memorization": _add_memorization(sub)}
+    for exp in EXPERIMENTS:  # "memorization factors": action "factors" of "memorization"
+        *group, name = exp.name.split()
+        _add_experiment(groups[group[0]] if group else sub, name, exp)
+    _add_jacobian(sub)
+    _add_audit(sub)
+    s = sub.add_parser("backends", help="what was built and which backends can run")
+    s.set_defaults(func=cmd_backends)
+    s = sub.add_parser("datasets", help="list dataset names")
+    s.set_defaults(func=cmd_datasets)
+    return p
+
+
+def _add_experiment(sub, name: str, exp: Experiment) -> None:
+    """A preset-based experiment's subcommand: one flag per config field, and the flags
+    every such experiment shares."""
+    s = sub.add_parser(name, help=exp.help)
+    s.add_argument("--preset", help=f"start from a preset: {', '.join(exp.presets)}")
+    s.add_argument("--out", help="output folder (default runs/<name>)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="reuse what a previous run of the same config stored")
+    cfgmod.add_arguments(s, exp.config)
+    s.set_defaults(func=lambda args: cmd_experiment(exp, args))
+
+
+def _add_train(sub) -> None:
+    from .training import TrainConfig
 
     s = sub.add_parser("train", help="train one denoiser")
     s.add_argument("--data", required=True, help="dataset name (pydiffgen datasets)")
@@ -329,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     cfgmod.add_arguments(s, TrainConfig)
     s.set_defaults(func=cmd_train)
 
+
+def _add_sample(sub) -> None:
     s = sub.add_parser("sample", help="sample from a trained denoiser")
     s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
     s.add_argument("--n", type=int, default=64)
@@ -340,23 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help=".npy array or .png grid")
     s.set_defaults(func=cmd_sample)
 
-    from .experiments.gaussian_structure import PRESETS as GAUSSIAN_PRESETS
-    from .experiments.gaussian_structure import GaussianConfig
 
-    s = sub.add_parser("gaussian", help="hidden Gaussian structure: network vs linear, "
-                       "Gaussian and empirical denoisers across noise levels")
-    s.add_argument("--preset", help=f"start from a preset: {', '.join(GAUSSIAN_PRESETS)}")
-    s.add_argument("--out", help="output folder (default runs/<name>)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
-    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the models and analyses a previous run of the same config stored")
-    cfgmod.add_arguments(s, GaussianConfig)
-    s.set_defaults(func=cmd_gaussian)
-
-    from .experiments.memorization_factors import PRESETS as FACTOR_PRESETS
-    from .experiments.memorization_factors import FactorConfig
-
+def _add_memorization(sub):
+    """``pydiffgen memorization`` and its actions gap, toy2d and report; returns its
+    subparsers, where the factor sweep's experiment adds ``factors``."""
     s = sub.add_parser("memorization", help="where models memorize: noise-level gap, "
                        "trajectory probe, 2-D toy, factor sweeps")
     acts = s.add_subparsers(dest="action", required=True)
@@ -368,21 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--n-heldout", type=int, default=64, help="held-out: the last images")
     a.add_argument("--n-samples", type=int, default=64, help="samples for the probe")
     a.add_argument("--out", required=True, help="output folder")
+    a.set_defaults(func=cmd_memorization_gap)
     a = acts.add_parser("toy2d", help="the 2-D circle toy: MLP vs exact vs blurred optimum")
     a.add_argument("--steps", type=int, default=1500)
     a.add_argument("--delta", type=float, default=0.1)
     a.add_argument("--n-points", type=int, default=32)
     a.add_argument("--out", default="runs/toy2d")
-    a = acts.add_parser("factors", help="factor sweeps (time, width, N, classes, guidance)")
-    a.add_argument("--preset", help=f"start from a preset: {', '.join(FACTOR_PRESETS)}")
-    a.add_argument("--out", help="output folder (default runs/<name>)")
-    a.add_argument("--dry-run", action="store_true", help="list the points and exit")
-    a.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    cfgmod.add_arguments(a, FactorConfig)
+    a.set_defaults(func=cmd_memorization_toy2d)
     a = acts.add_parser("report", help="rebuild report.html of a finished factor sweep")
     a.add_argument("run", help="the sweep's output folder")
-    s.set_defaults(func=cmd_memorization)
+    a.set_defaults(func=lambda args: _report_only(_experiment("memorization factors"),
+                                                  args.run))
+    return acts
 
+
+def _add_jacobian(sub) -> None:
     s = sub.add_parser("jacobian", help="Jacobian eigenvalues, adaptive basis and effective "
                        "dimension of a trained denoiser")
     s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
@@ -397,20 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="runs/jacobian", help="output folder")
     s.set_defaults(func=cmd_jacobian)
 
-    from .experiments.optimal_basis import PRESETS as BASIS_PRESETS
-    from .experiments.optimal_basis import OptimalBasisConfig
 
-    s = sub.add_parser("optimal-basis", help="do trained denoisers find the optimal basis? "
-                       "C^alpha PSNR slopes, disk/ray tangent spaces, Gaussian eigenvectors")
-    s.add_argument("--preset", help=f"start from a preset: {', '.join(BASIS_PRESETS)}")
-    s.add_argument("--out", help="output folder (default runs/<name>)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
-    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                   help="reuse the models and analyses a previous run of the same config stored")
-    cfgmod.add_arguments(s, OptimalBasisConfig)
-    s.set_defaults(func=cmd_optimal_basis)
-
+def _add_audit(sub) -> None:
     from .experiments.audit import AuditConfig
 
     s = sub.add_parser("audit", help="memorization audit: are samples copies of training images")
@@ -429,11 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
 
-    s = sub.add_parser("backends", help="what was built and which backends can run")
-    s.set_defaults(func=cmd_backends)
-    s = sub.add_parser("datasets", help="list dataset names")
-    s.set_defaults(func=cmd_datasets)
-    return p
+
+def _experiment(name: str) -> Experiment:
+    from .experiments.registry import experiment
+
+    return experiment(name)
 
 
 # commands that share their work among torchrun's ranks; the others run on rank 0 only

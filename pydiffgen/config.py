@@ -112,6 +112,15 @@ def _convert(name, hint, raw):
         raise ConfigError(f"--{name.replace('_', '-')}: {err}") from None
 
 
+def check_positive_ints(config, names) -> None:
+    """ConfigError unless each field of ``config`` in ``names`` is an integer >= 1 (the
+    sizes and counts of a config; a bool is not a count)."""
+    for name in names:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+
+
 def replace(config, **changes):
     """dataclasses.replace that names the unknown field instead of a TypeError."""
     names = {f.name for f in dataclasses.fields(config)}

@@ -1,5 +1,15 @@
 """pydiffgen.analysis"""
 
+from .basis import (  # noqa: F401 - public API
+    TangentProjection,
+    disk_tangent_space,
+    gaussian_alignment,
+    manifold_alignment,
+    optimal_slope,
+    principal_angles,
+    psnr_slope,
+    spectral_gaps,
+)
 from .distances import (  # noqa: F401 - public API
     denoiser_distance,
     denoiser_outputs,
@@ -17,7 +27,7 @@ from .gap import (  # noqa: F401 - public API
     noise_level_gap,
     noise_level_gap_over_training,
 )
-from .gaussian import GaussianDenoiser, eigh, gaussian_moments  # noqa: F401 - public API
+from .gaussian import GaussianDenoiser, gaussian_moments  # noqa: F401 - public API
 from .information import (  # noqa: F401 - public API
     IdentificationResult,
     identification_bound,

@@ -12,8 +12,8 @@ covariance). Its probability-flow ODE dx/dσ = (x − D_G(x; σ))/σ has the clo
 
 Numerics: the mean and the covariance are accumulated in float64 over chunks of
 ``chunk_size`` images (two passes, the mean first, so no large cancellation), never as a
-float64 copy of the whole data set; the eigendecomposition runs in float64 through
-:func:`eigh` (one function, so a faster ``ops.eigh`` can replace it).
+float64 copy of the whole data set; the eigendecomposition runs in float64
+(``torch.linalg.eigh``).
 
 Rank deficiency: when N ≤ d, Σ has rank ≤ N − 1. Eigenvalues below
 ``rtol · λ_max`` are set to exactly 0 (round-off makes them ±1e-17·λ_max otherwise), so
@@ -32,16 +32,7 @@ from .._checks import as_sigma, check_positive_int, check_tensor
 from ..errors import InputError
 from ..models.base import Denoiser
 
-__all__ = ["GaussianDenoiser", "eigh", "gaussian_moments"]
-
-
-def eigh(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues (ascending) and eigenvectors (columns) of a symmetric matrix.
-
-    The single place pydiffgen's Gaussian analysis calls an eigensolver; a later
-    ``pydiffgen.ops.eigh`` (batched / GPU) replaces ``torch.linalg.eigh`` here.
-    """
-    return torch.linalg.eigh(matrix)
+__all__ = ["GaussianDenoiser", "gaussian_moments"]
 
 
 def gaussian_moments(train, *, chunk_size: int = 1024,
@@ -151,7 +142,8 @@ class GaussianDenoiser(Denoiser):
         if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
             raise InputError(f"rtol must be a number in [0, 1), got {rtol!r}")
         cov = cov.to(torch.float64)
-        lam, U = eigh(cov)  # ascending; LAPACK reads one triangle, so no symmetrised copy
+        # ascending; LAPACK reads one triangle, so no symmetrised copy
+        lam, U = torch.linalg.eigh(cov)
         del cov
         lam, U = lam.flip(0), U.flip(1)  # descending: principal directions first
         lam_max = float(lam[0].clamp_min(0))

@@ -1,8 +1,12 @@
-"""Run folders shared by every experiment: one config per folder, resumable."""
+"""What every experiment shares: its run folder (:class:`RunDir`) and the record the
+command line is built from (:class:`Experiment`)."""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,23 +15,141 @@ from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
 
+__all__ = ["Experiment", "RunDir", "log_to_stderr", "named_preset", "torch_threads"]
 
-def claim_run_directory(out: Path, config, resume: bool, what: str = "run") -> None:
-    """Write ``config.json`` into ``out``, or check that the one there is the same config.
 
-    A folder belongs to one config: a rerun with it resumes (unless ``resume`` is False),
-    any other config is refused rather than mixing results.
+def log_to_stderr(msg: str) -> None:
+    """The default log of a run: one line to stderr, flushed (progress of long runs)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+class RunDir:
+    """The output folder of one run: it belongs to one config, and everything the run
+    makes (models, analyses, results) is written into it atomically as soon as it exists,
+    so a killed run rerun with the same config resumes where it stopped.
+
+    ``out_dir`` None: ``runs/<config.name>``. ``log`` receives one line per event,
+    prefixed ``[tag]``; ``resume`` False refuses a folder that already holds this run.
     """
-    stored = Path(out) / "config.json"
-    if stored.exists():
-        if read_json(stored) != cfgmod.to_dict(config):
-            raise ConfigError(
-                f"{out} holds a {what} with a different config; use another --out or --name, "
-                "or delete it"
-            )
-        if not resume:
-            raise ConfigError(f"{out} already holds this {what}; rerun without --no-resume")
-    write_json(stored, cfgmod.to_dict(config))
+
+    def __init__(self, out_dir, config, *, resume: bool = True, log=None, tag: str = "run"):
+        self.path = Path(out_dir) if out_dir is not None else Path("runs") / config.name
+        self.config = config
+        self.resume = resume
+        self.tag = tag
+        self._log = log or log_to_stderr
+
+    def log(self, msg: str) -> None:
+        self._log(f"[{self.tag}] {msg}")
+
+    def claim(self, what: str = "run") -> None:
+        """Write ``config.json``, or check that the one there is this run's config.
+
+        Any other config is refused rather than mixing results; the same config resumes
+        (unless ``resume`` is False).
+        """
+        stored = self.path / "config.json"
+        if stored.exists():
+            if read_json(stored) != cfgmod.to_dict(self.config):
+                raise ConfigError(
+                    f"{self.path} holds a {what} with a different config; use another --out "
+                    "or --name, or delete it"
+                )
+            if not self.resume:
+                raise ConfigError(f"{self.path} already holds this {what}; rerun without "
+                                  "--no-resume")
+        write_json(stored, cfgmod.to_dict(self.config))
+
+    def write_json(self, name: str, obj) -> Path:
+        """Write ``obj`` to ``<run>/<name>`` atomically; returns the path."""
+        path = self.path / name
+        write_json(path, obj)
+        return path
+
+    def read_json(self, name: str):
+        return read_json(self.path / name)
+
+    def cached(self, key: str, compute: Callable[[], dict], folder: str = "analysis") -> dict:
+        """The result of one step, ``<run>/<folder>/<key>.json``: read back when a previous
+        run stored it (and ``resume``), else ``compute()``d and stored."""
+        path = self.path / folder / f"{key}.json"
+        if self.resume and path.exists():
+            self.log(f"{key}: analysis done earlier, loading {path}")
+            return read_json(path)
+        result = compute()
+        write_json(path, result)
+        self.log(f"analysed {key}")
+        return result
+
+    def trained_model(self, folder: str, model: str, model_options: dict, data: Callable,
+                      train_config, *, labels=None, snapshot: bool = False,
+                      progress: bool = True, label: str | None = None):
+        """The denoiser of ``<run>/<folder>`` after ``train_config.steps`` steps, in eval
+        mode on ``train_config.device``: loaded when stored, else trained (continuing the
+        folder's training checkpoint, if any) with :func:`pydiffgen.training.train`.
+
+        ``models.build(model, channels=C, **model_options)`` builds it after
+        ``torch.manual_seed(train_config.seed)`` (the initial weights are a function of the
+        seed); ``data()`` gives its training images [N, C, ...] (called only when it must
+        train), ``labels`` [N] their classes for a class-conditional model. The EMA weights
+        are returned when EMA is on. ``snapshot``: the weights at this step are also kept as
+        ``<folder>/step<k>.{json,safetensors}``, so that the run can be trained further and
+        still give them back (``<folder>/model.json`` always holds its latest step).
+        """
+        from .. import checkpoint, models, training
+
+        run_dir = self.path / folder
+        steps = train_config.steps
+        stored = run_dir / f"step{steps}" if snapshot else run_dir
+        desc = checkpoint.model_paths(stored)[1] if snapshot else run_dir / "model.json"
+        if desc.exists() and (read_json(desc).get("meta") or {}).get("step") == steps:
+            return checkpoint.load_model(stored, device=train_config.device)
+        x = data()
+        torch.manual_seed(train_config.seed)
+        net = models.build(model, channels=x.shape[1], **model_options)
+        self.log(f"{label or folder}: training {model} on {len(x)} images to step {steps}")
+        result = training.train(net, x, train_config, out_dir=run_dir, resume=True,
+                                progress=progress, labels=labels)
+        final = result.ema if result.ema is not None else result.model
+        if snapshot:
+            checkpoint.save_model(stored, final, meta={"step": steps})
+        return final.eval().to(train_config.device)
+
+
+def named_preset(presets: dict, name: str):
+    """``presets[name]``, or a ConfigError listing the known names."""
+    if name not in presets:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(presets)}")
+    return presets[name]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An experiment as the command line sees it (``pydiffgen <name> --help``).
+
+    name:    the subcommand; "memorization factors" is the action ``factors`` of
+             ``pydiffgen memorization``.
+    config:  its frozen-dataclass config; every field is a flag (``--field-name``).
+    presets: named configs (``--preset NAME``).
+    run:     ``run(config, out_dir, *, resume, progress) -> results`` trains, analyses and
+             writes ``report.html`` into ``out_dir`` (a :class:`RunDir`).
+    report:  ``report(out_dir) -> results`` rebuilds ``report.html`` of a finished run from
+             what it stored (``--report-only RUN``).
+    plan:    ``plan(config) -> str``, what a run would do (``--dry-run``).
+    summary: ``summary(results) -> [str]``, lines printed after a run (optional).
+    """
+
+    name: str
+    help: str
+    config: type
+    presets: dict
+    run: Callable
+    report: Callable
+    plan: Callable
+    summary: Callable | None = None
+
+    def preset(self, name: str):
+        return named_preset(self.presets, name)
 
 
 @contextmanager

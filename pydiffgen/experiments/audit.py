@@ -13,7 +13,7 @@ Y = {y_i}, the audit measures, per sample:
   sample copying an image that is duplicated in Y has d1 ≈ d2, so the ratio test misses it.
 
 With precomputed embeddings (``features``) the ratio and cosine tests are repeated in
-feature space. Every nearest-neighbour search goes through :func:`_search` (exact top-k,
+feature space. Every nearest-neighbour search goes through :func:`search` (exact top-k,
 queries chunked, never an M×N matrix), where a sharded search can be plugged in.
 """
 
@@ -35,7 +35,7 @@ from ..ops import knn
 
 __all__ = ["AuditConfig", "AuditResult", "SpaceAudit", "Duplicates", "audit",
            "default_method", "find_duplicates", "load_images", "load_features",
-           "load_denoiser", "sample_model", "verdict", "write_audit_report"]
+           "load_denoiser", "sample_model", "search", "verdict", "write_audit_report"]
 
 RATIO_BINS = np.linspace(0.0, 1.0, 41)  # r = d1/d2 ∈ [0, 1]
 COSINE_BINS = 60
@@ -65,7 +65,7 @@ class AuditConfig:
 # ----------------------------------------------------------------------------------------
 
 
-def _search(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "l2"):
+def search(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "l2"):
     """Exact k nearest keys of each query: ``pydiffgen.ops.knn`` (values float32 [m, k],
     indices int64 [m, k]). Every search of the audit calls this function, so a sharded
     search with the same signature (``pydiffgen.distributed.knn``) replaces it here:
@@ -82,13 +82,13 @@ def _search(queries: torch.Tensor, keys: torch.Tensor, k: int, metric: str = "l2
 
 
 def _search_chunked(queries, keys, k, metric, *, chunk, desc, progress):
-    """:func:`_search` over query chunks of ``chunk`` rows with a progress bar."""
+    """:func:`search` over query chunks of ``chunk`` rows with a progress bar."""
     from tqdm.auto import tqdm
 
     values, index = [], []
     with tqdm(total=len(queries), desc=desc, unit="img", disable=not progress) as bar:
         for start in range(0, len(queries), chunk):
-            v, i = _search(queries[start : start + chunk], keys, k, metric)
+            v, i = search(queries[start : start + chunk], keys, k, metric)
             values.append(v)
             index.append(i)
             bar.update(len(v))
@@ -327,7 +327,7 @@ def find_duplicates(train: torch.Tensor, threshold: float = 0.95, pool: int = 20
     from ..data.dedup import correlation_features, deduplicate
 
     _, kept = deduplicate(train, threshold, pool, return_index=True, chunk_size=chunk_size,
-                          search=_search)
+                          search=search)
     N = len(train)
     is_kept = torch.zeros(N, dtype=torch.bool)
     is_kept[kept.cpu()] = True
@@ -337,7 +337,7 @@ def find_duplicates(train: torch.Tensor, threshold: float = 0.95, pool: int = 20
     if len(dropped):
         feats = correlation_features(train, pool)  # [N, D'] unit-norm, centred
         q = feats[dropped.to(feats.device)]
-        v, i = _search(torch.cat([q, -q]), feats[kept], 1, "ip")
+        v, i = search(torch.cat([q, -q]), feats[kept], 1, "ip")
         v, i = v[:, 0].view(2, -1), i[:, 0].view(2, -1)
         neg = v[1] > v[0]  # an inverted copy
         partner = kept[torch.where(neg, i[1], i[0]).to(kept.device)].cpu()

@@ -22,9 +22,9 @@ stored as soon as it exists; a rerun with the same config reuses them.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -32,10 +32,10 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import claim_run_directory, torch_threads
+from ._runs import Experiment, RunDir, named_preset, torch_threads
 
-__all__ = ["GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset", "regimes",
-           "write_gaussian_report"]
+__all__ = ["EXPERIMENT", "GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset",
+           "regimes", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,9 @@ class GaussianConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("n_train", "n_eval", "width", "levels", "steps", "batch_size", "n_sigmas",
-                     "n_samples", "sampler_steps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        cfgmod.check_positive_ints(self, ("n_train", "n_eval", "width", "levels", "steps",
+                                          "batch_size", "n_sigmas", "n_samples",
+                                          "sampler_steps"))
         if not self.sizes or any(n < 1 or n > self.n_train for n in self.sizes):
             raise ConfigError(f"sizes must lie in [1, n_train={self.n_train}], got {self.sizes}")
         if not self.widths or any(w < 1 for w in self.widths):
@@ -117,10 +115,7 @@ PRESETS: dict[str, GaussianConfig] = {
 }
 
 
-def preset(name: str) -> GaussianConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+preset = partial(named_preset, PRESETS)
 
 
 def plan(config: GaussianConfig) -> str:
@@ -152,42 +147,36 @@ def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = T
 
     Returns the metrics dict also written to ``<out_dir>/metrics.json``.
     """
-    out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    claim_run_directory(out, config, resume, "run")
+    run = RunDir(out_dir, config, resume=resume, log=log, tag="gaussian")
+    run.claim("run")
     t0 = time.perf_counter()
     with torch_threads(config.threads):
-        train, held = _data(config, log)
+        train, held = _data(config, run)
         n_eval = min(config.n_eval, len(held) // 2)
         evalset, distill = held[:n_eval], held[n_eval:]
-        results = {"models": {}, "checkpoints": {}}
         main_key = f"n{config.n_train}_w{config.width}"
         for n, w in _model_keys(config):
             key = f"n{n}_w{w}"
 
             def analyse(steps, full, n=n, w=w):
-                model = _train(config, out, n, w, steps, progress, log, train)
+                model = _model(config, run, n, w, steps, train, progress)
                 return _analyse(config, model, train[:n], evalset, distill, full=full)
 
             if key == main_key:  # earlier checkpoints first: training only moves forward
                 for step in sorted(config.checkpoints):
-                    results["checkpoints"][step] = _cached(
-                        out, f"{key}_step{step}", resume, log,
-                        lambda step=step, analyse=analyse: analyse(step, False))
-            results["models"][key] = _cached(
-                out, key, resume, log,
-                lambda analyse=analyse, full=key == main_key: analyse(config.steps, full))
-        results["checkpoints"][config.steps] = results["models"][main_key]
-    write_json(out / "dataset.json", {"name": config.dataset, "train": len(train),
-                                      "held_out": len(held), "eval": n_eval,
-                                      "distill": len(distill), "shape": list(train.shape[1:])})
-    metrics = write_gaussian_report(out, seconds=time.perf_counter() - t0)
-    log(f"[gaussian] report: {out / 'report.html'}")
+                    run.cached(f"{key}_step{step}",
+                               lambda step=step, analyse=analyse: analyse(step, False))
+            run.cached(key, lambda analyse=analyse, full=key == main_key:
+                       analyse(config.steps, full))
+    run.write_json("dataset.json", {"name": config.dataset, "train": len(train),
+                                    "held_out": len(held), "eval": n_eval,
+                                    "distill": len(distill), "shape": list(train.shape[1:])})
+    metrics = write_report(run.path, seconds=time.perf_counter() - t0)
+    run.log(f"report: {run.path / 'report.html'}")
     return metrics
 
 
-
-def _data(config, log):
+def _data(config: GaussianConfig, run: RunDir):
     from ..data import deduplicate, load
 
     x = load(config.dataset, **dict(config.dataset_options))
@@ -200,44 +189,24 @@ def _data(config, log):
                           f"n_train={config.n_train} leaves too few held out (need {need})")
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed))
     x = x[perm]
-    log(f"[gaussian] {config.dataset}: {n_raw} images, {len(x)} after de-duplication; "
-        f"{config.n_train} train, {len(x) - config.n_train} held out")
+    run.log(f"{config.dataset}: {n_raw} images, {len(x)} after de-duplication; "
+            f"{config.n_train} train, {len(x) - config.n_train} held out")
     return x[: config.n_train], x[config.n_train :]
 
 
-def _train(config, out, n, width, steps, progress, log, train):
-    """Train (or resume) the (n, width) model up to ``steps``; snapshots under step<k>/."""
-    from .. import checkpoint, models, training
+def _model(config: GaussianConfig, run: RunDir, n, width, steps, train, progress):
+    """The (n, width) model after ``steps`` steps: one training run per model, continued
+    through the checkpoints (their weights kept as snapshots)."""
+    from ..training import TrainConfig
 
-    run_dir = out / "models" / f"n{n}_w{width}"
-    final = steps == config.steps
-    snap = run_dir if final else run_dir / f"step{steps}"  # step<k>.{json,safetensors}
-    desc = run_dir / "model.json" if final else checkpoint.model_paths(snap)[1]
-    # run_dir/model.json is rewritten at every stage: reuse it only at the final step
-    if desc.exists() and (not final or (read_json(desc).get("meta") or {}).get("step") == steps):
-        return checkpoint.load_model(snap)
     seed = config.seed + 1000 * width + n
-    torch.manual_seed(seed)
-    model = models.build("unet", channels=train.shape[1], width=width, levels=config.levels)
-    tc = training.TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
-                              sigma_dist="edm", ema=None, checkpoint_every=None, seed=seed,
-                              device=config.device)
-    log(f"[gaussian] training N={n} width={width} to step {steps}")
-    result = training.train(model, train[:n], tc, out_dir=run_dir, resume=True,
-                            progress=progress)
-    if snap != run_dir:
-        checkpoint.save_model(snap, result.model, meta={"step": steps})
-    return result.model
-
-
-def _cached(out, key, resume, log, compute):
-    path = out / "analysis" / f"{key}.json"
-    if resume and path.exists():
-        return read_json(path)
-    result = compute()
-    write_json(path, result)
-    log(f"[gaussian] analysed {key}")
-    return result
+    tc = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                     sigma_dist="edm", ema=None, checkpoint_every=None, seed=seed,
+                     device=config.device)
+    return run.trained_model(f"models/n{n}_w{width}", "unet",
+                             {"width": width, "levels": config.levels}, lambda: train[:n], tc,
+                             snapshot=steps != config.steps, progress=progress,
+                             label=f"N={n} width={width}")
 
 
 def _empirical(train):
@@ -390,9 +359,9 @@ def _summary(config, results) -> dict:
     return out
 
 
-def write_gaussian_report(out_dir, seconds: float | None = None) -> dict:
+def write_report(out_dir, seconds: float | None = None) -> dict:
     """Aggregate the stored analyses of a finished run into metrics.json and report.html."""
-    from ..report.gaussian import write_report
+    from ..report.gaussian import gaussian_report
 
     out = Path(out_dir)
     config = cfgmod.from_dict(GaussianConfig, read_json(out / "config.json"))
@@ -417,5 +386,11 @@ def write_gaussian_report(out_dir, seconds: float | None = None) -> dict:
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)
-    write_report(out, config, results, summary)
+    gaussian_report(out, config, results, summary)
     return metrics
+
+
+EXPERIMENT = Experiment(
+    name="gaussian", help="hidden Gaussian structure: network vs linear, Gaussian and "
+    "empirical denoisers across noise levels", config=GaussianConfig, presets=PRESETS,
+    run=gaussian_structure, report=write_report, plan=plan)

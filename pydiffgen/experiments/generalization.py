@@ -14,9 +14,9 @@ spread over the ranks; rank 0 writes the report once every rank is done.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import atomic_path, read_json, write_json
-from ._runs import claim_run_directory
+from ._runs import Experiment, RunDir, log_to_stderr, named_preset
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,7 @@ PRESETS: dict[str, SweepConfig] = {
 }
 
 
-def preset(name: str) -> SweepConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+preset = partial(named_preset, PRESETS)
 
 
 def plan(config: SweepConfig) -> str:
@@ -157,42 +154,21 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
     it), and rank 0 writes the report after a barrier; every rank returns the metrics.
     """
     from .. import distributed as dist
-    from ..data import deduplicate, disjoint_split, load
+    from ..data import disjoint_split
 
-    out = Path(out_dir) if out_dir is not None else Path("runs") / config.name
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     rank, world = dist.rank(), dist.world_size()
     if world > 1:
-        base_log = log
+        base_log = log or log_to_stderr
 
         def log(msg):
             base_log(f"[rank {rank}] {msg}")
-    dist.run_on_main(lambda: claim_run_directory(out, config, resume, "sweep"))
+    run = RunDir(out_dir, config, resume=resume, log=log, tag="sweep")
+    out = run.path
+    dist.run_on_main(lambda: run.claim("sweep"))
     progress = progress and rank == 0
     t_start = time.perf_counter()
-
-    x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
-    groups = info.get("groups")
-    n_raw = len(x)
-    if config.dedup_threshold is not None:
-        x, kept = deduplicate(x, threshold=config.dedup_threshold, return_index=True)
-        groups = groups[kept] if groups is not None else None
-    log(f"[sweep] {config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
-        f"shape {tuple(x.shape[1:])}")
-    if 2 * max(config.sizes) > len(x):
-        raise ConfigError(
-            f"the largest N={max(config.sizes)} needs {2 * max(config.sizes)} distinct images "
-            f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
-        )
-
-    heldout = None  # images in no training set of the sweep, for the Jacobian spectra
-    if config.jacobian_images:
-        from .jacobian_spectra import heldout_images
-
-        heldout = heldout_images(x, *_split(disjoint_split, x, max(config.sizes), config.seed,
-                                            groups), config.jacobian_images, config.seed)
-        if heldout is None:
-            log("[sweep] no image is left outside the largest S1 and S2: no Jacobian spectra")
+    x, groups, n_raw = _data(config, run)
+    heldout = _heldout(config, run, x, groups)
     dist.barrier()  # every rank lists the unfinished work before any rank adds to it
     todo = [n for n in sorted(config.sizes)
             if not (resume and (out / f"n{n}" / "metrics.json").exists())]
@@ -201,35 +177,31 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
                 if not (out / f"n{n}" / sub / "model.json").exists()]
         for n, sub in runs[rank::world]:
             idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
-            seed = config.seed if sub == "A" or config.same_init else config.seed + 1
-            _train_or_load(config, out / f"n{n}" / sub, x[idx], seed, progress, log,
-                           f"N={n} {sub}")
+            _model(config, run, n, sub, x[idx], progress)
         dist.barrier()
     for n in todo[rank::world]:
         idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
-        result = _run_size(config, out / f"n{n}", x[idx1], x[idx2], progress, log,
-                           heldout=heldout)
-        write_json(out / f"n{n}" / "metrics.json", result)
+        result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout)
+        run.write_json(f"n{n}/metrics.json", result)
     for n in sorted(set(config.sizes) - set(todo)):
-        log(f"[sweep] N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
+        run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
     dist.barrier()
 
     def report():
-        dataset = {"name": config.dataset, "raw": n_raw, "deduplicated": len(x),
-                   "shape": list(x.shape[1:])}
-        write_json(out / "dataset.json", dataset)
+        run.write_json("dataset.json", {"name": config.dataset, "raw": n_raw,
+                                        "deduplicated": len(x), "shape": list(x.shape[1:])})
         return write_report(out, seconds=time.perf_counter() - t_start)
 
     metrics = dist.run_on_main(report)
     if rank == 0:
-        log(f"[sweep] report: {out / 'report.html'}")
+        run.log(f"report: {out / 'report.html'}")
     return metrics
 
 
 def write_report(out_dir, seconds: float | None = None) -> dict:
     """Aggregate the stored per-N results of a finished sweep into metrics.json and
     report.html (``pydiffgen report``). Needs no dataset and no model."""
-    from ..report.sweep import write_sweep_report
+    from ..report.sweep import sweep_report
 
     out = Path(out_dir)
     config = cfgmod.from_dict(SweepConfig, read_json(out / "config.json"))
@@ -248,8 +220,42 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)
-    write_sweep_report(out, config, per_n, metrics)
+    sweep_report(out, config, per_n, metrics)
     return metrics
+
+
+def _data(config: SweepConfig, run: RunDir):
+    """(images [N, *F] after de-duplication, their groups or None, N before it)."""
+    from ..data import deduplicate, load
+
+    x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
+    groups = info.get("groups")
+    n_raw = len(x)
+    if config.dedup_threshold is not None:
+        x, kept = deduplicate(x, threshold=config.dedup_threshold, return_index=True)
+        groups = groups[kept] if groups is not None else None
+    run.log(f"{config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
+            f"shape {tuple(x.shape[1:])}")
+    if 2 * max(config.sizes) > len(x):
+        raise ConfigError(
+            f"the largest N={max(config.sizes)} needs {2 * max(config.sizes)} distinct images "
+            f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
+        )
+    return x, groups, n_raw
+
+
+def _heldout(config: SweepConfig, run: RunDir, x, groups):
+    """Images in no training set of the sweep, for the Jacobian spectra (None: skip them)."""
+    if not config.jacobian_images:
+        return None
+    from ..data import disjoint_split
+    from .jacobian_spectra import heldout_images
+
+    heldout = heldout_images(x, *_split(disjoint_split, x, max(config.sizes), config.seed,
+                                        groups), config.jacobian_images, config.seed)
+    if heldout is None:
+        run.log("no image is left outside the largest S1 and S2: no Jacobian spectra")
+    return heldout
 
 
 def _split(disjoint_split, x, n, seed, groups):
@@ -258,78 +264,54 @@ def _split(disjoint_split, x, n, seed, groups):
     return idx1, idx2
 
 
+def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress):
+    """Model ``sub`` (A on S1, B on S2) of size N = n, trained or loaded from ``n<n>/<sub>``."""
+    from ..training import TrainConfig
 
-def _train_or_load(config, run_dir: Path, data, init_seed, progress, log, label):
-    from .. import checkpoint, models, training
-
-    if (run_dir / "model.json").exists():
-        return checkpoint.load_model(run_dir)
-    torch.manual_seed(init_seed)
-    model = models.build(config.model, channels=data.shape[1], **dict(config.model_options))
-    train_config = training.TrainConfig(
+    seed = config.seed if sub == "A" or config.same_init else config.seed + 1
+    train_config = TrainConfig(
         steps=config.steps, batch_size=config.batch_size, lr=config.lr,
         lr_halve_every=config.lr_halve_every,
         sigma_dist=config.sigma_dist, sigma_max=config.sigma_max, ema=config.ema,
-        seed=init_seed, device=config.device,
+        seed=seed, device=config.device,
     )
-    log(f"[sweep] {label}: training {config.model} on {len(data)} images")
-    result = training.train(model, data, train_config, out_dir=run_dir, resume=True,
-                            progress=progress)
-    return result.ema if result.ema is not None else result.model
+    return run.trained_model(f"n{n}/{sub}", config.model, dict(config.model_options),
+                             lambda: data, train_config, progress=progress,
+                             label=f"N={n} {sub}")
 
 
-def _run_size(config, run_dir: Path, s1, s2, progress, log, heldout=None) -> dict:
-    from .. import metrics
+def _samples(config: SweepConfig, run: RunDir, model_a, model_b, s1):
+    """Both models' samples from the same seeds: (A, B, stored) with ``stored`` True when
+    a previous run had written them."""
     from ..diffusion.sampling import sample
 
     n = len(s1)
-    init_b = config.seed if config.same_init else config.seed + 1
-    model_a = _train_or_load(config, run_dir / "A", s1, config.seed, progress, log, f"N={n} A")
-    model_b = _train_or_load(config, run_dir / "B", s2, init_b, progress, log, f"N={n} B")
-    for m in (model_a, model_b):
-        m.eval().to(config.device)
-
-    samples_path = run_dir / "samples.safetensors"
+    samples_path = run.path / f"n{n}" / "samples.safetensors"
     if samples_path.exists():
         from safetensors.torch import load_file
 
         stored = load_file(str(samples_path))
-        xa, xb = stored["A"], stored["B"]
-    else:
-        log(f"[sweep] N={n}: sampling {config.n_samples} images from each model")
-        kw = dict(config.sampler_options)
-        shape = tuple(s1.shape[1:])
-        xa = sample(model_a, config.n_samples, shape, method=config.sampler,
-                    seed=config.sample_seed, device=config.device, **kw).cpu()
-        xb = sample(model_b, config.n_samples, shape, method=config.sampler,
-                    seed=config.sample_seed, device=config.device, **kw).cpu()
+        return stored["A"], stored["B"], True
+    run.log(f"N={n}: sampling {config.n_samples} images from each model")
+    kw = dict(config.sampler_options)
+    shape = tuple(s1.shape[1:])
+    xa, xb = (sample(m, config.n_samples, shape, method=config.sampler,
+                     seed=config.sample_seed, device=config.device, **kw).cpu()
+              for m in (model_a, model_b))
+    return xa, xb, False
 
-    c = config.center
-    paired = metrics.paired_cosine(xa, xb, center=c)
-    near_a, nn_a = metrics.nearest_cosine(xa, s1, center=c, return_index=True)
-    near_b, nn_b = metrics.nearest_cosine(xb, s2, center=c, return_index=True)
-    if not samples_path.exists():
-        from safetensors.torch import save_file
 
-        # the nearest training images and both training sets travel with the samples: the
-        # report needs no dataset, and `pydiffgen audit` can audit the run from this file
-        tensors = {"A": xa, "B": xb, "nearest_A": s1[nn_a], "nearest_B": s2[nn_b],
-                   "S1": s1.clone(), "S2": s2.clone()}  # own storage: safetensors refuses views
-        with atomic_path(samples_path) as tmp:
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    baseline = metrics.closest_pairs_cosine(s1[: config.n_baseline], s2, center=c)
-    if n >= 2:
-        mem_a, mem_b = metrics.memorization(xa, s1), metrics.memorization(xb, s2)
-        mem = {"fraction": (mem_a.fraction + mem_b.fraction) / 2,
-               "ratio": mem_a.ratio.tolist() + mem_b.ratio.tolist()}
-    else:  # the nearest/second-nearest ratio needs two training images
-        mem = {"fraction": None, "ratio": []}
+def _store_samples(path: Path, tensors: dict) -> None:
+    from safetensors.torch import save_file
 
-    # Yi, Sun & Li (2023): I(sample; training set) ≥ log 2 − CE of identifying, from
-    # nearest-neighbour distances, which of the two disjoint sets a sample came from
-    from ..analysis.information import identification_bound
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
 
-    ident = identification_bound([xa, xb], [s1, s2], seed=config.seed)
+
+def _psnr_curves(config: SweepConfig, model_a, model_b, s1, s2) -> dict:
+    """Denoising PSNR curves averaged over both models, on their own training images
+    ("train") and on the other subset ("test")."""
+    from .. import metrics
 
     sigmas = [metrics.sigma_for_psnr(p) for p in config.psnr_levels]
     k = config.n_eval
@@ -341,9 +323,41 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log, heldout=None) -> dic
             "sigma": ca["sigma"], "input_psnr": ca["input_psnr"],
             "output_psnr": [(a + b) / 2 for a, b in zip(ca["output_psnr"], cb["output_psnr"])],
         }
+    return curves
+
+
+def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None) -> dict:
+    from .. import metrics
+    from ..analysis.information import identification_bound
+
+    n = len(s1)
+    model_a = _model(config, run, n, "A", s1, progress)
+    model_b = _model(config, run, n, "B", s2, progress)
+    xa, xb, stored = _samples(config, run, model_a, model_b, s1)
+    c = config.center
+    paired = metrics.paired_cosine(xa, xb, center=c)
+    near_a, nn_a = metrics.nearest_cosine(xa, s1, center=c, return_index=True)
+    near_b, nn_b = metrics.nearest_cosine(xb, s2, center=c, return_index=True)
+    if not stored:
+        # the nearest training images and both training sets travel with the samples: the
+        # report needs no dataset, and `pydiffgen audit` can audit the run from this file
+        _store_samples(run.path / f"n{n}" / "samples.safetensors", {
+            "A": xa, "B": xb, "nearest_A": s1[nn_a], "nearest_B": s2[nn_b],
+            "S1": s1.clone(), "S2": s2.clone()})  # own storage: safetensors refuses views
+    baseline = metrics.closest_pairs_cosine(s1[: config.n_baseline], s2, center=c)
+    if n >= 2:
+        mem_a, mem_b = metrics.memorization(xa, s1), metrics.memorization(xb, s2)
+        mem = {"fraction": (mem_a.fraction + mem_b.fraction) / 2,
+               "ratio": mem_a.ratio.tolist() + mem_b.ratio.tolist()}
+    else:  # the nearest/second-nearest ratio needs two training images
+        mem = {"fraction": None, "ratio": []}
+    # Yi, Sun & Li (2023): I(sample; training set) ≥ log 2 − CE of identifying, from
+    # nearest-neighbour distances, which of the two disjoint sets a sample came from
+    ident = identification_bound([xa, xb], [s1, s2], seed=config.seed)
+    curves = _psnr_curves(config, model_a, model_b, s1, s2)
     gap = [tr - te for tr, te in zip(curves["train"]["output_psnr"],
                                       curves["test"]["output_psnr"])]
-    gaussian = _gaussian_rmse(model_a, s1, s2[:k], config.device)
+    gaussian = gaussian_rmse(model_a, s1, s2[: config.n_eval], config.device)
     jac = None
     if heldout is not None:  # Kadkhodaie et al. §3: spectra and adaptive bases of both models
         from .jacobian_spectra import sweep_jacobian
@@ -369,7 +383,7 @@ def _run_size(config, run_dir: Path, s1, s2, progress, log, heldout=None) -> dic
     }
 
 
-def _gaussian_rmse(model, train, held, device, max_dim: int = 4096):
+def gaussian_rmse(model, train, held, device, max_dim: int = 4096):
     """RMSE between ``model`` and the Gaussian denoiser D_G of its training set across 12
     log-spaced σ in [0.002, 80] on held-out images (Li, Dai & Qu 2024); None when
     d > ``max_dim`` (the d×d eigendecomposition would dominate the sweep)."""
@@ -417,3 +431,9 @@ def _summary(r: dict) -> dict:
         s["effective_dimension"] = r["jacobian"]["A"]["trace"]
         s["basis_agreement"] = r["jacobian"]["agreement"]
     return s
+
+
+EXPERIMENT = Experiment(
+    name="sweep", help="train pairs of models on disjoint subsets, compare",
+    config=SweepConfig, presets=PRESETS, run=generalization_sweep, report=write_report,
+    plan=plan)

@@ -125,7 +125,7 @@ def sweep_jacobian(model_a, model_b, images: torch.Tensor, sigmas, *, show: int 
     the principal angles between the two models' top-``agree_k`` eigenspaces (1: the
     same adaptive basis; ≈ agree_k/d for unrelated subspaces).
     """
-    from ..experiments.optimal_basis import principal_angles
+    from ..analysis import principal_angles
 
     images = check_tensor(images, "images", min_ndim=2)
     d = images[0].numel()

@@ -21,9 +21,9 @@ under ``points/``; a killed sweep rerun with the same config resumes.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,10 +31,10 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import claim_run_directory
+from ._runs import Experiment, RunDir, named_preset
 
-__all__ = ["FACTORS", "FactorConfig", "PRESETS", "factor_points", "memorization_factors",
-           "preset", "write_factor_report"]
+__all__ = ["EXPERIMENT", "FACTORS", "FactorConfig", "PRESETS", "factor_points",
+           "memorization_factors", "plan", "preset", "write_report"]
 
 FACTORS = ("steps", "width", "size", "classes", "guidance")
 
@@ -77,12 +77,10 @@ class FactorConfig:
         if unknown or not self.factors:
             raise ConfigError(f"factors must be a non-empty subset of {', '.join(FACTORS)}, "
                               f"got {', '.join(self.factors) or '(none)'}")
-        for name in ("n_train", "n_heldout", "steps", "width", "levels", "batch_size",
-                     "n_samples", "sampler_steps", "n_gap_sigmas", "gap_images",
-                     "noise_draws", "guidance_classes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        cfgmod.check_positive_ints(self, ("n_train", "n_heldout", "steps", "width", "levels",
+                                          "batch_size", "n_samples", "sampler_steps",
+                                          "n_gap_sigmas", "gap_images", "noise_draws",
+                                          "guidance_classes"))
         for name in ("steps_values", "width_values", "size_values", "classes_values"):
             vals = getattr(self, name)
             if not vals or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
@@ -119,10 +117,7 @@ PRESETS: dict[str, FactorConfig] = {
 }
 
 
-def preset(name: str) -> FactorConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[name]
+preset = partial(named_preset, PRESETS)
 
 
 def factor_points(config: FactorConfig) -> list[dict]:
@@ -148,6 +143,12 @@ def factor_points(config: FactorConfig) -> list[dict]:
     return pts
 
 
+def plan(config: FactorConfig) -> str:
+    """One line per point of the sweep (``--dry-run``)."""
+    return "\n".join(f"{p['factor']}={p['value']}: N={p['n']} width={p['width']} k={p['k']} "
+                     f"steps={p['steps']} w={p['w']}" for p in factor_points(config))
+
+
 def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = True,
                          progress: bool = False, log=None) -> dict:
     """Run (or resume) the factor sweep; write points/*.json, summary.json and report.html.
@@ -157,9 +158,8 @@ def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = T
     from ..data import load
 
     c = config
-    out = Path(out_dir) if out_dir is not None else Path("runs") / c.name
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    claim_run_directory(out, c, resume, "factor sweep")
+    run = RunDir(out_dir, c, resume=resume, log=log, tag="factors")
+    run.claim("factor sweep")
     t0 = time.perf_counter()
     x = load(c.dataset, **dict(c.dataset_options))
     pts = factor_points(c)
@@ -171,29 +171,24 @@ def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = T
     heldout = x[perm[:c.n_heldout]]
     pool = x[perm[c.n_heldout:]]  # training sets are nested prefixes of this
 
-    # evaluate in model order, steps ascending, so one run per model serves every step
-    results = {}
-    for p in sorted(pts, key=lambda p: (p["model"], p["steps"], p["key"])):
-        path = out / "points" / f"{p['key']}.json"
-        if resume and path.exists():
-            results[p["key"]] = read_json(path)
-            continue
-        log(f"[factors] {p['factor']}={p['value']}: model {p['model']} at {p['steps']} steps")
+    def point(p):
+        run.log(f"{p['factor']}={p['value']}: model {p['model']} at {p['steps']} steps")
         tp = time.perf_counter()
-        r = _run_point(c, out, p, pool[:p["n"]], heldout, progress)
+        r = _run_point(c, run, p, pool[:p["n"]], heldout, progress)
         r["seconds"] = time.perf_counter() - tp
-        write_json(path, r)
-        results[p["key"]] = r
-    summary = {"config": cfgmod.to_dict(c), "points": results}
-    summary["seconds"] = time.perf_counter() - t0
-    write_json(out / "summary.json", summary)
-    write_factor_report(out)
-    log(f"[factors] report: {out / 'report.html'}")
+        return r
+
+    # evaluate in model order, steps ascending, so one run per model serves every step
+    for p in sorted(pts, key=lambda p: (p["model"], p["steps"], p["key"])):
+        run.cached(p["key"], lambda p=p: point(p), folder="points")
+    summary = write_report(run.path, seconds=time.perf_counter() - t0)
+    run.log(f"report: {run.path / 'report.html'}")
     return summary
 
 
-def write_factor_report(out_dir) -> Path:
-    """Rebuild report.html of a finished factor sweep from its stored points."""
+def write_report(out_dir, seconds: float | None = None) -> dict:
+    """Collect the stored points of a finished factor sweep into summary.json and
+    report.html; returns the summary ``{"config", "points": {key: result}[, "seconds"]}``."""
     from ..report.memorization import factor_report
 
     out = Path(out_dir)
@@ -204,8 +199,12 @@ def write_factor_report(out_dir) -> Path:
         raise ConfigError(f"{out} is missing points {', '.join(missing)}; rerun the sweep with "
                           "the same config to finish them")
     results = {p["key"]: read_json(out / "points" / f"{p['key']}.json") for p in pts}
-    return factor_report(out, config, pts, results)
-
+    summary = {"config": cfgmod.to_dict(config), "points": results}
+    if seconds is not None:
+        summary["seconds"] = seconds
+    write_json(out / "summary.json", summary)
+    factor_report(out, config, pts, results)
+    return summary
 
 
 def _pseudo_labels(train, heldout, k: int, seed: int):
@@ -223,31 +222,23 @@ def _pseudo_labels(train, heldout, k: int, seed: int):
     return lab_tr, lab_va
 
 
-def _model_at(config: FactorConfig, out: Path, p: dict, train, labels, progress):
+def _model(config: FactorConfig, run: RunDir, p: dict, train, labels, progress):
     """The EMA (or live) weights of model ``p['model']`` after ``p['steps']`` steps."""
-    from .. import checkpoint, models, training
+    from ..training import TrainConfig
 
-    run_dir = out / "models" / p["model"]
-    snap = run_dir / f"step{p['steps']}"
-    if (snap / "model.json").exists():
-        return checkpoint.load_model(snap)
-    torch.manual_seed(config.seed)
-    model = models.build("unet", channels=train.shape[1], width=p["width"],
-                         levels=config.levels, num_classes=p["k"])
-    tc = training.TrainConfig(
+    tc = TrainConfig(
         steps=p["steps"], batch_size=config.batch_size, lr=config.lr, sigma_dist="edm",
         ema=config.ema, seed=config.seed, device=config.device, checkpoint_every=None,
         label_dropout=config.label_dropout if p["k"] else 0.0,
     )
-    res = training.train(model, train, tc, out_dir=run_dir, resume=True, progress=progress,
-                         labels=labels)
-    final = res.ema if res.ema is not None else res.model
-    checkpoint.save_model(snap, final, meta={"step": p["steps"]})
-    return final
+    return run.trained_model(f"models/{p['model']}", "unet",
+                             {"width": p["width"], "levels": config.levels,
+                              "num_classes": p["k"]},
+                             lambda: train, tc, labels=labels, snapshot=True, progress=progress)
 
 
 @torch.no_grad()
-def _run_point(config: FactorConfig, out: Path, p: dict, train, heldout, progress) -> dict:
+def _run_point(config: FactorConfig, run: RunDir, p: dict, train, heldout, progress) -> dict:
     from ..analysis.gap import default_sigmas, noise_level_gap
     from ..diffusion.sampling import sample
     from ..metrics import generalization_score, memorization
@@ -257,7 +248,7 @@ def _run_point(config: FactorConfig, out: Path, p: dict, train, heldout, progres
     if p["k"]:
         lab_tr, lab_va = _pseudo_labels(train, heldout, p["k"], c.seed)
     with torch.enable_grad():
-        model = _model_at(c, out, p, train, lab_tr, progress)
+        model = _model(c, run, p, train, lab_tr, progress)
     model = model.eval().to(c.device)
     train, heldout = train.to(c.device), heldout.to(c.device)
 
@@ -303,3 +294,9 @@ def _run_point(config: FactorConfig, out: Path, p: dict, train, heldout, progres
         "generalization_score": generalization_score(samples, train.cpu()),
         "samples": samples[:16].tolist(),
     }
+
+
+EXPERIMENT = Experiment(
+    name="memorization factors", help="factor sweeps (time, width, N, classes, guidance)",
+    config=FactorConfig, presets=PRESETS, run=memorization_factors, report=write_report,
+    plan=plan)

@@ -91,10 +91,17 @@ def psnr_curves(per_n: dict):
         ax.plot(te["input_psnr"], te["output_psnr"], "--", color=color, label=f"N={n} test")
     lims = [min(per_n[ns[0]]["train"]["input_psnr"]), max(per_n[ns[0]]["train"]["input_psnr"])]
     ax.plot(lims, lims, ":", color="k", lw=0.8, label="identity")
-    ax.set_xlabel("input PSNR (dB)")
-    ax.set_ylabel("output PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    return finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)", ncol=2)
+
+
+def finish(fig, ax, xlabel: str, ylabel: str, *, grid: bool = True, **legend):
+    """Label ``ax``, add a light grid and the legend (``legend``: its options, fontsize 7
+    unless given), tighten ``fig``'s layout; returns ``fig``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if grid:
+        ax.grid(alpha=0.3)
+    ax.legend(**{"fontsize": 7, **legend})
     fig.tight_layout()
     return fig
 

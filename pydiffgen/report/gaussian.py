@@ -11,6 +11,7 @@ matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .figures import finish  # noqa: E402
 from .html import Report  # noqa: E402
 
 REGIME_COLORS = {"low": "#d6eaf8", "intermediate": "#fdebd0", "high": "#e8f8f5"}
@@ -45,11 +46,8 @@ def distance_curves(sigmas, dist, labels, tol):
     ax.axhline(tol, color="#999", lw=0.8, ls="-.")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("noise level σ")
-    ax.set_ylabel("RMSE = mean sqrt(‖D1 − D2‖²/d)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, "noise level σ", "RMSE = mean sqrt(‖D1 − D2‖²/d)", grid=False,
+                  loc="lower right")
 
 
 def linearity_curves(sigmas, linearity, labels):
@@ -59,11 +57,8 @@ def linearity_curves(sigmas, linearity, labels):
     if "M" in linearity:
         ax.plot(sigmas, linearity["M"], "s-", ms=3, color="#2c3e50", label="empirical D_M")
     ax.set_xscale("log")
-    ax.set_xlabel("noise level σ")
-    ax.set_ylabel("linearity score")
-    ax.legend(fontsize=8, loc="lower left")
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, "noise level σ", "linearity score", grid=False, fontsize=8,
+                  loc="lower left")
 
 
 def weight_comparison(sigmas, weights, labels):
@@ -111,7 +106,9 @@ def sweep_curves(panels):
     return fig
 
 
-def write_report(out, config, results, summary) -> Path:
+def gaussian_report(out, config, results, summary) -> Path:
+    """report.html of the hidden-Gaussian-structure experiment: regimes, distances,
+    linearity, W_L vs W_G and the size / width / training-time sweeps."""
     from ..config import to_dict
 
     out = Path(out)
@@ -165,6 +162,14 @@ def write_report(out, config, results, summary) -> Path:
                   [[a["sigma"], a["rel_error_vs_lstsq"], a["adam_vs_G"]]
                    for a in summary["adam"]])
 
+    _sweep_section(rep, config, results, summary)
+    rep.heading("Configuration")
+    rep.code(json.dumps(to_dict(config), indent=2))
+    return rep.save()
+
+
+def _sweep_section(rep: Report, config, results, summary) -> None:
+    """RMSE(network, D_G) across training-set size, model width and training time."""
     rep.heading("Training-set size, model width, training time")
     models = results["models"]
     by_n = {f"N = {r['n']}": (r["sigma"], r["dist"]["net-G"]["rmse"])
@@ -188,16 +193,3 @@ def write_report(out, config, results, summary) -> Path:
     rows += [[f"step {s}", v["rmse_net_G"], v["generalization"]]
              for s, v in sorted(summary["steps"].items(), key=lambda kv: int(kv[0]))]
     rep.table(["setting", "RMSE(net, D_G)", "generalization score"], rows)
-    rep.heading("Configuration")
-    rep.code(json.dumps(to_dict(config), indent=2))
-    return rep.save()
-
-
-def _first(sig, labels, name):
-    idx = [i for i, lab in enumerate(labels) if lab == name]
-    return f"{sig[idx[0]]:.3g}" if idx else "n/a"
-
-
-def _last(sig, labels, name):
-    idx = [i for i, lab in enumerate(labels) if lab == name]
-    return f"{sig[idx[-1]]:.3g}" if idx else "n/a"

@@ -172,12 +172,7 @@ def psnr_slopes(per_alpha: list):
         mid = (lo + hi) / 2
         y_mid = a["slope"] * mid + a["intercept"]
         ax.plot(xs, y_mid + a["optimal_slope"] * (xs - mid), ":", color=color, lw=1)
-    ax.set_xlabel("input PSNR (dB)")
-    ax.set_ylabel("output PSNR (dB)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return figures.finish(fig, ax, "input PSNR (dB)", "output PSNR (dB)")
 
 
 def tangent_angles(rows: list, name: str):
@@ -221,12 +216,8 @@ def shrinkage_curves(per_sigma: list):
         ax.plot(i, shrink, "-", color=color, lw=1.2, label=f"σ = {p['sigma']:g}")
         ax.plot(i, net["optimal_shrinkage"], "--", color=color, lw=1)
     ax.set_xscale("log")
-    ax.set_xlabel("covariance eigenvector i (by decreasing variance)")
-    ax.set_ylabel("shrinkage u_iᵀ J u_i")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return figures.finish(fig, ax, "covariance eigenvector i (by decreasing variance)",
+                          "shrinkage u_iᵀ J u_i")
 
 
 # ---------------------------------------------------------------------------- reports
@@ -281,78 +272,86 @@ def optimal_basis_report(out, config, analyses: dict, summary: dict) -> Path:
         "(Kadkhodaie et al. 2024, §4): does the network's Jacobian find the optimal basis?"
     )
     if "calpha" in summary:
-        rep.heading("C^α images: PSNR slope vs α/(α+1)")
-        rep.table(["α", "fitted slope", "optimal α/(α+1)"],
-                  [[r["alpha"], r["slope"], r["optimal_slope"]] for r in summary["calpha"]])
-        per_alpha = [a for k, a in analyses.items() if k.startswith("calpha_a")]
-        rep.figure(psnr_slopes(per_alpha), "calpha_psnr",
-                   f"Output vs input PSNR on held-out C^α images ({config.size}×{config.size}); "
-                   f"solid: least-squares line over {config.fit_range[0]:g}–"
-                   f"{config.fit_range[1]:g} dB; dotted: the optimal slope α/(α+1) through the "
-                   "same midpoint.")
+        _calpha_section(rep, config, analyses, summary["calpha"])
     for key, dim, what in (("disks", 5, "disk manifold (centre, radius, two intensities)"),
                            ("ray", 1, "ray (one image under positive rescalings)")):
-        if key not in summary:
-            continue
-        rows = summary[key]
-        rep.heading(f"{key.capitalize()}: top-{dim} eigenvectors vs the tangent space")
-        rep.paragraph(
-            f"The {what} has dimension {dim}: the optimal denoiser projects the noise on its "
-            f"tangent space, MSE ≈ {dim}σ² (summed over d = {analyses[key]['d']} pixels) and "
-            f"tr J ≈ {dim}. Angles are principal angles between the span of the top {dim} "
-            "Jacobian eigenvectors at a noisy image and the tangent space at the clean image, "
-            "averaged over images; a random subspace gives the baseline."
-        )
-        rep.table(["σ", "mean angles (deg)", "random subspace (deg)", "tr J",
-                   f"MSE / σ² (optimum ≈ {dim})"],
-                  [[r["sigma"], ", ".join(f"{a:.1f}" for a in r["mean_angles_deg"]),
-                    ", ".join(f"{a:.1f}" for a in r["random_mean_angles_deg"]), r["trace"],
-                    r["mse_over_sigma2"]] for r in rows])
-        rep.figure(tangent_angles(rows, key), f"{key}_angles")
-        a = analyses[key]
-        grid = [("image", [a["example"]], None), ("tangent", a["example_tangent"], None)]
-        grid += [(f"σ = {s}", e["vectors"], e["eigenvalues"]) for s, e in a["eigenvectors"].items()]
-        rep.figure(eigenvector_grid(grid), f"{key}_eigenvectors",
-                   "A clean image, its tangent vectors (finite differences along each "
-                   "parameter), and the top Jacobian eigenvectors of the network at each σ.")
+        if key in summary:
+            _manifold_section(rep, key, dim, what, analyses[key], summary[key])
     if "gaussian" in summary:
-        g = analyses["gaussian"]
-        rep.heading("Gaussian: Jacobian vs Σ(Σ + σ²I)⁻¹")
-        rep.paragraph(
-            "For a Gaussian the optimal denoiser is linear with Jacobian Σ(Σ + σ²I)⁻¹, whose "
-            "eigenvectors are the covariance's (Fourier modes for this stationary one) with "
-            "eigenvalues λ/(λ + σ²). Angles: the largest principal angle between the top-k "
-            "eigenspaces of the network's J and of Σ, at the k where Σ's spectrum has a gap "
-            "(repeated eigenvalues make other k ill-defined). The exact GaussianDenoiser "
-            "gives the optimum column."
-        )
-        rep.table(["σ", "‖J − W_G‖/‖W_G‖", "diagonality in Σ's basis",
-                   "top-k overlap (mean cos²)", "max angle per k (deg)",
-                   "optimum max angle (deg)", "tr J", "optimal tr J"],
-                  [[r["sigma"], r["rel_error"], r["diagonality"],
-                    ", ".join(f"k={k}: {v:.2f}" for k, v in r["overlap"].items()),
-                    ", ".join(f"k={k}: {v:.1f}" for k, v in r["max_angle_deg"].items()),
-                    r["optimum_max_angle_deg"], r["trace"], r["optimal_trace"]]
-                   for r in summary["gaussian"]])
-        rep.figure(shrinkage_curves(g["per_sigma"]), "gaussian_shrinkage",
-                   "Solid: the factor u_iᵀ J u_i the network applies along each covariance "
-                   "eigenvector u_i (mean over images); dashed: the optimum λ_i/(λ_i + σ²). "
-                   "Diagonality is the share of ‖Uᵀ(J − (tr J/d)I)U‖² on its diagonal (1: J "
-                   "shrinks along Σ's eigenvectors without mixing them).")
-        rep.figure(spectra_vs_sigma({
-            p["sigma"]: _mean_spectrum(p["network"]["eigenvalues"]) for p in g["per_sigma"]},
-            title="network"), "gaussian_spectra",
-            "Top eigenvalues of the network's Jacobian per σ (optimal: λ/(λ + σ²)).")
-        grid = [("covariance", g["covariance_eigenvectors"], g["covariance_eigenvalues"])]
-        grid += [(f"network σ = {s}", e["vectors"], e["eigenvalues"])
-                 for s, e in g["eigenvectors"].items()]
-        rep.figure(eigenvector_grid(grid), "gaussian_eigenvectors",
-                   "Top covariance eigenvectors (titles: variances) and the network's top "
-                   "Jacobian eigenvectors (titles: eigenvalues); equal up to rotations within "
-                   "eigenspaces of repeated eigenvalues.")
+        _gaussian_section(rep, analyses["gaussian"], summary["gaussian"])
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
     return rep.save()
+
+
+def _calpha_section(rep: Report, config, analyses: dict, rows: list) -> None:
+    rep.heading("C^α images: PSNR slope vs α/(α+1)")
+    rep.table(["α", "fitted slope", "optimal α/(α+1)"],
+              [[r["alpha"], r["slope"], r["optimal_slope"]] for r in rows])
+    per_alpha = [a for k, a in analyses.items() if k.startswith("calpha_a")]
+    rep.figure(psnr_slopes(per_alpha), "calpha_psnr",
+               f"Output vs input PSNR on held-out C^α images ({config.size}×{config.size}); "
+               f"solid: least-squares line over {config.fit_range[0]:g}–"
+               f"{config.fit_range[1]:g} dB; dotted: the optimal slope α/(α+1) through the "
+               "same midpoint.")
+
+
+def _manifold_section(rep: Report, key: str, dim: int, what: str, a: dict, rows: list) -> None:
+    rep.heading(f"{key.capitalize()}: top-{dim} eigenvectors vs the tangent space")
+    rep.paragraph(
+        f"The {what} has dimension {dim}: the optimal denoiser projects the noise on its "
+        f"tangent space, MSE ≈ {dim}σ² (summed over d = {a['d']} pixels) and "
+        f"tr J ≈ {dim}. Angles are principal angles between the span of the top {dim} "
+        "Jacobian eigenvectors at a noisy image and the tangent space at the clean image, "
+        "averaged over images; a random subspace gives the baseline."
+    )
+    rep.table(["σ", "mean angles (deg)", "random subspace (deg)", "tr J",
+               f"MSE / σ² (optimum ≈ {dim})"],
+              [[r["sigma"], ", ".join(f"{v:.1f}" for v in r["mean_angles_deg"]),
+                ", ".join(f"{v:.1f}" for v in r["random_mean_angles_deg"]), r["trace"],
+                r["mse_over_sigma2"]] for r in rows])
+    rep.figure(tangent_angles(rows, key), f"{key}_angles")
+    grid = [("image", [a["example"]], None), ("tangent", a["example_tangent"], None)]
+    grid += [(f"σ = {s}", e["vectors"], e["eigenvalues"]) for s, e in a["eigenvectors"].items()]
+    rep.figure(eigenvector_grid(grid), f"{key}_eigenvectors",
+               "A clean image, its tangent vectors (finite differences along each "
+               "parameter), and the top Jacobian eigenvectors of the network at each σ.")
+
+
+def _gaussian_section(rep: Report, g: dict, rows: list) -> None:
+    rep.heading("Gaussian: Jacobian vs Σ(Σ + σ²I)⁻¹")
+    rep.paragraph(
+        "For a Gaussian the optimal denoiser is linear with Jacobian Σ(Σ + σ²I)⁻¹, whose "
+        "eigenvectors are the covariance's (Fourier modes for this stationary one) with "
+        "eigenvalues λ/(λ + σ²). Angles: the largest principal angle between the top-k "
+        "eigenspaces of the network's J and of Σ, at the k where Σ's spectrum has a gap "
+        "(repeated eigenvalues make other k ill-defined). The exact GaussianDenoiser "
+        "gives the optimum column."
+    )
+    rep.table(["σ", "‖J − W_G‖/‖W_G‖", "diagonality in Σ's basis",
+               "top-k overlap (mean cos²)", "max angle per k (deg)",
+               "optimum max angle (deg)", "tr J", "optimal tr J"],
+              [[r["sigma"], r["rel_error"], r["diagonality"],
+                ", ".join(f"k={k}: {v:.2f}" for k, v in r["overlap"].items()),
+                ", ".join(f"k={k}: {v:.1f}" for k, v in r["max_angle_deg"].items()),
+                r["optimum_max_angle_deg"], r["trace"], r["optimal_trace"]]
+               for r in rows])
+    rep.figure(shrinkage_curves(g["per_sigma"]), "gaussian_shrinkage",
+               "Solid: the factor u_iᵀ J u_i the network applies along each covariance "
+               "eigenvector u_i (mean over images); dashed: the optimum λ_i/(λ_i + σ²). "
+               "Diagonality is the share of ‖Uᵀ(J − (tr J/d)I)U‖² on its diagonal (1: J "
+               "shrinks along Σ's eigenvectors without mixing them).")
+    rep.figure(spectra_vs_sigma({
+        p["sigma"]: _mean_spectrum(p["network"]["eigenvalues"]) for p in g["per_sigma"]},
+        title="network"), "gaussian_spectra",
+        "Top eigenvalues of the network's Jacobian per σ (optimal: λ/(λ + σ²)).")
+    grid = [("covariance", g["covariance_eigenvectors"], g["covariance_eigenvalues"])]
+    grid += [(f"network σ = {s}", e["vectors"], e["eigenvalues"])
+             for s, e in g["eigenvectors"].items()]
+    rep.figure(eigenvector_grid(grid), "gaussian_eigenvectors",
+               "Top covariance eigenvectors (titles: variances) and the network's top "
+               "Jacobian eigenvectors (titles: eigenvalues); equal up to rotations within "
+               "eigenspaces of repeated eigenvalues.")
 
 
 def sweep_section(rep: Report, per_n: dict) -> None:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .figures import finish  # noqa: E402
 from .html import Report  # noqa: E402
 
 __all__ = ["factor_report", "flow_fields_figure", "gap_figure", "toy2d_report",
@@ -65,12 +66,7 @@ def trajectory_figure(summary: dict):
             label="noisy held-out recon. vs held-out")
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("σ_i (sampling proceeds to the right)")
-    ax.set_ylabel("median nearest cosine")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    return finish(fig, ax, "σ_i (sampling proceeds to the right)", "median nearest cosine")
 
 
 def flow_fields_figure(toy: dict):

@@ -32,14 +32,37 @@ def verdict_sentence(n: int, s: dict) -> str:
     )
 
 
-def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
+def sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
+    """report.html of a sweep: verdicts per N, similarity histograms and curves, samples,
+    PSNR curves and, where the run has them, the Gaussian and Jacobian sections."""
     from ..config import to_dict
 
     out = Path(out)
     ns = sorted(per_n)
+    rep = Report(f"Memorization → generalization: {config.name}", out)
+    _verdicts(rep, config, ns, metrics)
+    _similarities(rep, ns, per_n, {n: metrics["sizes"][str(n)] for n in ns})
+    _samples(rep, out, ns)
+    rep.heading("Denoising PSNR: training vs held-out images")
+    rep.figure(
+        figures.psnr_curves({n: per_n[n]["psnr"] for n in ns}), "psnr_curves",
+        "Output vs input PSNR, averaged over both models; solid: their own training images, "
+        "dashed: the other subset (held out). The gap closes as the models generalize.",
+    )
+    if all(per_n[n].get("gaussian") for n in ns):  # runs before this section lack it
+        _gaussian_section(rep, ns, per_n)
+    if all(per_n[n].get("jacobian") for n in ns):  # optional step (jacobian_images > 0)
+        from .jacobian import sweep_section
+
+        sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
+    rep.heading("Configuration")
+    rep.code(json.dumps(to_dict(config), indent=2))
+    return rep.save()
+
+
+def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
     summaries = {n: metrics["sizes"][str(n)] for n in ns}
     d = metrics["dataset"]
-    rep = Report(f"Memorization → generalization: {config.name}", out)
     rep.paragraph(
         f"{config.dataset}: {d['raw']} images, {d['deduplicated']} after de-duplication, "
         f"shape {d['shape']}. Two {config.model} denoisers per N, trained on disjoint "
@@ -58,6 +81,8 @@ def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
          for n, s in summaries.items()],
     )
 
+
+def _similarities(rep: Report, ns: list, per_n: dict, summaries: dict) -> None:
     rep.heading("Similarity histograms")
     rep.figure(
         figures.similarity_histograms({n: per_n[n] for n in ns}), "similarity_histograms",
@@ -73,9 +98,11 @@ def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
         "median_similarity", "The phase transition: where the red curve crosses the dark one.",
     )
 
-    rep.heading("Samples")
+
+def _samples(rep: Report, out: Path, ns: list) -> None:
     from safetensors.torch import load_file
 
+    rep.heading("Samples")
     for n in ns:
         s = load_file(str(out / f"n{n}" / "samples.safetensors"))
         k = min(_GRID_COLUMNS, len(s["A"]))
@@ -89,29 +116,17 @@ def write_sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
                    f"N = {n}: samples of both models from the same seeds, each above its "
                    "nearest training image.")
 
-    rep.heading("Denoising PSNR: training vs held-out images")
+
+def _gaussian_section(rep: Report, ns: list, per_n: dict) -> None:
+    from .gaussian import sweep_curves
+
+    rep.heading("Gaussian structure")
     rep.figure(
-        figures.psnr_curves({n: per_n[n]["psnr"] for n in ns}), "psnr_curves",
-        "Output vs input PSNR, averaged over both models; solid: their own training images, "
-        "dashed: the other subset (held out). The gap closes as the models generalize.",
+        sweep_curves([("model A vs D_G of S1", {
+            f"N = {n}": (per_n[n]["gaussian"]["sigma"], per_n[n]["gaussian"]["rmse"])
+            for n in ns})]),
+        "gaussian_rmse",
+        "RMSE between model A and the Gaussian denoiser D_G of S1 (its training set's "
+        "mean and covariance) on held-out noisy images, per N (Li, Dai & Qu 2024): a "
+        "generalizing model is close to D_G at intermediate σ.",
     )
-    if all(per_n[n].get("gaussian") for n in ns):  # runs before this section lack it
-        rep.heading("Gaussian structure")
-        from .gaussian import sweep_curves
-
-        rep.figure(
-            sweep_curves([("model A vs D_G of S1", {
-                f"N = {n}": (per_n[n]["gaussian"]["sigma"], per_n[n]["gaussian"]["rmse"])
-                for n in ns})]),
-            "gaussian_rmse",
-            "RMSE between model A and the Gaussian denoiser D_G of S1 (its training set's "
-            "mean and covariance) on held-out noisy images, per N (Li, Dai & Qu 2024): a "
-            "generalizing model is close to D_G at intermediate σ.",
-        )
-    if all(per_n[n].get("jacobian") for n in ns):  # optional step (jacobian_images > 0)
-        from .jacobian import sweep_section
-
-        sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
-    rep.heading("Configuration")
-    rep.code(json.dumps(to_dict(config), indent=2))
-    return rep.save()

@@ -100,16 +100,16 @@ def test_feature_space_audit(train):
 
 def test_every_search_goes_through_one_function(train, monkeypatch):
     calls = []
-    real = au._search
+    real = au.search
 
     def counting(q, k_, k, metric="l2"):
         calls.append((len(q), len(k_), k, metric))
         return real(q, k_, k, metric)
 
     def forbidden(*a, **kw):
-        raise AssertionError("a search bypassed experiments.audit._search")
+        raise AssertionError("a search bypassed experiments.audit.search")
 
-    monkeypatch.setattr(au, "_search", counting)
+    monkeypatch.setattr(au, "search", counting)
     for module in ("pydiffgen.data.dedup", "pydiffgen.metrics.memorization"):
         monkeypatch.setattr(importlib.import_module(module), "knn", forbidden)
     samples, _ = _copies_and_fresh(train)

@@ -98,15 +98,15 @@ def test_sweep_report_gains_a_gaussian_section(tmp_path):
     from pydiffgen.data import load
     from pydiffgen.experiments.generalization import (
         SweepConfig,
-        _gaussian_rmse,
+        gaussian_rmse,
         generalization_sweep,
     )
 
     x = load("digits")[:60]
     G = GaussianDenoiser.fit(x[:40])
-    same = _gaussian_rmse(G, x[:40], x[40:], "cpu")
+    same = gaussian_rmse(G, x[:40], x[40:], "cpu")
     assert len(same["sigma"]) == 12 and max(same["rmse"]) < 1e-6
-    assert _gaussian_rmse(G, x[:40], x[40:], "cpu", max_dim=10) is None
+    assert gaussian_rmse(G, x[:40], x[40:], "cpu", max_dim=10) is None
     config = SweepConfig(
         name="tiny", dataset="digits", sizes=(2, 5), model="bf_unet",
         model_options=(("levels", 1), ("width", 4)), steps=4, batch_size=8, n_samples=4,

@@ -11,7 +11,7 @@ from pydiffgen.experiments.memorization_factors import (
     FactorConfig,
     factor_points,
     memorization_factors,
-    write_factor_report,
+    write_report,
 )
 from pydiffgen.training import TrainConfig, train
 
@@ -93,7 +93,7 @@ def test_factor_sweep_runs_resumes_identically_and_reports(tmp_path):
 
     # the report rebuilds from disk; a different config in the same folder is refused
     (resumed / "report.html").unlink()
-    write_factor_report(resumed)
+    write_report(resumed)
     assert (resumed / "report.html").exists()
     with pytest.raises(ConfigError, match="different config"):
         memorization_factors(FactorConfig(name="other"), resumed, log=lambda m: None)
