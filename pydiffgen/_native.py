@@ -25,7 +25,7 @@ def has_cuda_ops() -> bool:
 def cpu_why_not(*ops: str) -> str | None:
     """None when the extension's CPU kernels of ``ops`` (names in ``torch.ops.pydiffgen``)
     can run here, else the reason: the extension is missing or predates one of them."""
-    if not LOADED:
+    if not has_cpu_ops():
         return WHY_NOT
     for name in ops:
         if not hasattr(torch.ops.pydiffgen, name):

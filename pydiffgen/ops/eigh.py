@@ -22,6 +22,7 @@ from .. import _native
 from .._checks import check_tensor
 from ..errors import InputError
 from . import _dispatch
+from ._register import register
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -62,23 +63,15 @@ def _cusolver(A):
     return torch.ops.pydiffgen.eigh(A)
 
 
-def _cusolver_why_not():
-    if not _native.has_cuda_ops():
-        return "pydiffgen._C was built without CUDA (needs a CUDA torch and CUDA_HOME at build)"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
+def _fake(A):
+    B, n, _ = A.shape
+    return A.new_empty(B, n), A.new_empty(B, n, n)
 
 
-if _native.LOADED and hasattr(torch.ops.pydiffgen, "eigh"):
-
-    @torch.library.register_fake("pydiffgen::eigh")
-    def _eigh_fake(A):
-        B, n, _ = A.shape
-        return A.new_empty(B, n), A.new_empty(B, n, n)
-
+if _native.cpu_why_not("eigh") is None:
+    register("eigh", fake=_fake)
 
 _op = _dispatch.op("eigh")
-_op.register("cusolver", ("cuda",), _cusolver, _cusolver_why_not)
+_op.register("cusolver", ("cuda",), _cusolver, _native.cuda_why_not)
 _op.register("aten", ("cpu", "cuda"), _aten)
 _op.register("reference", ("cpu", "cuda"), reference_eigh)
