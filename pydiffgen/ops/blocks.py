@@ -15,11 +15,12 @@ Backends in priority order (``backend=`` / ``PYDIFFGEN_BACKEND`` force one):
                        CPU: cpp (``pydiffgen::groupnorm_film_silu_{fwd,bwd}``) → reference.
   bf_batchnorm_relu    CPU: cpp (``pydiffgen::bf_batchnorm_relu_{fwd,bwd}``) → reference;
                        CUDA: reference.
-Each fused backend is a forward and a backward custom op with fake kernels (so
-``torch.compile`` traces them) and ``register_autograd``. The reference backends are the
-eager PyTorch chains of ``pydiffgen.ops.reference`` (differentiable to any order and under
-``torch.func`` transforms); inputs wrapped by ``torch.func`` (vmap, jacrev, jvp) always take
-them, since the fused ops define first-order reverse mode only.
+Each fused backend is a forward and a backward custom op registered once
+(``ops._register``: fake kernels, so ``torch.compile`` traces them, and autograd). The
+reference backends are the eager PyTorch chains of ``pydiffgen.ops.reference``
+(differentiable to any order and under ``torch.func`` transforms); inputs wrapped by
+``torch.func`` (vmap, jacrev, jvp) always take them, since the fused ops define
+first-order reverse mode only. Models' ``fused=False`` is ``backend="reference"``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from .. import _native
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, reference
+from . import dispatch, reference
 from ._register import Registered, register, transformed
 
 __all__ = ["bf_batchnorm_relu", "groupnorm_film_silu"]
@@ -99,7 +100,7 @@ def groupnorm_film_silu(x, num_groups: int, weight=None, bias=None, scale=None, 
     _check_param(scale, "scale", (B, C), x)
     _check_param(shift, "shift", (B, C), x)
     eps = _check_eps(eps)
-    impl = _dispatch.op("groupnorm_film_silu").select(x.device.type, backend)
+    impl = dispatch.op("groupnorm_film_silu").select(x.device.type, backend)
     if x.numel() == 0 or transformed(x, weight, bias, scale, shift):
         return reference.groupnorm_film_silu(x, num_groups, weight, bias, scale, shift, eps)
     return impl.fn(x, num_groups, weight, bias, scale, shift, eps)
@@ -214,7 +215,7 @@ def _gfs_triton(x, G, weight, bias, scale, shift, eps):
     return _gfs_triton_op(x, G, w, b, s, t, eps)[0]
 
 
-_gfs = _dispatch.op("groupnorm_film_silu")
+_gfs = dispatch.op("groupnorm_film_silu")
 _gfs.register("triton", ("cuda",), _gfs_triton, cuda_why_not)
 _gfs.register("cpp", ("cpu",), _gfs_cpp, lambda: _GFS_CPP_WHY_NOT)
 _gfs.register("reference", ("cpu", "cuda"), reference.groupnorm_film_silu)
@@ -241,7 +242,7 @@ def bf_batchnorm_relu(x, gain, eps: float = 1e-5, backend: str | None = None):
     if x.numel() == 0:
         raise InputError(f"x is empty (shape {tuple(x.shape)}): batch statistics need at "
                          "least one element per channel")
-    impl = _dispatch.op("bf_batchnorm_relu").select(x.device.type, backend)
+    impl = dispatch.op("bf_batchnorm_relu").select(x.device.type, backend)
     if transformed(x, gain):
         return reference.bf_batchnorm_relu(x, gain, eps)
     return impl.fn(x, gain, eps)
@@ -292,6 +293,6 @@ def _bfbn_cpp(x, gain, eps):
     return _keep_layout(x, y), std
 
 
-_bfbn = _dispatch.op("bf_batchnorm_relu")
+_bfbn = dispatch.op("bf_batchnorm_relu")
 _bfbn.register("cpp", ("cpu",), _bfbn_cpp, lambda: _BFBN_CPP_WHY_NOT)
 _bfbn.register("reference", ("cpu", "cuda"), reference.bf_batchnorm_relu)

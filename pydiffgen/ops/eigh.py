@@ -21,7 +21,7 @@ import torch
 from .. import _native
 from .._checks import check_tensor
 from ..errors import InputError
-from . import _dispatch
+from . import dispatch
 from ._register import register
 
 _DTYPES = (torch.float32, torch.float64)
@@ -43,7 +43,7 @@ def eigh(A: torch.Tensor, backend: str | None = None, *, float64: bool = False):
         n = A3.shape[-1]
         w, V = work.new_empty(A3.shape[0], n), work.new_empty(A3.shape[0], n, n)
     else:
-        impl = _dispatch.op("eigh").select(A.device.type, backend)
+        impl = dispatch.op("eigh").select(A.device.type, backend)
         w, V = impl.fn(work.contiguous())
     w, V = w.to(dtype), V.to(dtype)
     return (w[0], V[0]) if single else (w, V)
@@ -71,7 +71,7 @@ def _fake(A):
 if _native.cpu_why_not("eigh") is None:
     register("eigh", fake=_fake)
 
-_op = _dispatch.op("eigh")
+_op = dispatch.op("eigh")
 _op.register("cusolver", ("cuda",), _cusolver, _native.cuda_why_not)
 _op.register("aten", ("cpu", "cuda"), _aten)
 _op.register("reference", ("cpu", "cuda"), reference_eigh)

@@ -31,7 +31,7 @@ from .. import _native
 from .._checks import as_sigma, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, lse, reference
+from . import dispatch, lse, reference
 from ._register import register, transformed
 from .exact import check_finite, softmax_gather64
 from .knn import search
@@ -58,7 +58,7 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
         # under torch.func (vmap, jacrev, jacfwd) values cannot steer control flow, which
         # the fast backends' exact-row fallback needs: the float64 reference has none
         return _reference(y2, x2.detach(), sig).reshape(shape)
-    impl = _dispatch.op("empirical_denoiser").select(y.device.type, backend)
+    impl = dispatch.op("empirical_denoiser").select(y.device.type, backend)
     return impl.fn(y2, x2, sig).reshape(shape)
 
 
@@ -235,7 +235,7 @@ if TRITON_WHY_NOT is None:
     _triton = _corrected(_register_fast("empirical_denoiser_triton"))
 
 
-_op = _dispatch.op("empirical_denoiser")
+_op = dispatch.op("empirical_denoiser")
 _op.register("triton", ("cuda",), lambda *a: _triton(*a), cuda_why_not)
 _op.register("cpp", ("cpu",), lambda *a: _cpp(*a), lambda: _CPP_WHY_NOT)
 _op.register("reference", ("cpu", "cuda"), _reference)

@@ -33,7 +33,7 @@ from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, knn_certified
+from . import dispatch, knn_certified
 from ._register import register
 from .exact import centre, check_finite, score64
 from .topk import merge
@@ -96,7 +96,7 @@ def search(q, x, k: int, metric: str = "l2", backend: str | None = None, *,
            tile_elems: int = 1 << 24, precision: str = "auto"):
     """``knn`` without argument checks: q [M, D] and x [N, D] on one device, finite,
     floating point or uint8, 1 ≤ k ≤ N. Returns (values float32 [M, k], indices [M, k])."""
-    impl = _dispatch.op("knn").select(q.device.type, backend)
+    impl = dispatch.op("knn").select(q.device.type, backend)
     values, indices = impl.fn(q, x, k, metric, tile_elems, precision)
     return zero_queries(q, values, indices, metric)
 
@@ -295,6 +295,6 @@ if _native.LOADED:
     register("knn_rerank", fake=_rerank_fake)
 
 
-_dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
-_dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _native.cpu_why_not)
-_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)
+dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
+dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _native.cpu_why_not)
+dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)

@@ -14,7 +14,7 @@ import torch
 from .. import _native
 from .._checks import check_tensor
 from ..errors import InputError
-from . import _dispatch, reference
+from . import dispatch, reference
 from ._register import register
 
 # Largest k the CUDA kernel handles (shared-memory bitonic buffers); above it the cuda
@@ -54,7 +54,7 @@ def topk_merge(values, indices, tile, offset: int, largest: bool = False, backen
 def merge(values, indices, tile, offset: int, largest: bool, backend=None):
     """``topk_merge`` without validation (no device sync): for callers such as ``knn``
     whose inputs are valid by construction. indices must be int64."""
-    impl = _dispatch.op("topk_merge").select(values.device.type, backend)
+    impl = dispatch.op("topk_merge").select(values.device.type, backend)
     return impl.fn(values, indices, tile, offset, largest)
 
 
@@ -90,7 +90,7 @@ def _fake(values, indices, tile, offset, largest):
 if _native.LOADED:
     register("topk_merge", fake=_fake)
 
-_op = _dispatch.op("topk_merge")
+_op = dispatch.op("topk_merge")
 _op.register("cuda", ("cuda",), _cuda, _native.cuda_why_not)
 _op.register("cpp", ("cpu",), _cpp, _native.cpu_why_not)
 _op.register("reference", ("cpu", "cuda"), reference.topk_merge)

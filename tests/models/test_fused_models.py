@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pydiffgen.models import build
-from pydiffgen.ops import _dispatch
+from pydiffgen.ops import dispatch
 from pydiffgen.ops import blocks as OB
 from pydiffgen.training import TrainConfig, train
 
@@ -47,7 +47,7 @@ def test_models_call_the_fused_ops(monkeypatch):
     def count(key, fn):
         """Counts the calls that run a fused backend (not the eager ``reference``)."""
         def wrapped(*a, **k):
-            chosen = _dispatch.op(fn.__name__).select(a[0].device.type, k.get("backend"))
+            chosen = dispatch.op(fn.__name__).select(a[0].device.type, k.get("backend"))
             calls[key] += chosen.name != "reference"
             return fn(*a, **k)
         return wrapped
