@@ -156,9 +156,12 @@ def _register_gfs(fwd_name: str, bwd_name: str, keep_layout: bool) -> Registered
         _, mean, rstd = output
         ctx.num_groups = num_groups
         ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # no zero gradients for the statistics
         ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
 
     def backward(ctx, grad, _grad_mean, _grad_rstd):
+        if grad is None:  # y unused (gradients are not materialized)
+            return (None,) * 7
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
         dx, dw, db, ds, dt = bwd(grad, x, mean, rstd, ctx.num_groups, weight, bias, scale,
                                  shift)
@@ -268,10 +271,14 @@ def _register_bfbn() -> Registered:
         x, gain, _eps = inputs
         _, mean, std = output
         ctx.mark_non_differentiable(mean)
+        ctx.set_materialize_grads(False)  # backward fills an absent gradient itself
         ctx.save_for_backward(x, mean, std, gain)
 
     def backward(ctx, grad, grad_mean, grad_std):
+        if grad is None and grad_std is None:  # neither y nor std used
+            return None, None, None
         x, mean, std, gain = ctx.saved_tensors
+        grad = torch.zeros_like(x) if grad is None else grad
         grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
         grad_std = torch.zeros_like(std) if grad_std is None else grad_std
         dx, dgain = bwd(grad, grad_mean, grad_std, x, mean, std, gain)
