@@ -125,10 +125,10 @@ def worker(rank: int, world: int, threads: int, port: int, device: str, cfg: dic
                  "comm_bytes_per_row": 8 * (D + 2) if world > 1 else 0})
 
     # the per-rank work of the sharded empirical denoiser alone: the partials of this shard
-    from pydiffgen.ops import empirical as E
+    from pydiffgen.ops import lse
 
     sig = torch.full((M,), 2.0, dtype=torch.float64, device=dev)
-    t = _timed(lambda: E._partials(y, train_shard, sig), cfg["repeats"], device)
+    t = _timed(lambda: lse.partials(y, train_shard, sig), cfg["repeats"], device)
     flops = 4 * M * len(rng) * D
     rows.append({"case": f"empirical partials M={M} N_r={len(rng)} D={D}", "op": "partials",
                  "ranks": world, "threads_per_rank": threads, "seconds": t,

@@ -32,7 +32,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from pydiffgen.ops import _dispatch, knn  # noqa: E402
+from pydiffgen.ops import dispatch, knn  # noqa: E402
 
 
 def cdist_topk(q, x, k):
@@ -192,13 +192,13 @@ def main():
     if threads:
         torch.set_num_threads(int(threads))
     ceil = {**ceilings(dev), **gemm_rates(dev)}
-    backends = [b for b, why in _dispatch.op("knn").reasons(dev).items() if why == "ok"]
+    backends = [b for b, why in dispatch.op("knn").reasons(dev).items() if why == "ok"]
     rows, ratios, notes = [], [], []
     for M, N, D, k, data in cases(dev, args.quick):
         run_case(dev, M, N, D, k, data, backends, ceil, rows, ratios, notes)
     meta = {**metadata(dev), "ceilings": ceil, "notes": notes, "threads": torch.get_num_threads(),
-            "knn_backends": _dispatch.op("knn").reasons(dev),
-            "topk_merge_backend": _dispatch.op("topk_merge").select(dev).name}
+            "knn_backends": dispatch.op("knn").reasons(dev),
+            "topk_merge_backend": dispatch.op("topk_merge").select(dev).name}
     path = write_json("bench_knn", rows + ratios, meta)
     i8 = ceil.get("gemm_int8_gops")
     print(f"knn on {meta['device_name']}: GEMM ceilings fp32 {ceil['gemm_fp32_gflops']:.0f}, "

@@ -26,7 +26,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from pydiffgen.ops import _dispatch, reference  # noqa: E402
+from pydiffgen.ops import dispatch, reference  # noqa: E402
 from pydiffgen.ops.topk import merge  # noqa: E402
 
 
@@ -82,14 +82,14 @@ def main():
     args = parse_args(__doc__.splitlines()[0])
     dev = args.device
     native = "cuda" if dev == "cuda" else "cpp"
-    native_ok = _dispatch.op("topk_merge").reasons(dev)[native] == "ok"
+    native_ok = dispatch.op("topk_merge").reasons(dev)[native] == "ok"
     ceil = ceilings(dev)
     rows, ratios = [], []
     for M, k, T in cases(dev, args.quick):
         run_case(dev, M, k, T, native if native_ok else None, ceil, rows, ratios)
     if not native_ok:
         print(f"note: {native} backend not available: "
-              f"{_dispatch.op('topk_merge').reasons(dev)[native]}")
+              f"{dispatch.op('topk_merge').reasons(dev)[native]}")
     meta = {**metadata(dev), "ceilings": ceil}
     path = write_json("bench_topk", rows + ratios, meta)
     print(f"topk_merge on {meta['device_name']} (copy ceiling {ceil['copy_gbs']:.1f} GB/s)")

@@ -12,10 +12,8 @@ import os
 try:
     import triton  # noqa: F401
 
-    HAVE_TRITON = True
     TRITON_WHY_NOT: str | None = None
 except ImportError as err:  # pragma: no cover - depends on the machine
-    HAVE_TRITON = False
     TRITON_WHY_NOT = f"triton is not installed ({err})"
 
 

@@ -31,11 +31,11 @@ was set before triton was imported (the interpreter runs programs in numpy; slow
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
+
+from ..ops.exact import centre, logit_error
 
 
 @triton.jit
@@ -91,11 +91,6 @@ def empirical_split_kernel(
     tl.store(sum_ptr + pid_s * M + offs_m, l_i, mask=mask_m)
 
 
-def _centre(x):
-    step = max(1, x.shape[0] // 8192)
-    return x[::step].float().mean(0)
-
-
 def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int = 32,
                        block_n: int = 64, block_d: int = 64):
     """(D_M [M, D] in y's dtype, err [M] float64) for y [M, D], x [N, D], sigma [M] > 0.
@@ -106,7 +101,7 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     M, D = y.shape
     N = x.shape[0]
     xf = x.float().contiguous()
-    mu = _centre(xf)  # [D]
+    mu = centre(xf)  # [D]
     yc = (y.float() - mu).contiguous()  # [M, D]
     sq = torch.empty(N, dtype=torch.float32, device=x.device)
     rows = max(1, (1 << 22) // D)
@@ -138,6 +133,4 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     total = (w * sm.double()).sum(0)  # [M]
     out = (w[:, :, None] * acc.double()).sum(0) / total[:, None]
     R2 = float(sq.max()) if N else 0.0
-    u = torch.finfo(torch.float32).eps / 2
-    err = 2 * u * math.sqrt(D) * (yc.double().norm(dim=1) * math.sqrt(R2) + R2 / 2) / sig.square()
-    return out.to(y.dtype), err
+    return out.to(y.dtype), logit_error(yc.double().norm(dim=1), R2, D, torch.float32, sig)

@@ -19,7 +19,7 @@ def available_backends() -> dict:
 
     from . import _native, ops  # noqa: F401 - importing ops registers every backend
     from .kernels import TRITON_WHY_NOT, interpreted
-    from .ops import _dispatch
+    from .ops import dispatch
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     triton = "ok" if TRITON_WHY_NOT is None else TRITON_WHY_NOT
@@ -33,7 +33,7 @@ def available_backends() -> dict:
         "triton": triton,
         "ops": {
             name: {dev: op.reasons(dev) for dev in devices}
-            for name, op in sorted(_dispatch.OPS.items())
+            for name, op in sorted(dispatch.OPS.items())
         },
     }
 

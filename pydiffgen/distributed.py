@@ -13,7 +13,7 @@ Dataset-scale search shards the *training set* across ranks (rank r holds rows
   neighbour per rank), and ``ops.topk_merge`` picks the best k, ties to the lower global
   index: the same neighbours, in the same order, as ``ops.knn`` over the whole set.
 - ``empirical_denoiser``: each rank reduces its shard to the online log-sum-exp state
-  (m = max logit, s = Σ exp(l − m), a = Σ exp(l − m) x_i) of ``ops.empirical``; an
+  (m = max logit, s = Σ exp(l − m), a = Σ exp(l − m) x_i) of ``ops.lse``; an
   all_reduce MAX gives the global m*, and an all_reduce SUM of the partials rescaled by
   exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows whose float32 logits are
   too coarse (small σ) are recomputed exactly as in ``ops.empirical_denoiser``: float64
@@ -224,7 +224,8 @@ def knn(queries, keys_shard, k: int, metric: str = "l2", *, offset: int | None =
     float32 [M, k], global indices int64 [M, k]) equal to ``ops.knn`` over the
     concatenated keys: exact scores, ties to the lower global index.
     """
-    from .ops.knn import METRICS
+    from .ops.exact import score64
+    from .ops.knn import METRICS, search
     from .ops.knn import knn as local_knn
     from .ops.topk import topk_merge
 
@@ -255,8 +256,8 @@ def knn(queries, keys_shard, k: int, metric: str = "l2", *, offset: int | None =
     kl = min(k, n_local)
     if kl and M:
         q, x = queries.reshape(M, D), keys_shard.reshape(n_local, D)
-        _, li = local_knn(q, x, kl, metric, backend)
-        values[:, :kl] = _exact_scores(q, x, li, metric)
+        _, li = search(q, x, kl, metric, backend)
+        values[:, :kl] = score64(q, x, li, metric)  # float64, as ops.knn's re-rank
         indices[:, :kl] = li + offset
     # [M, R·k] candidates, in global-index order so that the merge's ties (the lower
     # position) go to the lower global index
@@ -271,7 +272,8 @@ def knn(queries, keys_shard, k: int, metric: str = "l2", *, offset: int | None =
 
 
 def _check_knn_inputs(queries, keys_shard, k, metric, offset):
-    from .ops.knn import METRICS, _check_finite
+    from .ops.exact import check_finite
+    from .ops.knn import METRICS
 
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
@@ -292,51 +294,13 @@ def _check_knn_inputs(queries, keys_shard, k, metric, offset):
     if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int)
                                or offset < 0):
         raise InputError(f"offset must be None or an integer >= 0, got {offset!r}")
-    _check_finite(queries, "queries")
-    _check_finite(keys_shard, "keys_shard")
-
-
-def _exact_scores(q, x, idx, metric):
-    """float64 scores of keys idx [M, k] for queries q [M, D], as ``ops.knn``'s re-rank."""
-    out = []
-    step = max(1, (1 << 22) // max(1, idx.shape[1] * q.shape[1]))
-    for r0 in range(0, len(q), step):
-        cand = x[idx[r0 : r0 + step]].double()  # [r, k, D]
-        qd = q[r0 : r0 + step].double()[:, None, :]  # [r, 1, D]
-        if metric == "l2":
-            out.append(((qd - cand) ** 2).sum(-1))
-        elif metric == "cosine":
-            qn = qd / qd.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            xn = cand / cand.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            out.append((qn * xn).sum(-1))
-        else:
-            out.append((qd * cand).sum(-1))
-    return torch.cat(out)
+    check_finite(queries, "queries")
+    check_finite(keys_shard, "keys_shard")
 
 
 # ----------------------------------------------------------------------------------------
 # sharded empirical denoiser
 # ----------------------------------------------------------------------------------------
-
-
-def _check_empirical_inputs(y, train_shard, sigma):
-    """``ops.empirical._validate`` that also accepts an empty shard."""
-    from ._checks import as_sigma
-    from .ops import empirical as E
-
-    for name, t in (("y", y), ("train_shard", train_shard)):
-        if not isinstance(t, torch.Tensor) or t.ndim < 2 or not t.is_floating_point():
-            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise InputError(f"{name} must be a floating-point tensor [rows, *F], got {got}")
-    if train_shard.shape[0]:
-        return E._validate(y, train_shard, sigma, None)
-    if y.shape[1:] != train_shard.shape[1:]:
-        raise InputError(f"y and train_shard must share feature shape, got "
-                         f"{tuple(y.shape)} and {tuple(train_shard.shape)}")
-    sig = as_sigma(sigma, y.shape[0], device=y.device, dtype=torch.float64)
-    dtype = torch.promote_types(y.dtype, train_shard.dtype)
-    dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
-    return y.to(dtype), train_shard.to(dtype), sig
 
 
 @torch.no_grad()
@@ -354,7 +318,8 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
     # check locally, then agree: an error on one rank is raised on every rank, no hang
     error, meta = None, [0, 0, 0]
     try:
-        y, train_shard, sig = _check_empirical_inputs(y, train_shard, sigma)
+        y, train_shard, sig = E.validate(y, train_shard, sigma, train_name="train_shard",
+                                         empty_train=True)
         meta = [y.shape[0], y.shape[1:].numel(), train_shard.shape[0]]
     except InputError as err:
         error = str(err)
@@ -369,25 +334,34 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
         return y.clone()
     _agree("empirical_denoiser", [float(sig.sum()), float(sig.min())], ["sigma", "sigma"],
            group)
-    y2, x2 = y.reshape(M, D), train_shard.reshape(n_local, D)
+    m, s, a = _sharded_partials(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
     MAX, SUM = torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM
-
-    m, s, a, err = E._partials(y2, x2, sig)
-    # rows whose logits are too coarse on any shard are recomputed exactly on every shard
-    bad = _all_reduce((err > E.LOGIT_TOL).to(torch.float64), MAX, group).bool()
-    if bool(bad.any()):
-        mb, sb, ab, c = E._candidate_partials(y2[bad], x2, sig[bad])
-        m_star = _all_reduce(mb, MAX, group)
-        # points outside a shard's candidates have logits ≤ c: negligible when c < m* − 40
-        uncertified = _all_reduce((c >= m_star - E._MARGIN).to(torch.float64), MAX, group)
-        uncertified = uncertified.bool()
-        if bool(uncertified.any()):
-            sel = bad.nonzero().squeeze(1)[uncertified]
-            mf, sf, af, _ = E._partials(y2[sel], x2, sig[sel], torch.float64)
-            mb[uncertified], sb[uncertified], ab[uncertified] = mf, sf, af
-        m[bad], s[bad], a[bad] = mb, sb, ab
     m_star = _all_reduce(m, MAX, group)
     scale = torch.exp(m - m_star)  # 0 where this shard holds nothing (m = −inf)
     merged = torch.cat([s[:, None] * scale[:, None], a * scale[:, None]], dim=1)  # [M, 1 + D]
     merged = _all_reduce(merged, SUM, group)
     return (merged[:, 1:] / merged[:, :1]).to(y.dtype).reshape(shape)
+
+
+def _sharded_partials(y, x, sig, group):
+    """This shard's log-sum-exp state (m, s, a) for rows y [M, D] (``ops.lse``), with the
+    rows whose logits are too coarse on any shard recomputed exactly on every shard:
+    candidates certified when every other point of every shard lies MARGIN below the
+    global max logit, else a float64 pass."""
+    from .ops import lse
+
+    MAX = torch.distributed.ReduceOp.MAX
+    m, s, a, err = lse.partials(y, x, sig)
+    bad = _all_reduce((err > lse.LOGIT_TOL).to(torch.float64), MAX, group).bool()
+    if not bool(bad.any()):
+        return m, s, a
+    mb, sb, ab, c = lse.candidate_partials(y[bad], x, sig[bad])
+    m_star = _all_reduce(mb, MAX, group)
+    # points outside a shard's candidates have logits ≤ c
+    unsure = _all_reduce(lse.uncertified(m_star, c).to(torch.float64), MAX, group).bool()
+    if bool(unsure.any()):
+        sel = bad.nonzero().squeeze(1)[unsure]
+        mf, sf, af, _ = lse.partials(y[sel], x, sig[sel], torch.float64)
+        mb[unsure], sb[unsure], ab[unsure] = mf, sf, af
+    m[bad], s[bad], a[bad] = mb, sb, ab
+    return m, s, a

@@ -12,7 +12,7 @@ import torch
 
 from .._checks import check_same_image_shape, check_tensor
 from ..errors import InputError
-from ..ops import knn
+from ..ops.knn import search
 
 
 def _flat(x, name, center):
@@ -45,7 +45,10 @@ def nearest_cosine(samples, train, *, center: bool = False, return_index: bool =
     k = 2 if exclude_self else 1
     if len(vt) < k:
         raise InputError(f"train needs at least {k} images here, got {len(vt)}")
-    values, index = knn(vs.float(), vt.float(), k, metric="cosine")
+    if vs.device != vt.device:
+        raise InputError(f"samples and train must be on one device, got {vs.device} and "
+                         f"{vt.device}")
+    values, index = search(vs.float(), vt.float(), k, "cosine")
     if exclude_self:
         own = torch.arange(len(vs))[:, None] == index
         col = own[:, 0].long()  # the best match is itself: take the second

@@ -7,8 +7,6 @@ Conventions: images are ``[B, C, H, W]``, noise levels ``sigma`` are ``[B]`` aft
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as nnf
 from torch import nn
@@ -23,7 +21,6 @@ __all__ = [
     "PositionalEmbedding",
     "ResBlock",
     "check_images",
-    "fused_enabled",
     "groupnorm_film_silu",
     "num_groups",
 ]
@@ -52,10 +49,10 @@ def check_images(y, channels: int, multiple: int = 1, name: str = "y") -> torch.
     return y
 
 
-def fused_enabled() -> bool:
-    """False when ``PYDIFFGEN_FUSED=0``: every model then runs its eager PyTorch blocks
-    (the per-model switch is the ``fused=`` keyword of the models)."""
-    return os.environ.get("PYDIFFGEN_FUSED", "1").strip() != "0"
+def backend(fused: bool) -> str | None:
+    """The ops' ``backend=`` for a model's ``fused`` flag: False forces the eager PyTorch
+    chains (``reference``); True lets the ops choose (``PYDIFFGEN_BACKEND`` can force one)."""
+    return None if fused else "reference"
 
 
 # --------------------------------------------------------------------------- bias-free BN
@@ -88,10 +85,10 @@ class BFBatchNorm2d(nn.Module):
             std = self.running_std.to(x.dtype)
         return x * (self.gain / std).view(1, -1, 1, 1)
 
-    def forward_relu(self, x: torch.Tensor, fused: bool = True) -> torch.Tensor:
-        """``ReLU(self(x))``; in training mode one fused op (``pydiffgen.ops.bf_batchnorm_relu``)
-        when ``fused`` (eval mode is a per-channel scale: nothing to fuse)."""
-        if not (fused and self.training and fused_enabled()):
+    def forward_relu(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(self(x))``; in training mode one op, ``pydiffgen.ops.bf_batchnorm_relu``
+        (eval mode is a per-channel scale: nothing to fuse)."""
+        if not self.training:
             return nnf.relu(self(x))
         from ..ops.blocks import bf_batchnorm_relu
 
@@ -190,21 +187,13 @@ def groupnorm_film_silu(
 
     x: ``[B, C, H, W]``; weight, bias: ``[C]`` (GroupNorm affine, or None);
     scale, shift: ``[B, C]`` FiLM from the σ-embedding (None = 0). Returns ``[B, C, H, W]``.
-    Every conditioned block goes through this one function: with ``fused`` (and unless
-    ``PYDIFFGEN_FUSED=0``) it is the fused op ``pydiffgen.ops.groupnorm_film_silu``,
-    otherwise the eager PyTorch chain below.
+    Every conditioned block goes through this one function, the op
+    ``pydiffgen.ops.groupnorm_film_silu``: fused unless ``fused`` is False (the eager
+    PyTorch chain, its ``reference`` backend).
     """
-    if fused and fused_enabled():
-        from ..ops.blocks import groupnorm_film_silu as fused_op
+    from ..ops.blocks import groupnorm_film_silu as op
 
-        return fused_op(x, num_groups, weight, bias, scale, shift, eps)
-    h = nnf.group_norm(x, num_groups, weight, bias, eps)  # [B, C, H, W]
-    # Perez et al. 2018 (FiLM): h ← h · (1 + scale) + shift, per sample and channel
-    if scale is not None:
-        h = h * (1 + scale[:, :, None, None])
-    if shift is not None:
-        h = h + shift[:, :, None, None]
-    return nnf.silu(h)
+    return op(x, num_groups, weight, bias, scale, shift, eps, backend=backend(fused))
 
 
 class ResBlock(nn.Module):

@@ -15,11 +15,12 @@ Backends in priority order (``backend=`` / ``PYDIFFGEN_BACKEND`` force one):
                        CPU: cpp (``pydiffgen::groupnorm_film_silu_{fwd,bwd}``) → reference.
   bf_batchnorm_relu    CPU: cpp (``pydiffgen::bf_batchnorm_relu_{fwd,bwd}``) → reference;
                        CUDA: reference.
-Each fused backend is a forward and a backward custom op with fake kernels (so
-``torch.compile`` traces them) and ``register_autograd``. The reference backends are the
-eager PyTorch chains of ``pydiffgen.ops.reference`` (differentiable to any order and under
-``torch.func`` transforms); inputs wrapped by ``torch.func`` (vmap, jacrev, jvp) always take
-them, since the fused ops define first-order reverse mode only.
+Each fused backend is a forward and a backward custom op registered once
+(``ops._register``: fake kernels, so ``torch.compile`` traces them, and autograd). The
+reference backends are the eager PyTorch chains of ``pydiffgen.ops.reference``
+(differentiable to any order and under ``torch.func`` transforms); inputs wrapped by
+``torch.func`` (vmap, jacrev, jvp) always take them, since the fused ops define
+first-order reverse mode only. Models' ``fused=False`` is ``backend="reference"``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import torch
 from .. import _native
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, reference
+from . import dispatch, reference
+from ._register import Registered, register, transformed
 
 __all__ = ["bf_batchnorm_relu", "groupnorm_film_silu"]
 
@@ -38,13 +40,6 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def _acc_dtype(x):
     return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
-def _functorch_wrapped(*tensors) -> bool:
-    if torch.compiler.is_compiling():  # dynamo cannot trace the check (a graph break)
-        return False
-    is_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
-    return any(t is not None and is_wrapped(t) for t in tensors)
 
 
 def _check_param(t, name, shape, x):
@@ -105,14 +100,10 @@ def groupnorm_film_silu(x, num_groups: int, weight=None, bias=None, scale=None, 
     _check_param(scale, "scale", (B, C), x)
     _check_param(shift, "shift", (B, C), x)
     eps = _check_eps(eps)
-    impl = _dispatch.op("groupnorm_film_silu").select(x.device.type, backend)
-    if x.numel() == 0 or _functorch_wrapped(x, weight, bias, scale, shift):
+    impl = dispatch.op("groupnorm_film_silu").select(x.device.type, backend)
+    if x.numel() == 0 or transformed(x, weight, bias, scale, shift):
         return reference.groupnorm_film_silu(x, num_groups, weight, bias, scale, shift, eps)
     return impl.fn(x, num_groups, weight, bias, scale, shift, eps)
-
-
-def _gfs_reference(x, G, weight, bias, scale, shift, eps):
-    return reference.groupnorm_film_silu(x, G, weight, bias, scale, shift, eps)
 
 
 def _gfs_params(x, weight, bias, scale, shift):
@@ -130,11 +121,19 @@ def _gfs_params(x, weight, bias, scale, shift):
     return weight, bias, scale, shift
 
 
-def _register_gfs_autograd(fwd_name: str, bwd_name: str, keep_layout: bool):
-    """Fake kernels and autograd for a backend's forward op ``fwd_name``
-    (x, G, weight, bias, scale, shift, eps) -> (y, mean [B, G], rstd [B, G]) and its
-    backward op ``bwd_name`` (grad, x, mean, rstd, G, weight, bias, scale, shift)
-    -> (dx, dweight [C], dbias [C], dscale [B, C], dshift [B, C])."""
+def _keep_layout(x, y):
+    """y in x's memory format when x is channels-last (the C++ kernels write NCHW)."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
+            memory_format=torch.channels_last):
+        return y.contiguous(memory_format=torch.channels_last)
+    return y
+
+
+def _register_gfs(fwd_name: str, bwd_name: str, keep_layout: bool) -> Registered:
+    """Register a backend's forward op ``fwd_name`` (x, G, weight, bias, scale, shift, eps)
+    -> (y, mean [B, G], rstd [B, G]) with its backward op ``bwd_name`` (grad, x, mean, rstd,
+    G, weight, bias, scale, shift) -> (dx, dweight [C], dbias [C], dscale [B, C],
+    dshift [B, C])."""
     fmt = torch.preserve_format if keep_layout else torch.contiguous_format
 
     def fake_fwd(x, num_groups, weight, bias, scale, shift, eps):
@@ -150,16 +149,20 @@ def _register_gfs_autograd(fwd_name: str, bwd_name: str, keep_layout: bool):
                 x.new_empty((C,), dtype=acc), x.new_empty((B, C), dtype=acc),
                 x.new_empty((B, C), dtype=acc))
 
+    bwd = register(bwd_name, fake=fake_bwd).op
+
     def setup_context(ctx, inputs, output):
         x, num_groups, weight, bias, scale, shift, _eps = inputs
         _, mean, rstd = output
         ctx.num_groups = num_groups
         ctx.mark_non_differentiable(mean, rstd)
+        ctx.set_materialize_grads(False)  # no zero gradients for the statistics
         ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
 
     def backward(ctx, grad, _grad_mean, _grad_rstd):
+        if grad is None:  # y unused (gradients are not materialized)
+            return (None,) * 7
         x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
-        bwd = getattr(torch.ops.pydiffgen, bwd_name.split("::")[1])
         dx, dw, db, ds, dt = bwd(grad, x, mean, rstd, ctx.num_groups, weight, bias, scale,
                                  shift)
         need = ctx.needs_input_grad
@@ -169,65 +172,18 @@ def _register_gfs_autograd(fwd_name: str, bwd_name: str, keep_layout: bool):
                 ds.to(scale.dtype) if need[4] else None,
                 dt.to(shift.dtype) if need[5] else None, None)
 
-    torch.library.register_fake(fwd_name, fake_fwd)
-    torch.library.register_fake(bwd_name, fake_bwd)
-    torch.library.register_autograd(fwd_name, backward, setup_context=setup_context)
+    return register(fwd_name, fake=fake_fwd, setup_context=setup_context, backward=backward)
 
 
-class _GfsFunction(torch.autograd.Function):
-    """Eager-mode autograd around a backend's (fwd, bwd) ops: the same math as the ops'
-    ``register_autograd`` registration (used under torch.compile and by direct op calls),
-    at a fraction of its per-call overhead (~15 µs instead of ~60 µs on CPU), which is what
-    small-batch calls pay."""
-
-    @staticmethod
-    def forward(ctx, fwd, bwd, num_groups, eps, x, weight, bias, scale, shift):
-        y, mean, rstd = fwd(x, num_groups, weight, bias, scale, shift, eps)
-        ctx.bwd, ctx.num_groups = bwd, num_groups
-        ctx.save_for_backward(x, mean, rstd, weight, bias, scale, shift)
-        return y
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, mean, rstd, weight, bias, scale, shift = ctx.saved_tensors
-        dx, dw, db, ds, dt = ctx.bwd(grad, x, mean, rstd, ctx.num_groups, weight, bias, scale,
-                                     shift)
-        need = ctx.needs_input_grad
-        return (None, None, None, None, dx.to(x.dtype) if need[4] else None,
-                dw.to(weight.dtype) if need[5] else None,
-                db.to(bias.dtype) if need[6] else None,
-                ds.to(scale.dtype) if need[7] else None,
-                dt.to(shift.dtype) if need[8] else None)
-
-
-def _gfs_call(fwd, bwd, x, G, w, b, s, t, eps):
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        return fwd(x, G, w, b, s, t, eps)[0]
-    return _GfsFunction.apply(fwd, bwd, G, eps, x, w, b, s, t)
-
-
-def _cpp_why_not():
-    if not _native.has_cpu_ops():
-        return _native.WHY_NOT
-    if not hasattr(torch.ops.pydiffgen, "groupnorm_film_silu_fwd"):
-        return "pydiffgen._C predates the groupnorm_film_silu kernel; rebuild the extension"
-    return None
-
-
-if _cpp_why_not() is None:
-    _register_gfs_autograd("pydiffgen::groupnorm_film_silu_fwd",
-                           "pydiffgen::groupnorm_film_silu_bwd", keep_layout=False)
+_GFS_CPP_WHY_NOT = _native.cpu_why_not("groupnorm_film_silu_fwd", "groupnorm_film_silu_bwd")
+if _GFS_CPP_WHY_NOT is None:
+    _gfs_cpp_op = _register_gfs("groupnorm_film_silu_fwd", "groupnorm_film_silu_bwd",
+                                keep_layout=False)
 
 
 def _gfs_cpp(x, G, weight, bias, scale, shift, eps):
     w, b, s, t = _gfs_params(x, weight, bias, scale, shift)
-    ops = torch.ops.pydiffgen
-    y = _gfs_call(ops.groupnorm_film_silu_fwd.default, ops.groupnorm_film_silu_bwd.default,
-                  x, G, w, b, s, t, eps)
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last):
-        y = y.contiguous(memory_format=torch.channels_last)  # keep the caller's layout
-    return y
+    return _keep_layout(x, _gfs_cpp_op(x, G, w, b, s, t, eps)[0])
 
 
 if TRITON_WHY_NOT is None:
@@ -253,21 +209,19 @@ if TRITON_WHY_NOT is None:
 
         return backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift)
 
-    _register_gfs_autograd("pydiffgen::groupnorm_film_silu_triton_fwd",
-                           "pydiffgen::groupnorm_film_silu_triton_bwd", keep_layout=True)
+    _gfs_triton_op = _register_gfs("groupnorm_film_silu_triton_fwd",
+                                   "groupnorm_film_silu_triton_bwd", keep_layout=True)
 
 
 def _gfs_triton(x, G, weight, bias, scale, shift, eps):
     w, b, s, t = _gfs_params(x, weight, bias, scale, shift)
-    ops = torch.ops.pydiffgen
-    return _gfs_call(ops.groupnorm_film_silu_triton_fwd.default,
-                     ops.groupnorm_film_silu_triton_bwd.default, x, G, w, b, s, t, eps)
+    return _gfs_triton_op(x, G, w, b, s, t, eps)[0]
 
 
-_gfs = _dispatch.op("groupnorm_film_silu")
+_gfs = dispatch.op("groupnorm_film_silu")
 _gfs.register("triton", ("cuda",), _gfs_triton, cuda_why_not)
-_gfs.register("cpp", ("cpu",), _gfs_cpp, _cpp_why_not)
-_gfs.register("reference", ("cpu", "cuda"), _gfs_reference)
+_gfs.register("cpp", ("cpu",), _gfs_cpp, lambda: _GFS_CPP_WHY_NOT)
+_gfs.register("reference", ("cpu", "cuda"), reference.groupnorm_film_silu)
 
 
 # =========================================================================================
@@ -291,83 +245,61 @@ def bf_batchnorm_relu(x, gain, eps: float = 1e-5, backend: str | None = None):
     if x.numel() == 0:
         raise InputError(f"x is empty (shape {tuple(x.shape)}): batch statistics need at "
                          "least one element per channel")
-    impl = _dispatch.op("bf_batchnorm_relu").select(x.device.type, backend)
-    if _functorch_wrapped(x, gain):
+    impl = dispatch.op("bf_batchnorm_relu").select(x.device.type, backend)
+    if transformed(x, gain):
         return reference.bf_batchnorm_relu(x, gain, eps)
     return impl.fn(x, gain, eps)
 
 
-def _bfbn_cpp_why_not():
-    if not _native.has_cpu_ops():
-        return _native.WHY_NOT
-    if not hasattr(torch.ops.pydiffgen, "bf_batchnorm_relu_fwd"):
-        return "pydiffgen._C predates the bf_batchnorm_relu kernel; rebuild the extension"
-    return None
+def _register_bfbn() -> Registered:
+    """Register ``bf_batchnorm_relu_fwd`` (x, gain, eps) -> (y, mean [C], std [C]) with its
+    backward op (grad, grad_mean, grad_std, x, mean, std, gain) -> (dx, dgain [C])."""
 
-
-if _bfbn_cpp_why_not() is None:
-
-    @torch.library.register_fake("pydiffgen::bf_batchnorm_relu_fwd")
-    def _bfbn_fake_fwd(x, gain, eps):
+    def fake_fwd(x, gain, eps):
         acc = _acc_dtype(x)
         C = x.shape[1]
         return (torch.empty_like(x, memory_format=torch.contiguous_format),
                 x.new_empty((C,), dtype=acc), x.new_empty((C,), dtype=acc))
 
-    @torch.library.register_fake("pydiffgen::bf_batchnorm_relu_bwd")
-    def _bfbn_fake_bwd(grad, grad_mean, grad_std, x, mean, std, gain):
+    def fake_bwd(grad, grad_mean, grad_std, x, mean, std, gain):
         return (torch.empty_like(x, memory_format=torch.contiguous_format),
                 x.new_empty((x.shape[1],), dtype=_acc_dtype(x)))
 
-    def _bfbn_setup(ctx, inputs, output):
+    bwd = register("bf_batchnorm_relu_bwd", fake=fake_bwd).op
+
+    def setup_context(ctx, inputs, output):
         x, gain, _eps = inputs
         _, mean, std = output
+        ctx.mark_non_differentiable(mean)
+        ctx.set_materialize_grads(False)  # backward fills an absent gradient itself
         ctx.save_for_backward(x, mean, std, gain)
 
-    def _bfbn_backward(ctx, grad, grad_mean, grad_std):
+    def backward(ctx, grad, grad_mean, grad_std):
+        if grad is None and grad_std is None:  # neither y nor std used
+            return None, None, None
         x, mean, std, gain = ctx.saved_tensors
+        grad = torch.zeros_like(x) if grad is None else grad
         grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
         grad_std = torch.zeros_like(std) if grad_std is None else grad_std
-        dx, dgain = torch.ops.pydiffgen.bf_batchnorm_relu_bwd(grad, grad_mean, grad_std, x,
-                                                              mean, std, gain)
+        dx, dgain = bwd(grad, grad_mean, grad_std, x, mean, std, gain)
         need = ctx.needs_input_grad
         return (dx.to(x.dtype) if need[0] else None,
                 dgain.to(gain.dtype) if need[1] else None, None)
 
-    torch.library.register_autograd("pydiffgen::bf_batchnorm_relu_fwd", _bfbn_backward,
-                                    setup_context=_bfbn_setup)
+    return register("bf_batchnorm_relu_fwd", fake=fake_fwd, setup_context=setup_context,
+                    backward=backward)
 
 
-class _BfbnFunction(torch.autograd.Function):
-    """Eager-mode autograd of the cpp backend (see ``_GfsFunction``)."""
-
-    @staticmethod
-    def forward(ctx, x, gain, eps):
-        y, mean, std = torch.ops.pydiffgen.bf_batchnorm_relu_fwd.default(x, gain, eps)
-        ctx.mark_non_differentiable(mean)
-        ctx.save_for_backward(x, mean, std, gain)
-        return y, mean, std
-
-    @staticmethod
-    def backward(ctx, grad, grad_mean, grad_std):
-        return _bfbn_backward(ctx, grad, grad_mean, grad_std)
+_BFBN_CPP_WHY_NOT = _native.cpu_why_not("bf_batchnorm_relu_fwd", "bf_batchnorm_relu_bwd")
+if _BFBN_CPP_WHY_NOT is None:
+    _bfbn_cpp_op = _register_bfbn()
 
 
 def _bfbn_cpp(x, gain, eps):
-    if torch.compiler.is_compiling() or not torch.is_grad_enabled():
-        y, _, std = torch.ops.pydiffgen.bf_batchnorm_relu_fwd.default(x, gain, eps)
-    else:
-        y, _, std = _BfbnFunction.apply(x, gain, eps)
-    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(
-            memory_format=torch.channels_last):
-        y = y.contiguous(memory_format=torch.channels_last)
-    return y, std
+    y, _, std = _bfbn_cpp_op(x, gain, eps)
+    return _keep_layout(x, y), std
 
 
-def _bfbn_reference(x, gain, eps):
-    return reference.bf_batchnorm_relu(x, gain, eps)
-
-
-_bfbn = _dispatch.op("bf_batchnorm_relu")
-_bfbn.register("cpp", ("cpu",), _bfbn_cpp, _bfbn_cpp_why_not)
-_bfbn.register("reference", ("cpu", "cuda"), _bfbn_reference)
+_bfbn = dispatch.op("bf_batchnorm_relu")
+_bfbn.register("cpp", ("cpu",), _bfbn_cpp, lambda: _BFBN_CPP_WHY_NOT)
+_bfbn.register("reference", ("cpu", "cuda"), reference.bf_batchnorm_relu)

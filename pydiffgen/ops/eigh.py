@@ -21,7 +21,8 @@ import torch
 from .. import _native
 from .._checks import check_tensor
 from ..errors import InputError
-from . import _dispatch
+from . import dispatch
+from ._register import register
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -42,7 +43,7 @@ def eigh(A: torch.Tensor, backend: str | None = None, *, float64: bool = False):
         n = A3.shape[-1]
         w, V = work.new_empty(A3.shape[0], n), work.new_empty(A3.shape[0], n, n)
     else:
-        impl = _dispatch.op("eigh").select(A.device.type, backend)
+        impl = dispatch.op("eigh").select(A.device.type, backend)
         w, V = impl.fn(work.contiguous())
     w, V = w.to(dtype), V.to(dtype)
     return (w[0], V[0]) if single else (w, V)
@@ -62,23 +63,15 @@ def _cusolver(A):
     return torch.ops.pydiffgen.eigh(A)
 
 
-def _cusolver_why_not():
-    if not _native.has_cuda_ops():
-        return "pydiffgen._C was built without CUDA (needs a CUDA torch and CUDA_HOME at build)"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
+def _fake(A):
+    B, n, _ = A.shape
+    return A.new_empty(B, n), A.new_empty(B, n, n)
 
 
-if _native.LOADED and hasattr(torch.ops.pydiffgen, "eigh"):
+if _native.cpu_why_not("eigh") is None:
+    register("eigh", fake=_fake)
 
-    @torch.library.register_fake("pydiffgen::eigh")
-    def _eigh_fake(A):
-        B, n, _ = A.shape
-        return A.new_empty(B, n), A.new_empty(B, n, n)
-
-
-_op = _dispatch.op("eigh")
-_op.register("cusolver", ("cuda",), _cusolver, _cusolver_why_not)
+_op = dispatch.op("eigh")
+_op.register("cusolver", ("cuda",), _cusolver, _native.cuda_why_not)
 _op.register("aten", ("cpu", "cuda"), _aten)
 _op.register("reference", ("cpu", "cuda"), reference_eigh)

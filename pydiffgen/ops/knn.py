@@ -21,8 +21,8 @@ Backends in priority order:
   CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
         + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
         → reference (torch matmul tiles + topk_merge, the same certified algorithm).
-``pydiffgen::knn_score_tile`` (kernels/l2_tile.py, plain float32 / TF32 score tiles) stays
-registered for callers that want raw scores.
+``search`` is the search without argument checks, for callers whose inputs are checked
+(``knn_stream``, ``distributed``, ``metrics``, the empirical denoiser's exact rows).
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
-from . import _dispatch, knn_certified, knn_stream
+from . import dispatch, knn_certified
+from ._register import register
+from .exact import centre, check_finite, score64
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
 PRECISIONS = ("auto", "bf16", "fp32", "fp64")
-_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.uint8)
 
 
 def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
@@ -60,12 +62,14 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if not isinstance(keys, torch.Tensor):
-        return _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision,
-                              chunk_bytes)
+        from . import knn_stream  # it builds on this module's search
+
+        return knn_stream.knn(queries, keys, k, metric, backend, tile_elems=tile_elems,
+                              precision=precision, chunk_bytes=chunk_bytes)
     check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
     check_tensor(keys, "keys", min_ndim=2, finite=False, floating=False)
     for t, name in ((queries, "queries"), (keys, "keys")):
-        if t.dtype not in _DTYPES:
+        if t.dtype not in DTYPES:
             raise InputError(
                 f"{name} must be a floating-point or uint8 tensor, got dtype {t.dtype}"
             )
@@ -74,8 +78,8 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
             f"queries and keys must be on one device, got {queries.device} and {keys.device} "
             "(keys too large for the device can be passed as a numpy memmap or .npy path)"
         )
-    _check_finite(queries, "queries")
-    _check_finite(keys, "keys")
+    check_finite(queries, "queries")
+    check_finite(keys, "keys")
     if queries.shape[1:] != keys.shape[1:]:
         raise InputError(
             f"queries and keys must share feature shape, got {tuple(queries.shape[1:])} "
@@ -84,73 +88,39 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     check_positive_int(k, "k")
     if k > keys.shape[0]:
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
-    impl = _dispatch.op("knn").select(queries.device.type, backend)
     q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
+    return search(q, x, k, metric, backend, tile_elems=tile_elems, precision=precision)
+
+
+def search(q, x, k: int, metric: str = "l2", backend: str | None = None, *,
+           tile_elems: int = 1 << 24, precision: str = "auto"):
+    """``knn`` without argument checks: q [M, D] and x [N, D] on one device, finite,
+    floating point or uint8, 1 ≤ k ≤ N. Returns (values float32 [M, k], indices [M, k])."""
+    impl = dispatch.op("knn").select(q.device.type, backend)
     values, indices = impl.fn(q, x, k, metric, tile_elems, precision)
-    return _zero_queries(q, values, indices, metric)
+    return zero_queries(q, values, indices, metric)
 
 
-def _zero_queries(q, values, indices, metric):
-    """cos(0, x) := 0 for every key (as cos(q, 0) := 0): a zero query ties with all N keys,
-    so by the tie rule its neighbours are the k lowest indices."""
+def zero_queries(q, values, indices, metric):
+    """cos(0, x) := 0 for every key (as cos(q, 0) := 0): a zero query q [M, D] ties with
+    all N keys, so by the tie rule its neighbours are the k lowest indices."""
     if metric == "cosine":
-        zero = ~q.reshape(len(q), -1).ne(0).any(dim=1)  # [M]
+        zero = ~q.ne(0).any(dim=1)  # [M]
         if bool(zero.any()):
             values[zero] = 0.0
             indices[zero] = torch.arange(indices.shape[1], device=indices.device)
     return values, indices
 
 
-def _knn_file_keys(queries, keys, k, metric, backend, tile_elems, precision, chunk_bytes):
-    """keys given as a numpy array / memmap / .npy path: streamed in row chunks."""
-    arr = knn_stream.open_keys(keys)
-    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
-    if queries.dtype not in _DTYPES:
-        raise InputError(
-            f"queries must be a floating-point or uint8 tensor, got dtype {queries.dtype}"
-        )
-    _check_finite(queries, "queries")
-    check_positive_int(k, "k")
-    check_positive_int(chunk_bytes, "chunk_bytes")
-    knn_stream.check_keys(arr, queries, k)
-
-    def search(q, chunk, kk):
-        return knn(q, chunk, kk, metric, backend, tile_elems=tile_elems, precision=precision)
-
-    def rerank(q, rows, cand, kk):
-        return knn_stream.rerank_native_or_torch(q, rows, cand, kk, metric, tile_elems,
-                                                 _METRIC_CODE[metric], _rerank)
-
-    values, indices = knn_stream.knn_streamed(search, rerank, queries, arr, k, metric,
-                                              chunk_bytes)
-    return _zero_queries(queries, values, indices, metric)
-
-
-def _as_float(t):
+def as_float(t):
+    """uint8 rows as float32 (other dtypes unchanged): what the torch paths compute on."""
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def _check_finite(t, name):
-    """NaN/Inf check in one reduction pass: a finite sum implies finite entries (NaN and
-    ±inf propagate); only an overflowing sum pays for the elementwise check."""
-    if not t.is_floating_point():
-        return
-    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
-        raise InputError(f"{name} contains NaN or Inf values")
-
-
-def _centre(x):
-    """A point near the keys' centre, float32: the mean of at most ~8192 evenly strided keys.
-    The ranking expansion is shift-invariant and the re-rank is exact, so any point near the
-    centre removes the float32 cancellation of far-from-origin data; no full float64 pass."""
-    step = max(1, x.shape[0] // 8192)
-    return x[::step].float().mean(0)
-
-
-def _rerank(q, x, cand_i, k, metric, tile_elems):
-    """Exact float64 scores of the candidates cand_i [m, kc] (−1: no candidate); the best
-    k, ties to the lower index (as the reference). Rows go in groups so the [rows, kc, D]
-    gather stays bounded."""
+def rerank(q, x, cand_i, k: int, metric: str):
+    """Exact float64 scores of the candidates cand_i [M, kc] (−1: no candidate); the best
+    k, ties to the lower index (as the reference). Returns (values float32 [M, k],
+    indices int64 [M, k])."""
     largest = metric != "l2"
     N = x.shape[0]
     if len(q) == 0:
@@ -158,52 +128,26 @@ def _rerank(q, x, cand_i, k, metric, tile_elems):
                 cand_i.new_empty(0, k, dtype=torch.int64))
     # index order first (empty slots last): the stable sort keeps it on ties
     cand_i = torch.where(cand_i >= 0, cand_i, N).sort(dim=1).values
-    kc, D = cand_i.shape[1], x.shape[1]
-    rows = max(1, tile_elems // max(1, kc * D))
+    valid = cand_i < N
+    cand_i = cand_i.clamp(max=N - 1)
     fill = float("-inf") if largest else float("inf")
-    out_v, out_i = [], []
-    for r0 in range(0, len(q), rows):
-        ci = cand_i[r0 : r0 + rows]
-        valid = ci < N
-        ci = ci.clamp(max=N - 1)
-        cand = x[ci].double()  # [r, kc, D]
-        qd = q[r0 : r0 + rows].double()[:, None, :]  # [r, 1, D]
-        if metric == "l2":
-            exact = ((qd - cand) ** 2).sum(-1)
-        elif metric == "cosine":
-            qn = qd / qd.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            xn = cand / cand.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-            exact = (qn * xn).sum(-1)
-        else:
-            exact = (qd * cand).sum(-1)
-        exact = torch.where(valid, exact, fill)
-        order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
-        out_v.append(exact.gather(1, order).float())
-        out_i.append(ci.gather(1, order))
-    return torch.cat(out_v), torch.cat(out_i)
+    exact = torch.where(valid, score64(q, x, cand_i, metric), fill)  # [M, kc]
+    order = torch.sort(exact, dim=1, descending=largest, stable=True).indices[:, :k]
+    return exact.gather(1, order).float(), cand_i.gather(1, order)
 
 
 def _bruteforce_rows(q, x, k, metric, tile_elems):
     """float64 brute force over key chunks (the last resort for rows with thousands of
     exact ties): direct ‖q − x‖², never the expansion."""
     largest = metric != "l2"
-    M, D = q.shape
+    M = q.shape[0]
     fill = float("-inf") if largest else float("inf")
     v = torch.full((M, k), fill, dtype=torch.float64, device=q.device)
     i = torch.full((M, k), -1, dtype=torch.int64, device=q.device)
-    qd = q.double()
-    if metric == "cosine":
-        qd = qd / qd.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    step = max(1, tile_elems // max(1, M * D))
+    step = max(1, tile_elems // max(1, M * q.shape[1]))
     for n0 in range(0, x.shape[0], step):
-        xd = x[n0 : n0 + step].double()
-        if metric == "l2":
-            s = ((qd[:, None, :] - xd[None]) ** 2).sum(-1)
-        else:
-            if metric == "cosine":
-                xd = xd / xd.norm(dim=1, keepdim=True).clamp_min(1e-300)
-            s = (qd[:, None, :] * xd[None]).sum(-1)
-        v, i = merge(v, i, s, n0, largest)
+        idx = torch.arange(n0, min(n0 + step, x.shape[0]), device=q.device).expand(M, -1)
+        v, i = merge(v, i, score64(q, x, idx, metric), n0, largest)
     return v.float(), i
 
 
@@ -215,12 +159,10 @@ def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None)
     u8 = q.dtype == torch.uint8 and x.dtype == torch.uint8
     if u8:
         # 8-bit levels are exact in bfloat16, and so are x − 128: an exact shift as centre
-        centre = torch.full((x.shape[1],), 128.0, device=x.device)
+        mu = torch.full((x.shape[1],), 128.0, device=x.device)
     else:
-        centre = _centre(x) if metric == "l2" else None
+        mu = centre(x) if metric == "l2" else x.new_zeros(0, dtype=torch.float32)
     # no converted copy of the keys: prepare() widens each tile, the re-rank each gather
-    if centre is None:
-        centre = x.new_zeros(0, dtype=torch.float32)
     passes = [(torch.bfloat16, score_fn), (torch.float64, knn_certified.torch_bound_tile)]
     if precision in ("fp32", "fp64"):
         passes = passes[1:]
@@ -232,9 +174,9 @@ def _knn_certified(q, x, k, metric, tile_elems, precision="auto", score_fn=None)
     for gemm_dtype, fn in passes:
         qr = q[rows]
         cand, over = knn_certified.candidates(qr, x, k, metric, tile_elems, 4 * k + 256,
-                                              gemm_dtype, fn, centre)
+                                              gemm_dtype, fn, mu)
         done = ~over
-        v, i = _rerank(qr[done], x, cand[done], k, metric, tile_elems)
+        v, i = rerank(qr[done], x, cand[done], k, metric)
         values[rows[done]], indices[rows[done]] = v, i
         rows = rows[over]
         if len(rows) == 0:
@@ -255,18 +197,6 @@ if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
     # TRITON_INTERPRET=1, which the tests use); torch.library.triton_op would fail to
     # register on machines without a GPU.
-    @torch.library.custom_op("pydiffgen::knn_score_tile", mutates_args=())
-    def _knn_score_tile(
-        q: torch.Tensor, x: torch.Tensor, x_sq: torch.Tensor, with_norm: bool
-    ) -> torch.Tensor:
-        from ..kernels.l2_tile import score_tile
-
-        return score_tile(q, x, x_sq, "l2" if with_norm else "ip")
-
-    @_knn_score_tile.register_fake
-    def _(q, x, x_sq, with_norm):
-        return q.new_empty(q.shape[0], x.shape[0], dtype=torch.float32)
-
     @torch.library.custom_op("pydiffgen::knn_bound_tile", mutates_args=())
     def _knn_bound_tile(
         qg: torch.Tensor, xg: torch.Tensor, a: torch.Tensor, p: torch.Tensor, dx: torch.Tensor,
@@ -277,13 +207,14 @@ if TRITON_WHY_NOT is None:
 
         return bound_tile(qg, xg, a, p, dx, A, B, w=w, cg=cg, ca=ca, eta=eta, safety=safety)
 
-    @_knn_bound_tile.register_fake
-    def _(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
+    def _bound_tile_fake(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
         lo = qg.new_empty(qg.shape[0], xg.shape[0], dtype=torch.float32)
         return lo, torch.empty_like(lo)
 
+    register("knn_bound_tile", fake=_bound_tile_fake)
 
-_METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
+
+METRIC_CODE = {"l2": 0, "ip": 1, "cosine": 2}
 _PRECISION_CODE = {"int8": 0, "bf16": 1, "fp32": 2, "fp64": 3}
 
 
@@ -322,19 +253,19 @@ def _knn_cpp(q, x, k, metric, tile_elems, precision="auto"):
     queries of a pass redone at the next precision."""
     passes = _passes(q, x, metric, precision)
     if passes[0] != "int8":
-        q, x = _as_float(q), _as_float(x)
+        q, x = as_float(q), as_float(x)
     M, N = q.shape[0], x.shape[0]
-    mu = _centre(x) if metric == "l2" and passes[0] != "int8" else x.new_empty(0, dtype=torch.float)
+    mu = centre(x) if metric == "l2" and passes[0] != "int8" else x.new_empty(0, dtype=torch.float)
     values = torch.empty(M, k, dtype=torch.float32)
     indices = torch.empty(M, k, dtype=torch.int64)
     rows = torch.arange(M)
     for p in passes:
         qr = q[rows]
         cand, _, _, over = torch.ops.pydiffgen.knn_candidates(
-            qr, x, mu, k, _METRIC_CODE[metric], _PRECISION_CODE[p], tile_elems,
+            qr, x, mu, k, METRIC_CODE[metric], _PRECISION_CODE[p], tile_elems,
             _capacity(k, N, p), 0)
         done = ~over
-        v, i = torch.ops.pydiffgen.knn_rerank(qr[done], x, cand[done], k, _METRIC_CODE[metric])
+        v, i = torch.ops.pydiffgen.knn_rerank(qr[done], x, cand[done], k, METRIC_CODE[metric])
         values[rows[done]] = v.float()
         indices[rows[done]] = i
         rows = rows[over]
@@ -343,30 +274,27 @@ def _knn_cpp(q, x, k, metric, tile_elems, precision="auto"):
     return values, indices
 
 
-def _cpp_why_not():
-    return None if _native.has_cpu_ops() else _native.WHY_NOT
+def _candidates_fake(queries, keys, centre, k, metric, precision, tile_elems, capacity, offset):
+    M = queries.shape[0]
+    C = torch.library.get_ctx().new_dynamic_size()
+    return (queries.new_empty(M, C, dtype=torch.int64),
+            queries.new_empty(M, C, dtype=torch.float64),
+            queries.new_empty(M, dtype=torch.float64),
+            queries.new_empty(M, dtype=torch.bool))
+
+
+def _rerank_fake(queries, keys, cand, k, metric):
+    torch._check(cand.shape[0] == queries.shape[0])
+    M = queries.shape[0]
+    return (queries.new_empty(M, k, dtype=torch.float64),
+            queries.new_empty(M, k, dtype=torch.int64))
 
 
 if _native.LOADED:
-
-    @torch.library.register_fake("pydiffgen::knn_candidates")
-    def _knn_candidates_fake(queries, keys, centre, k, metric, precision, tile_elems, capacity,
-                             offset):
-        M = queries.shape[0]
-        C = torch.library.get_ctx().new_dynamic_size()
-        return (queries.new_empty(M, C, dtype=torch.int64),
-                queries.new_empty(M, C, dtype=torch.float64),
-                queries.new_empty(M, dtype=torch.float64),
-                queries.new_empty(M, dtype=torch.bool))
-
-    @torch.library.register_fake("pydiffgen::knn_rerank")
-    def _knn_rerank_fake(queries, keys, cand, k, metric):
-        torch._check(cand.shape[0] == queries.shape[0])
-        M = queries.shape[0]
-        return (queries.new_empty(M, k, dtype=torch.float64),
-                queries.new_empty(M, k, dtype=torch.int64))
+    register("knn_candidates", fake=_candidates_fake)
+    register("knn_rerank", fake=_rerank_fake)
 
 
-_dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
-_dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _cpp_why_not)
-_dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)
+dispatch.op("knn").register("triton", ("cuda",), _knn_triton, cuda_why_not)
+dispatch.op("knn").register("cpp", ("cpu",), _knn_cpp, _native.cpu_why_not)
+dispatch.op("knn").register("reference", ("cpu", "cuda"), _knn_certified)

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 
 from .. import _native
+from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
+from .exact import check_finite
+from .knn import DTYPES, METRIC_CODE, as_float, rerank, search, zero_queries
 
 _NUMPY_DTYPES = (np.float16, np.float32, np.float64, np.uint8)
 
@@ -63,38 +66,45 @@ def check_keys(arr: np.ndarray, queries: torch.Tensor, k: int) -> None:
         raise InputError(f"k={k} exceeds the number of keys N={arr.shape[0]}")
 
 
-def knn_streamed(search, rerank, queries, arr, k, metric, chunk_bytes):
-    """``search(q, x_chunk, k) -> (values, indices)`` exact per chunk;
-    ``rerank(q, rows, cand_local, k) -> (values f32, local indices)`` in float64."""
+def knn(queries, keys, k: int, metric: str, backend: str | None, *, tile_elems: int,
+        precision: str, chunk_bytes: int):
+    """``pydiffgen.ops.knn`` for keys given as a numpy array / memmap / .npy path: each
+    chunk's exact k nearest (``knn.search``), then the float64 re-rank of their union."""
+    arr = open_keys(keys)
+    check_tensor(queries, "queries", min_ndim=2, finite=False, floating=False)
+    if queries.dtype not in DTYPES:
+        raise InputError(
+            f"queries must be a floating-point or uint8 tensor, got dtype {queries.dtype}"
+        )
+    check_finite(queries, "queries")
+    check_positive_int(k, "k")
+    check_positive_int(chunk_bytes, "chunk_bytes")
+    check_keys(arr, queries, k)
     N = arr.shape[0]
     flat = arr.reshape(N, -1)
-    D = flat.shape[1]
     q = queries.reshape(len(queries), -1)
-    M = q.shape[0]
-    rows = max(1, int(chunk_bytes) // max(1, D * flat.dtype.itemsize))
+    rows = max(1, int(chunk_bytes) // max(1, flat.shape[1] * flat.dtype.itemsize))
     cands = []
     for n0 in range(0, N, rows):
         chunk = torch.from_numpy(np.array(flat[n0 : n0 + rows]))  # one copy of this chunk
         if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
             raise InputError(f"keys contain NaN or Inf values (rows {n0}..{n0 + len(chunk) - 1})")
-        chunk = chunk.to(q.device)
-        _, idx = search(q, chunk, min(k, len(chunk)))
+        _, idx = search(q, chunk.to(q.device), min(k, len(chunk)), metric, backend,
+                        tile_elems=tile_elems, precision=precision)
         cands.append(idx + n0)
         del chunk
-    cand = torch.cat(cands, dim=1) if cands else q.new_empty(M, 0, dtype=torch.int64)
+    cand = torch.cat(cands, dim=1)
     uniq, local = torch.unique(cand.cpu(), return_inverse=True)  # sorted global indices
     keys_rows = torch.from_numpy(np.array(flat[uniq.numpy()])).to(q.device)
-    values, li = rerank(q, keys_rows, local.to(q.device), k)
-    return values, uniq.to(q.device)[li]
+    values, li = _rerank(q, keys_rows, local.to(q.device), k, metric)
+    return zero_queries(q, values, uniq.to(q.device)[li], metric)
 
 
-def rerank_native_or_torch(q, rows, cand, k, metric, tile_elems, metric_code, torch_rerank):
+def _rerank(q, rows, cand, k, metric):
     """float64 re-rank of cand [M, C] (indices into rows): C++ on CPU, torch otherwise."""
     if q.device.type == "cpu" and _native.has_cpu_ops() and rows.dtype in (
         torch.float32, torch.float64, torch.uint8
     ):
-        v, i = torch.ops.pydiffgen.knn_rerank(q, rows, cand, k, metric_code)
+        v, i = torch.ops.pydiffgen.knn_rerank(q, rows, cand, k, METRIC_CODE[metric])
         return v.float(), i
-    qf = q if q.is_floating_point() else q.float()
-    rf = rows if rows.is_floating_point() else rows.float()
-    return torch_rerank(qf, rf, cand, k, metric, tile_elems)
+    return rerank(as_float(q), as_float(rows), cand, k, metric)

@@ -14,7 +14,8 @@ import torch
 from .. import _native
 from .._checks import check_tensor
 from ..errors import InputError
-from . import _dispatch, reference
+from . import dispatch, reference
+from ._register import register
 
 # Largest k the CUDA kernel handles (shared-memory bitonic buffers); above it the cuda
 # backend hands the call to the reference.
@@ -53,7 +54,7 @@ def topk_merge(values, indices, tile, offset: int, largest: bool = False, backen
 def merge(values, indices, tile, offset: int, largest: bool, backend=None):
     """``topk_merge`` without validation (no device sync): for callers such as ``knn``
     whose inputs are valid by construction. indices must be int64."""
-    impl = _dispatch.op("topk_merge").select(values.device.type, backend)
+    impl = dispatch.op("topk_merge").select(values.device.type, backend)
     return impl.fn(values, indices, tile, offset, largest)
 
 
@@ -79,29 +80,17 @@ def _cuda(values, indices, tile, offset, largest):
     return _native_call(values, indices, tile, offset, largest)
 
 
-def _cpp_why_not():
-    return None if _native.has_cpu_ops() else _native.WHY_NOT
-
-
-def _cuda_why_not():
-    if not _native.has_cuda_ops():
-        return "pydiffgen._C was built without CUDA (needs a CUDA torch and CUDA_HOME at build)"
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    return None
+def _fake(values, indices, tile, offset, largest):
+    torch._check(indices.shape == values.shape)
+    torch._check(tile.shape[0] == values.shape[0])
+    M, k = values.shape
+    return values.new_empty(M, k), values.new_empty(M, k, dtype=torch.int64)
 
 
 if _native.LOADED:
+    register("topk_merge", fake=_fake)
 
-    @torch.library.register_fake("pydiffgen::topk_merge")
-    def _topk_merge_fake(values, indices, tile, offset, largest):
-        torch._check(indices.shape == values.shape)
-        torch._check(tile.shape[0] == values.shape[0])
-        M, k = values.shape
-        return values.new_empty(M, k), values.new_empty(M, k, dtype=torch.int64)
-
-
-_op = _dispatch.op("topk_merge")
-_op.register("cuda", ("cuda",), _cuda, _cuda_why_not)
-_op.register("cpp", ("cpu",), _cpp, _cpp_why_not)
+_op = dispatch.op("topk_merge")
+_op.register("cuda", ("cuda",), _cuda, _native.cuda_why_not)
+_op.register("cpp", ("cpu",), _cpp, _native.cpu_why_not)
 _op.register("reference", ("cpu", "cuda"), reference.topk_merge)

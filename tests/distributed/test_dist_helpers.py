@@ -5,7 +5,7 @@ import torch
 
 from pydiffgen import distributed, ops
 from pydiffgen.errors import ConfigError, InputError
-from pydiffgen.ops import empirical as E
+from pydiffgen.ops import lse
 from pydiffgen.ops import reference
 
 
@@ -55,17 +55,17 @@ def test_partials_of_disjoint_sets_merge_to_the_empirical_denoiser(sigma):
     exact = reference.empirical_denoiser(y, x, sig)
     # m is the true largest logit and m + log s the log-partition function
     d2 = (y[:, None].double() - x[None].double()).square().sum(-1)
-    m, s, a, err = E._partials(y, x, sig)
+    m, s, a, err = lse.partials(y, x, sig)
     # (to within err, the estimated float32 logit error)
     assert bool(((m - (-d2 / (2 * sigma**2)).max(1).values).abs() <= err).all())
     assert bool(((m + s.log() - torch.logsumexp(-d2 / (2 * sigma**2), 1)).abs() <= err).all())
-    parts = [E._partials(y, x[:0], sig), E._partials(y, x[:20], sig), E._partials(y, x[20:], sig)]
+    parts = [lse.partials(y, x[:0], sig), lse.partials(y, x[:20], sig), lse.partials(y, x[20:], sig)]
     m_star = torch.stack([p[0] for p in parts]).max(0).values
     w = [torch.exp(p[0] - m_star) for p in parts]
     total = sum(p[1] * wi for p, wi in zip(parts, w))
     merged = sum(p[2] * wi[:, None] for p, wi in zip(parts, w)) / total[:, None]
     torch.testing.assert_close(merged, exact, rtol=2e-6, atol=2e-6)
     # the candidate partials: exact when every point is a candidate
-    mc, sc, ac, c = E._candidate_partials(y, x, sig, C=67)
+    mc, sc, ac, c = lse.candidate_partials(y, x, sig, C=67)
     torch.testing.assert_close(ac / sc[:, None], exact, rtol=1e-12, atol=1e-12)
     assert bool(torch.isinf(c).all())

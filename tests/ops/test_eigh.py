@@ -5,7 +5,7 @@ import torch
 
 from pydiffgen import ops
 from pydiffgen.errors import BackendError, InputError
-from pydiffgen.ops import _dispatch
+from pydiffgen.ops import dispatch
 
 # many small ops: one thread is fastest for them and immune to OpenMP spin-waits on a busy
 # 2-core machine (tests/conftest.py)
@@ -71,7 +71,7 @@ def test_bad_inputs():
         ops.eigh(torch.eye(3), backend="cusolver")
     with pytest.raises(BackendError, match="unknown backend"):
         ops.eigh(torch.eye(3), backend="magma")
-    assert set(_dispatch.op("eigh").reasons("cpu")) == {"cusolver", "aten", "reference"}
+    assert set(dispatch.op("eigh").reasons("cpu")) == {"cusolver", "aten", "reference"}
 
 
 @pytest.mark.gpu

@@ -12,7 +12,8 @@ from pydiffgen.ops import empirical as E
 from pydiffgen.ops import empirical_denoiser, reference
 
 TRITON_ON_CPU = TRITON_WHY_NOT is None and interpreted()
-HAVE_CPP = E._cpp_why_not() is None
+CPP_WHY_NOT = _native.cpu_why_not("empirical_denoiser")
+HAVE_CPP = CPP_WHY_NOT is None
 SIGMAS = (0.002, 0.05, 1.0, 80.0)
 SHAPES = [(1, 1, 3), (7, 5, 65), (33, 130, 64), (7, 1025, 3), (1, 1025, 65), (33, 5, 3)]
 
@@ -28,7 +29,7 @@ def brute(y, x, sigma):
 def _backends():
     out = [pytest.param("reference", id="reference")]
     out.append(pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-        not HAVE_CPP, reason=str(E._cpp_why_not()))))
+        not HAVE_CPP, reason=str(CPP_WHY_NOT))))
     out.append(pytest.param("triton", id="triton", marks=pytest.mark.skipif(
         not TRITON_ON_CPU and not torch.cuda.is_available(), reason="no Triton here")))
     return out

@@ -6,20 +6,23 @@ blocks train to the same losses. Triton runs in the interpreter (small shapes on
 import pytest
 import torch
 
+from pydiffgen import _native
 from pydiffgen.errors import BackendError, InputError
 from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 from pydiffgen.ops import bf_batchnorm_relu, groupnorm_film_silu, reference
 from pydiffgen.ops import blocks as OB
 
 TRITON_HERE = TRITON_WHY_NOT is None and (interpreted() or torch.cuda.is_available())
-HAVE_CPP = OB._cpp_why_not() is None
+CPP_WHY_NOT = _native.cpu_why_not("groupnorm_film_silu_fwd", "groupnorm_film_silu_bwd")
+HAVE_CPP = CPP_WHY_NOT is None
+BN_CPP_WHY_NOT = _native.cpu_why_not("bf_batchnorm_relu_fwd", "bf_batchnorm_relu_bwd")
 
 
 def _gfs_backends():
     return [
         pytest.param("reference", id="reference"),
         pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-            not HAVE_CPP, reason=str(OB._cpp_why_not()))),
+            not HAVE_CPP, reason=str(CPP_WHY_NOT))),
         pytest.param("triton", id="triton", marks=pytest.mark.skipif(
             not TRITON_HERE, reason="no Triton here")),
     ]
@@ -187,7 +190,7 @@ def test_gfs_gradcheck_float64(backend):
                                     args, atol=1e-6)
 
 
-@pytest.mark.skipif(not HAVE_CPP, reason=str(OB._cpp_why_not()))
+@pytest.mark.skipif(not HAVE_CPP, reason=str(CPP_WHY_NOT))
 def test_gfs_opcheck_cpp():
     x, G, w, b, s, t = _inputs((2, 6, 5, 3), 3, seed=7)
     args = (x.requires_grad_(), G, w.requires_grad_(), b, s.requires_grad_(), t, 1e-5)
@@ -249,7 +252,7 @@ def test_gfs_under_torch_func_takes_the_reference():
 def _bn_backends():
     return [pytest.param("reference", id="reference"),
             pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(
-                OB._bfbn_cpp_why_not() is not None, reason=str(OB._bfbn_cpp_why_not())))]
+                BN_CPP_WHY_NOT is not None, reason=str(BN_CPP_WHY_NOT)))]
 
 
 def bn_float64(x, gain, eps=1e-5):
@@ -300,7 +303,7 @@ def test_bn_relu_layouts_and_low_precision(backend):
     assert err_ours <= 2 * err_eager + 1e-6, (err_ours, err_eager)
 
 
-@pytest.mark.skipif(OB._bfbn_cpp_why_not() is not None, reason="no C++ extension")
+@pytest.mark.skipif(BN_CPP_WHY_NOT is not None, reason="no C++ extension")
 def test_bn_relu_gradcheck_and_opcheck():
     g = torch.Generator().manual_seed(12)
     x = torch.randn(3, 4, 3, 2, generator=g, dtype=torch.float64).requires_grad_()

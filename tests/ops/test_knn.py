@@ -9,10 +9,10 @@ import torch
 
 from pydiffgen.errors import BackendError, InputError
 from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
-from pydiffgen.ops import _dispatch, knn, reference
+from pydiffgen.ops import dispatch, knn, reference
 
 knn_mod = importlib.import_module("pydiffgen.ops.knn")  # the module; ops.knn is the function
-_OP = _dispatch.op("knn")
+_OP = dispatch.op("knn")
 CPU_BACKENDS = [name for name, why in _OP.reasons("cpu").items() if not why.startswith("does not")]
 TRITON_ON_CPU = TRITON_WHY_NOT is None and interpreted()
 

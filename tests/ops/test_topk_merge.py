@@ -7,9 +7,9 @@ import torch
 
 from pydiffgen import _native
 from pydiffgen.errors import BackendError, InputError
-from pydiffgen.ops import _dispatch, reference, topk_merge
+from pydiffgen.ops import dispatch, reference, topk_merge
 
-_OP = _dispatch.op("topk_merge")
+_OP = dispatch.op("topk_merge")
 CPU_BACKENDS = [name for name, why in _OP.reasons("cpu").items() if not why.startswith("does not")]
 native = pytest.mark.native
 needs_c = pytest.mark.skipif(not _native.LOADED, reason=str(_native.WHY_NOT))

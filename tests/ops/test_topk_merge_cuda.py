@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pydiffgen.ops import _dispatch, reference, topk_merge
+from pydiffgen.ops import dispatch, reference, topk_merge
 from pydiffgen.ops.topk import CUDA_MAX_K
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +29,7 @@ def test_cuda_kernel_emulated_on_cpu(tmp_path):
 
 
 def _cuda_backend_or_skip():
-    why = _dispatch.op("topk_merge").reasons("cuda")["cuda"]
+    why = dispatch.op("topk_merge").reasons("cuda")["cuda"]
     if why != "ok":
         pytest.skip(f"cuda backend: {why}")
 
