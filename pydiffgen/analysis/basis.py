@@ -1,5 +1,5 @@
 """Optimal bases of image classes whose optimal denoiser is known (Kadkhodaie, Guth,
-Simoncelli & Mallat, ICLR 2024, §4; SCIENCE.md §1).
+Simoncelli & Mallat, ICLR 2024, §4; docs/science.md#adaptive-harmonic-bases).
 
 A bias-free denoiser is f(y) = J(y)·y: it shrinks y along the eigenvectors of its Jacobian.
 These functions compare a denoiser with the optimum of each class:

@@ -1,10 +1,10 @@
 """The empirical optimal denoiser as a model, its exact Jacobian, and smoothed variants.
 
 - :class:`EmpiricalDenoiser`: D_M(y; σ) = Σ_i softmax_i(−‖y − y_i‖²/(2σ²)) y_i, the exact
-  posterior mean of the training set (SCIENCE.md §5); sampling it deterministically
+  posterior mean of its training set (docs/science.md#empirical-optimum); deterministic sampling
   reproduces training images. ``.jacobian`` is the closed form Cov_w[y_i]/σ².
 - :class:`BlurredEmpiricalDenoiser`: the δ-blurred optimum of Kaiser & Kollmann (2026,
-  SCIENCE.md §3), y_δ(y; σ) = (σ²·D_M(y; √(σ² + δ²)) + δ²·y)/(σ² + δ²): the exact
+  docs/science.md#blurred-optimum), y_δ(y; σ) = (σ²·D_M(y; √(σ² + δ²)) + δ²·y)/(σ² + δ²): the exact
   posterior mean when every training point is smeared by N(0, δ²I).
 - :class:`SmoothedEmpiricalDenoiser`: the smoothed closed-form score of Scarvelis et al.
   (Closed-Form Diffusion Models, 2023): softmax weights averaged over perturbations

@@ -1,4 +1,4 @@
-"""The per-noise-level generalization gap (Kaiser & Kollmann 2026, SCIENCE.md §3).
+"""The per-noise-level generalization gap (Kaiser & Kollmann 2026, docs/science.md#per-sigma-gap).
 
 Take the same number of training and held-out images, fix one noise draw per image
 (seeded), and at every noise level σ measure the denoising error
@@ -14,7 +14,7 @@ intermediate σ: at small σ every denoiser is close to the identity (E ≈ σ²
 and at large σ every denoiser outputs about the data mean (E ≈ variance for both), so G
 vanishes at both ends and peaks in between; the peak grows with training time. Along
 with the gap, the distance of the denoiser to the empirical optimum D_M of its training
-set (RMSE and NMSE per σ, SCIENCE.md §2) tells how close it is to the memorizing optimum.
+set (RMSE and NMSE per σ, docs/science.md#score-difference) tells how near D is to D_M.
 
 ``noise_level_gap_over_training`` trains a model with :func:`pydiffgen.train` and
 evaluates the gap at chosen steps from its callback (memorization grows with training).

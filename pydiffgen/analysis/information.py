@@ -1,5 +1,5 @@
 """Generalization as dependence between samples and the training set (Yi, Sun & Li 2023,
-SCIENCE.md §4): two measurable proxies.
+docs/science.md#information-bound): two measurable proxies.
 
 1. :func:`optimum_copy_fraction`: the share of deterministic samples of the empirical
    optimum D_M that are training images (the paper's claim: essentially all of them).

@@ -21,7 +21,7 @@ Two ways to get J (``method=``):
 - ``"auto"``: frozen when the denoiser declares ``piecewise_linear``, else func.
 
 Numerics: computed in y's dtype (pass float64 inputs and a float64 model for reference
-accuracy); TF32 is disabled while computing (DESIGN.md); nn.Modules are evaluated in eval
+accuracy); TF32 is off while computing (docs/design.md#numerics); nn.Modules are evaluated in eval
 mode (BF-BatchNorm then divides by its running std, a linear map) and restored after.
 """
 
@@ -331,7 +331,7 @@ def sure_mse(denoiser, y, sigma, probes: int = 64, *, seed: int = 0, method: str
     """Stein's unbiased risk estimate of the per-pixel MSE of D at noisy images y,
     ``(estimate [B], stderr [B])``.
 
-    SCIENCE.md §1 (Kadkhodaie et al.): E‖D(y) − x‖² = E[‖y − D(y)‖² − σ²d + 2σ² tr J].
+    docs/science.md#sure (Kadkhodaie et al.): E‖D(y) − x‖² = E[‖y − D(y)‖² − σ²d + 2σ² tr J].
     Per pixel, as every MSE in this project (E(σ) = ‖D − x‖²/d):
     ``SURE = ‖D(y) − y‖²/d − σ² + 2σ²·tr(J)/d``, with tr J from
     :func:`effective_dimension` (its stderr scaled by 2σ²/d is the returned stderr). Needs
@@ -345,7 +345,7 @@ def sure_mse(denoiser, y, sigma, probes: int = 64, *, seed: int = 0, method: str
         D_y = denoiser(y, sigma)
     resid = (D_y - y).reshape(y.shape[0], -1).double().square().sum(1) / d  # [B]
     s2 = sigma.double().square()
-    # Stein 1981 / SCIENCE.md §1: MSE = ‖y − D‖² − σ²d + 2σ² tr J, divided by d
+    # Stein 1981, docs/science.md#sure: MSE = ‖y − D‖² − σ²d + 2σ² tr J, divided by d
     sure = resid - s2 + 2 * s2 * tr.double() / d
     return sure.to(y.dtype), (2 * s2 * tr_err.double() / d).to(y.dtype)
 

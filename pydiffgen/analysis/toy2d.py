@@ -1,4 +1,4 @@
-"""The 2-D toy of Kaiser & Kollmann (2026, SCIENCE.md §3): memorization on a circle.
+"""The 2-D toy of Kaiser & Kollmann (2026, docs/science.md#circle-toy): memorization on a circle.
 
 Points evenly spaced on the unit circle (``pydiffgen.data.toy2d("circle", n)``), alternate
 points train / held-out. Three denoisers of the training points:

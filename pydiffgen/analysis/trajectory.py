@@ -1,5 +1,5 @@
 """Trajectory probe: what the denoiser outputs along the sampler's own path
-(Kaiser & Kollmann 2026, SCIENCE.md §3).
+(Kaiser & Kollmann 2026, docs/science.md#trajectory-probe).
 
 Run a deterministic sampler (EDM Heun or Euler) with ``return_trajectory=True``; at each
 step i the denoiser output D(x_i; σ_i) is the sample we would get by stopping early and

@@ -2,13 +2,13 @@
 
 - ``gaussian``: a stationary Gaussian with power spectrum ∝ 1/|ω|^exponent; its exact
   mean and covariance come from :func:`gaussian_params`, so the optimal denoiser D_G is
-  known (SCIENCE.md §2).
-- ``disks``: a 5-parameter manifold (SCIENCE.md §1): optimum MSE ≈ 5σ²;
+  known (docs/science.md#gaussian-class).
+- ``disks``: a 5-parameter manifold (docs/science.md#disks): optimum MSE ≈ 5σ²;
   :func:`render_disks` draws them from explicit parameters (tangent spaces).
 - ``ray``: one image under positive rescalings, a 1-dimensional cone: optimum MSE ≈ σ².
-- ``calpha``: two C^β backgrounds separated by a C^α contour (SCIENCE.md §1), optimal
+- ``calpha``: two C^β backgrounds separated by a C^α contour (docs/science.md#calpha), optimal
   PSNR slope α/(α+1).
-- :func:`toy2d`: 2-D point sets (the circle of Kaiser & Kollmann, SCIENCE.md §3).
+- :func:`toy2d`: 2-D point sets (the circle of Kaiser & Kollmann, docs/science.md#circle-toy).
 
 All draws use a private ``torch.Generator`` seeded by ``seed``: the global RNG is untouched.
 """
@@ -168,7 +168,7 @@ def disks(*, n: int = 1000, size: int = 32, seed: int = 0):
 
 
 def ray(*, n: int = 1000, size: int = 32, min_scale: float = 0.1, seed: int = 0):
-    """One image under positive rescalings ``[n, 1, size, size]``: a ray (SCIENCE.md §1).
+    """One image under positive rescalings ``[n, 1, size, size]``: a ray (docs/science.md#ray).
 
     The image x₀ is a disk (:func:`disks` with ``seed``), mean removed and scaled to max
     |x₀| = 1; image i is a_i·x₀ with a_i ~ U(min_scale, 1). The ray passes through the
@@ -212,7 +212,7 @@ def _rescale(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tenso
 
 def calpha(*, n: int = 1000, size: int = 32, alpha: float = 2.0, beta: float | None = None,
            seed: int = 0):
-    """C^α contour images ``[n, 1, size, size]`` (Kadkhodaie et al. 2024, SCIENCE.md §1).
+    """C^α contour images ``[n, 1, size, size]`` (Kadkhodaie et al. 2024, docs/science.md#calpha).
 
     A horizontal-ish contour (row per column: uniform noise filtered by |ω|^−α) splits two
     backgrounds (uniform noise filtered by |ω|^−β, β = α unless given); one background is

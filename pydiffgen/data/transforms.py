@@ -1,7 +1,7 @@
 """Shared image conversions: intensity scaling to [-1, 1], array layout, crop and resize.
 
 Every loader ends with :func:`from_unit`, so the [0, 1] → [-1, 1] convention (EDM
-style, SCIENCE.md §2) lives in one place.
+style, docs/science.md#conventions) lives in one place.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""Where one model memorizes (SCIENCE.md §3-§4): the noise-level gap and trajectory probe of
-a trained checkpoint (``pydiffgen memorization gap``), and the 2-D circle toy of Kaiser &
-Kollmann (``pydiffgen memorization toy2d``). Each writes its results and ``report.html``
-into ``out_dir``; the factor sweeps are in :mod:`pydiffgen.experiments.memorization_factors`.
+"""Where one model memorizes (docs/science.md#per-sigma-gap): the noise-level gap and
+trajectory probe of a trained checkpoint (``pydiffgen memorization gap``), and the 2-D
+circle toy of Kaiser & Kollmann (``pydiffgen memorization toy2d``). Each writes its
+results and ``report.html`` into ``out_dir``; the factor sweeps are in
+:mod:`pydiffgen.experiments.memorization_factors`.
 """
 
 from __future__ import annotations

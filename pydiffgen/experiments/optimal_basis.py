@@ -1,5 +1,5 @@
 """Optimal bases of synthetic image classes (Kadkhodaie, Guth, Simoncelli & Mallat, ICLR
-2024, §4; SCIENCE.md §1).
+2024, §4; docs/science.md#synthetic-classes).
 
 A bias-free denoiser is f(y) = J(y)·y: it shrinks y along the eigenvectors e_k(y) of its
 Jacobian by the eigenvalues λ_k. For image classes whose optimal denoiser is known, the

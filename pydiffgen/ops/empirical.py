@@ -1,10 +1,10 @@
 """Empirical optimal denoiser D_M(y; σ) = Σ_i softmax_i(−‖y − y_i‖²/(2σ²)) y_i.
 
 The exact posterior mean E[x | y] when x is drawn uniformly from the training set and
-y = x + σ·n (SCIENCE.md §5). Its Jacobian is Cov_w[y_i]/σ² (the softmax-weighted
+y = x + σ·n (docs/science.md#empirical-optimum). Its Jacobian is Cov_w[y_i]/σ² (the softmax-weighted
 covariance of the training points), which gives the VJP used by autograd.
 
-Numerics (DESIGN.md): training tiles are streamed with a flash-decoding-style online
+Numerics (docs/design.md#numerics): training tiles are streamed with a flash-decoding-style online
 merge of (max, sum, weighted sum); no [M, N] matrix is ever held. The training mean is
 subtracted before the ‖y‖² + ‖x‖² − 2⟨y, x⟩ expansion. A logit's error is the distance
 error / 2σ², so every backend bounds it: where the float32 bound exceeds ``lse.LOGIT_TOL``

@@ -2,7 +2,7 @@
 the softmax over gathered candidates and the logit error bound of a centred expansion.
 
 Fast passes (bf16 / float32 GEMMs over ‖q‖² + ‖x‖² − 2⟨q, x⟩) only *rank*; the numbers
-users see are recomputed here from direct differences in float64 (DESIGN.md, Numerics).
+users see are recomputed here from direct differences in float64 (docs/design.md#numerics).
 """
 
 from __future__ import annotations

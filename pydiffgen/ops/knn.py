@@ -1,6 +1,6 @@
 """Exact k-nearest-neighbour search, streamed over key tiles (never an M×N matrix).
 
-Numerics (DESIGN.md): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion
+Numerics (docs/design.md#numerics): keys' mean is subtracted before the ‖q‖²+‖x‖²−2⟨q,x⟩ expansion
 (a float32 mean of a strided subset: the expansion is shift-invariant, only cancellation
 matters), which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in
 float64, so near-duplicate keys (memorization) are ordered exactly.

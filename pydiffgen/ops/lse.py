@@ -4,7 +4,7 @@
 For rows y [M, D] and training points x_i with logits l_i = −‖y − x_i‖²/(2σ²), the state
 is (m [M] = max_i l_i, s [M] = Σ_i exp(l_i − m), a [M, D] = Σ_i exp(l_i − m) x_i), and
 D_M = a / s. States of disjoint sets merge by rescaling each to the larger m
-(flash-decoding; DESIGN.md, Numerics).
+(flash-decoding; docs/design.md#numerics).
 
 Exact rows: where the fast logits are too coarse (estimated error > LOGIT_TOL, small σ),
 the state over the CANDIDATES nearest points (``knn``, direct float64 logits) is D_M to

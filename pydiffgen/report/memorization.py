@@ -1,4 +1,4 @@
-"""Figures and report sections of the memorization analyses (SCIENCE.md §3-§4): gap vs σ,
+"""Report sections and figures of the memorization analyses (docs/science.md): gap vs σ,
 trajectory probe, 2-D toy flow fields, factor sweeps."""
 
 from __future__ import annotations

@@ -5,8 +5,7 @@ import torch
 
 from pydiffgen import distributed, ops
 from pydiffgen.errors import ConfigError, InputError
-from pydiffgen.ops import lse
-from pydiffgen.ops import reference
+from pydiffgen.ops import lse, reference
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 10, 1025])
@@ -59,7 +58,7 @@ def test_partials_of_disjoint_sets_merge_to_the_empirical_denoiser(sigma):
     # (to within err, the estimated float32 logit error)
     assert bool(((m - (-d2 / (2 * sigma**2)).max(1).values).abs() <= err).all())
     assert bool(((m + s.log() - torch.logsumexp(-d2 / (2 * sigma**2), 1)).abs() <= err).all())
-    parts = [lse.partials(y, x[:0], sig), lse.partials(y, x[:20], sig), lse.partials(y, x[20:], sig)]
+    parts = [lse.partials(y, part, sig) for part in (x[:0], x[:20], x[20:])]
     m_star = torch.stack([p[0] for p in parts]).max(0).values
     w = [torch.exp(p[0] - m_star) for p in parts]
     total = sum(p[1] * wi for p, wi in zip(parts, w))

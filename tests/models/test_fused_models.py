@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pydiffgen.models import build
-from pydiffgen.ops import dispatch
 from pydiffgen.ops import blocks as OB
+from pydiffgen.ops import dispatch
 from pydiffgen.training import TrainConfig, train
 
 TINY = {

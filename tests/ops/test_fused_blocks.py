@@ -156,7 +156,7 @@ def test_gfs_channels_last_split_reduction(backend):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_gfs_low_precision_within_twice_pytorch_error(backend, dtype):
     """Low precision: error vs float64 at most 2× that of PyTorch's eager chain in the same
-    dtype (DESIGN.md), forward and gradient of x."""
+    dtype (docs/design.md#tests), forward and gradient of x."""
     x, G, w, b, s, t = _inputs((2, 16, 8, 8), 4, dtype=dtype, seed=5)
     args = [x, G, w, b, s, t]
     d64 = [a.double() if isinstance(a, torch.Tensor) else a for a in args]
