@@ -233,7 +233,8 @@ def compile_arch(cc: int, tmpdir: str) -> tuple[list[dict], list[str]]:
         try:
             case(mod)
         except Exception as err:  # noqa: BLE001 - report any compiler failure
-            errors.append(f"sm_{cc} {mod_name}: {type(err).__name__}: {err}")
+            cause = f"\n  caused by {err.__cause__!r}" if err.__cause__ else ""
+            errors.append(f"sm_{cc} {mod_name}: {type(err).__name__}: {err}{cause}")
             continue
         for c in compiled_here:
             name = c.metadata.name
