@@ -92,7 +92,7 @@ try:
 except ImportError as e:
     print("triton missing:", e)
 PY
-    . tools/cuda_env.sh build/cuda-links python | tee -a "$OUT_DIR/env.txt"
+    . tools/cuda_env.sh build/cuda-links python >> "$OUT_DIR/env.txt"  # no pipe: it exports
     PYDIFFGEN_BUILD_EXT=1 run build build.log \
       python -m pip install --no-build-isolation --no-deps -e .
     python -c "import json, pydiffgen; print(json.dumps(pydiffgen.available_backends()))" \
