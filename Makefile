@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 STAMP := .make/installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h)
 
-.PHONY: install demo test test-all bench lint clean
+.PHONY: install demo test test-all bench lint clean gpu-check wheel
 
 install: $(STAMP)
 
@@ -31,8 +31,20 @@ bench: install
 	@$(PYTHON) -c "import faiss" 2>/dev/null || $(PYTHON) -m pip install --quiet "faiss-cpu>=1.8"
 	$(PYTHON) benchmarks/run_all.py
 
+# Not in the default suite: a venv with the GPU machines' versions (Python 3.12, torch 2.11
+# + CUDA 13.0, Triton 3.6; ~2.7 GB of wheels, downloaded once) compiles every kernel and
+# builds and imports the full CUDA extension, without a GPU. GPU_VENV picks the venv.
+gpu-check:
+	bash tools/gpu_check.sh
+
+# dist/pydiffgen-*.whl: with the CUDA kernels for TORCH_CUDA_ARCH_LIST (8.0;9.0a) where this
+# Python's torch has CUDA and nvcc exists, the CPU wheel otherwise; then a fresh venv
+# (sharing this Python's packages, torch included) installs it and reports its backends.
+wheel:
+	bash tools/wheel.sh $(PYTHON)
+
 lint:
-	$(PYTHON) -m ruff check pydiffgen kernels tests benchmarks
+	$(PYTHON) -m ruff check pydiffgen kernels tests benchmarks tools
 
 clean:
 	rm -rf build .make pydiffgen/_C*.so *.egg-info

@@ -122,7 +122,12 @@ def ceilings(device: str) -> dict:
 
 
 def ratio_rows(case: str, times: dict[str, float], ours: str) -> list[dict]:
-    """One row per peer: speedup = peer time / our time, both measured in this run."""
+    """One row per peer: speedup = peer time / our time, both measured in this run; printed
+    at once, so a run cut off later still reports the cases it finished."""
+    for peer, t in times.items():
+        if peer != ours:
+            print(f"case {case}: {ours} {fmt_s(times[ours])} vs {peer} {fmt_s(t)} "
+                  f"x{t / times[ours]:.2f}", flush=True)
     return [
         {"kind": "ratio", "case": case, "ours": ours, "peer": peer, "ours_s": times[ours],
          "peer_s": t, "speedup": t / times[ours]}

@@ -1,6 +1,7 @@
 """Run every benchmarks/bench_*.py, then print one short table of the speed ratios.
 
-    python benchmarks/run_all.py [--device cpu|cuda|auto] [--quick]
+    python benchmarks/run_all.py [--device cpu|cuda|auto] [--quick] [--only NAME ...]
+    python benchmarks/run_all.py --collect   # the summary of the JSON already written
 
 Each script writes <results>/<name>.json (benchmarks/results, or $PYDIFFGEN_BENCH_OUT);
 this collects their "ratio" rows (speedup = peer time / our time, same run) into
@@ -27,12 +28,19 @@ def main():
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="*", help="bench names to run (default: all)")
+    p.add_argument("--collect", action="store_true",
+                   help="run nothing: summarise the <results>/bench_*.json present (the "
+                        "benchmarks/gpu.sh bench stage runs one script per command)")
     args = p.parse_args()
 
     scripts = sorted(HERE.glob("bench_*.py"))
     if args.only:
         scripts = [s for s in scripts if s.stem in args.only or s.stem[6:] in args.only]
     status = {}
+    if args.collect:
+        status = {s.stem: (0 if (RESULTS / f"{s.stem}.json").exists() else "no result", None)
+                  for s in scripts}
+        scripts = []
     for script in scripts:
         # flags only when asked for, so scripts with their own CLI run with their defaults;
         # quick mode travels as PYDIFFGEN_BENCH_QUICK=1 (read by _common.parse_args)
@@ -49,7 +57,8 @@ def main():
 
     summary, runs = [], []
     for name, (rc, seconds) in status.items():
-        runs.append({"bench": name, "status": "ok" if rc == 0 else f"FAILED (exit {rc})",
+        runs.append({"bench": name, "status": "ok" if rc == 0 else
+                     rc if isinstance(rc, str) else f"FAILED (exit {rc})",
                      "wall_s": seconds})
         path = RESULTS / f"{name}.json"
         if rc != 0 or not path.exists():
@@ -72,7 +81,7 @@ def main():
     print_table(runs, ["bench", "status", "wall_s"])
     print()
     print_table(summary, ["bench", "case", "ours", "peer", "ours_s", "peer_s", "speedup"])
-    sys.exit(0 if all(rc == 0 for rc, _ in status.values()) else 1)
+    sys.exit(0 if args.collect or all(rc == 0 for rc, _ in status.values()) else 1)
 
 
 if __name__ == "__main__":

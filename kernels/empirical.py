@@ -36,6 +36,7 @@ import triton
 import triton.language as tl
 
 from ..ops.exact import centre, logit_error
+from . import interpreted
 
 
 @triton.jit
@@ -92,12 +93,18 @@ def empirical_split_kernel(
 
 
 def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int = 32,
-                       block_n: int = 64, block_d: int = 64):
+                       block_n: int | None = None, block_d: int | None = None):
     """(D_M [M, D] in y's dtype, err [M] float64) for y [M, D], x [N, D], sigma [M] > 0.
 
     ``splits``: how many training-set splits run in parallel (default: enough programs to
     fill the device, at least BLOCK_N rows each).
     """
+    # On GPUs the fp32 "ieee" dots run on FMA units with their operands in registers:
+    # 32 × 16 chunks keep them there (64 × 64 spills kilobytes per thread on sm_80/sm_90,
+    # tools/compile_triton.py); the interpreter takes big blocks (fewer numpy programs).
+    big = interpreted()
+    block_n = block_n or (64 if big else 32)
+    block_d = block_d or (64 if big else 16)
     M, D = y.shape
     N = x.shape[0]
     xf = x.float().contiguous()

@@ -61,7 +61,8 @@ def bound_tile_kernel(
         x = tl.load(x_ptr + offs_n[:, None] * stride_xn + d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)  # [BN, BD] bf16
         if IS_INT8:
-            acc = tl.dot(q, tl.trans(x), acc)  # [BM, BN] int32, exact
+            # out_dtype: Triton 3.6 (the GPU machines') takes float32 unless told
+            acc = tl.dot(q, tl.trans(x), acc, out_dtype=tl.int32)  # [BM, BN] int32, exact
         else:
             acc = tl.dot(q, tl.trans(x), acc, input_precision=INPUT_PRECISION)  # [BM, BN] f32
     g = acc.to(tl.float32)  # int32 → float32 rounds above 2^24: the CG term covers it

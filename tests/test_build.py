@@ -1,5 +1,5 @@
-"""The native code builds: the extension loaded, CUDA sources compile with nvcc (no GPU
-needed), and the CUDA torch bindings parse against this torch's headers."""
+"""The native code builds: the extension loaded and the CUDA torch bindings parse against
+this torch's headers (the .cu sources compile to cubins in test_compile_cuda.py)."""
 
 import glob
 import os
@@ -13,7 +13,6 @@ import torch
 from pydiffgen import _native
 
 ROOT = Path(__file__).resolve().parents[1]
-CUDA_SOURCES = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cu")))
 CUDA_BINDINGS = sorted(glob.glob(str(ROOT / "csrc" / "cuda" / "*.cpp")))
 NVCC = shutil.which("nvcc")
 
@@ -39,35 +38,6 @@ def test_extension_built():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pydiffgen::{op}", "CPU")
     if _native.has_cuda_ops():
         assert torch._C._dispatch_has_kernel_for_dispatch_key("pydiffgen::topk_merge", "CUDA")
-
-
-def test_cuda_sources_exist():
-    assert CUDA_SOURCES, "csrc/cuda/*.cu is empty"
-
-
-def _library_includes(header: str) -> list[str]:
-    """-I flags for a CUDA library header (cusolverDn.h ...): the toolkit's include folder
-    or the pip CUDA wheels' (nvidia-cusolver, nvidia-cublas: site-packages/nvidia/*/include)."""
-    import site
-
-    roots = [_cuda_include()] + [
-        p for sp in site.getsitepackages() for p in Path(sp).glob("nvidia/*/include")]
-    return [f"-I{r}" for r in roots if r is not None and (Path(r) / header).exists()]
-
-
-@pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH")
-@pytest.mark.parametrize("source", CUDA_SOURCES, ids=lambda p: Path(p).name)
-def test_nvcc_compiles(source, tmp_path):
-    extra = []
-    if "<cusolverDn.h>" in Path(source).read_text():
-        extra = _library_includes("cusolverDn.h")
-        if not extra:
-            pytest.skip("cuSOLVER headers not found (a full CUDA toolkit, or "
-                        "pip install --no-deps nvidia-cusolver nvidia-cublas)")
-    cmd = [NVCC, "-c", "-std=c++17", "-arch=sm_90a", "-I", str(Path(source).parent), *extra,
-           source, "-o", str(tmp_path / (Path(source).stem + ".o"))]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, f"{' '.join(cmd)}\n{res.stdout}\n{res.stderr}"
 
 
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
