@@ -24,7 +24,7 @@ def magnitude(t: torch.Tensor) -> float:
         return 1.0 if t.dtype == torch.bool else float(torch.iinfo(t.dtype).max)
     if not t.numel():
         return 0.0
-    lo, hi = torch.aminmax(t)
+    lo, hi = torch.aminmax(t.detach())
     return float(torch.maximum(-lo, hi))
 
 

@@ -89,9 +89,10 @@ def knn(queries, keys, k: int, metric: str, backend: str | None, *, tile_elems: 
     cands = []
     for n0 in range(0, N, rows):
         chunk = torch.from_numpy(np.array(flat[n0 : n0 + rows]))  # one copy of this chunk
-        amax = max(amax, magnitude(chunk))  # NaN or inf once any entry is
-        if not math.isfinite(amax):
+        chunk_amax = magnitude(chunk)  # NaN or inf when any entry is
+        if not math.isfinite(chunk_amax):
             raise InputError(f"keys contain NaN or Inf values (rows {n0}..{n0 + len(chunk) - 1})")
+        amax = max(amax, chunk_amax)
         _, idx = search(q, chunk.to(q.device), min(k, len(chunk)), metric, backend,
                         tile_elems=tile_elems, precision=precision, amax=amax)
         cands.append(idx + n0)
