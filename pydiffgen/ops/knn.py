@@ -25,9 +25,10 @@ Backends in priority order:
 (``knn_stream``, ``distributed``, ``metrics``, the empirical denoiser's exact rows).
 
 Extreme magnitudes (entries beyond 2^(57 − log2(D)/2), e.g. 4.5e15 for D = 1000, or all
-below 2^-32): the fast passes' float32 sums of squares would overflow or underflow, so the search runs on the data scaled by a
-power of two (exact) and scales l2 / ip values back; the largest |entry| comes from the
-finiteness check's pass (``exact.check_finite``), so in-range data pays nothing.
+below 2^-32): the fast passes' float32 sums of squares would overflow or underflow, so the
+search runs on the data scaled by a power of two (exact) and scales l2 / ip values back;
+the largest |entry| comes from the finiteness check's pass (``exact.check_finite``), so
+in-range data pays nothing.
 """
 
 from __future__ import annotations

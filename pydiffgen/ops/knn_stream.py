@@ -21,8 +21,16 @@ from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
 from .exact import check_finite, magnitude
-from .knn import (DTYPES, METRIC_CODE, as_float, check_representable, rerank, rescaled, search,
-                  zero_queries)
+from .knn import (
+    DTYPES,
+    METRIC_CODE,
+    as_float,
+    check_representable,
+    rerank,
+    rescaled,
+    search,
+    zero_queries,
+)
 
 _NUMPY_DTYPES = (np.float16, np.float32, np.float64, np.uint8)
 

@@ -137,3 +137,15 @@ def test_bad_key_files_and_tile_elems(tmp_path):
             knn(q, torch.randn(5, 8), 2, tile_elems=bad)
         with pytest.raises(InputError, match="tile_elems must be an integer >= 1"):
             knn(q, tmp_path / "one.npy", 1, tile_elems=bad)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("metric", METRICS)
+@pytest.mark.parametrize("scale,dtype", CASES)
+def test_extreme_magnitudes_gpu(metric, scale, dtype):
+    q, x = _data(scale, dtype, metric)
+    want = _want(q, x, 4, metric)
+    for backend, why in dispatch.op("knn").reasons("cuda").items():
+        if why == "ok":
+            v, i = knn(q.cuda(), x.cuda(), 4, metric, backend=backend, tile_elems=512)
+            _check((v.cpu(), i.cpu()), want)
