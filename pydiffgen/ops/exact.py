@@ -17,13 +17,52 @@ from ..errors import InputError
 GATHER_ELEMS = 1 << 22
 
 
-def check_finite(t: torch.Tensor, name: str) -> None:
-    """NaN/Inf check in one reduction pass: a finite sum implies finite entries (NaN and
-    ±inf propagate); only an overflowing sum pays for the elementwise check."""
+def magnitude(t: torch.Tensor) -> float:
+    """The largest |entry| of t in one reduction pass: NaN or inf when t holds any (both
+    propagate into the min and max). Integer tensors: the dtype's bound, without a pass."""
     if not t.is_floating_point():
-        return
-    if t.numel() and not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        return 1.0 if t.dtype == torch.bool else float(torch.iinfo(t.dtype).max)
+    if not t.numel():
+        return 0.0
+    lo, hi = torch.aminmax(t.detach())
+    return float(torch.maximum(-lo, hi))
+
+
+def check_finite(t: torch.Tensor, name: str) -> float:
+    """NaN/Inf check in one reduction pass; returns the largest |entry| (``magnitude``),
+    which tells the fast passes whether the data needs rescaling (``rescale_exponent``)."""
+    m = magnitude(t)
+    if not math.isfinite(m):
         raise InputError(f"{name} contains NaN or Inf values")
+    return m
+
+
+# The fast passes hold ‖x − μ‖², ⟨q, x⟩ and their error bounds in float32: with every
+# |entry| < 2^b these stay ≤ 64·D·2^(2b) (4 from centring, 16 of margin for the bound's
+# terms), far below float32's 2^128 while 2b ≤ 114 − log2 D. Below 2^-32, float32 squares
+# underflow and the bound's absolute term η = 2^-100 swallows the scores.
+FAST_LOG2_MIN = -32
+FAST_LOG2_SUM = 114
+
+
+def rescale_exponent(amax: float, D: int) -> int:
+    """e such that data of largest |entry| amax, scaled by 2^e, is safe for the fast passes
+    of D-dimensional rows: 0 when amax already is, else the e that brings amax into
+    [1/2, 1) (an exact scaling; l2, ip and cosine orderings do not change under it)."""
+    if amax == 0:
+        return 0
+    b = math.frexp(amax)[1]  # 2^(b−1) ≤ amax < 2^b
+    if FAST_LOG2_MIN <= b <= (FAST_LOG2_SUM - math.ceil(math.log2(max(D, 1)))) // 2:
+        return 0
+    return -b
+
+
+def ldexp(t: torch.Tensor, e: int) -> torch.Tensor:
+    """t·2^e in float64: exact for float32 / float16 / bfloat16 / uint8 data (float64 holds
+    their scaled values), and for float64 entries that stay normal. Two factors, as 2^e
+    alone may overflow a float64 (|e| up to 2148)."""
+    h = e // 2
+    return t.double() * 2.0**h * 2.0 ** (e - h)
 
 
 def centre(x: torch.Tensor) -> torch.Tensor:

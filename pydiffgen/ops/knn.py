@@ -23,6 +23,12 @@ Backends in priority order:
         → reference (torch matmul tiles + topk_merge, the same certified algorithm).
 ``search`` is the search without argument checks, for callers whose inputs are checked
 (``knn_stream``, ``distributed``, ``metrics``, the empirical denoiser's exact rows).
+
+Extreme magnitudes (entries beyond 2^(57 − log2(D)/2), e.g. 4.5e15 for D = 1000, or all
+below 2^-32): the fast passes' float32 sums of squares would overflow or underflow, so the
+search runs on the data scaled by a power of two (exact) and scales l2 / ip values back;
+the largest |entry| comes from the finiteness check's pass (``exact.check_finite``), so
+in-range data pays nothing.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import dispatch, knn_certified
 from ._register import register
-from .exact import centre, check_finite, score64
+from .exact import centre, check_finite, ldexp, rescale_exponent, score64
 from .topk import merge
 
 METRICS = ("l2", "cosine", "ip")
@@ -55,12 +61,14 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     product descending. Returns (values float32 [M, k], indices int64 [M, k]).
     ``tile_elems`` bounds the scores held at once (M_chunk × N_tile). ``precision``: the
     cpp backend's first candidate pass (``auto``: bf16 where the CPU has native bf16
-    dot products, else fp32); results are exact whatever it is.
+    dot products, else fp32); results are exact whatever it is. A value beyond float32
+    (l2 / ip of entries near 1e19 and up) raises InputError rather than return inf.
     """
     if metric not in METRICS:
         raise InputError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    check_positive_int(tile_elems, "tile_elems")
     if not isinstance(keys, torch.Tensor):
         from . import knn_stream  # it builds on this module's search
 
@@ -78,8 +86,7 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
             f"queries and keys must be on one device, got {queries.device} and {keys.device} "
             "(keys too large for the device can be passed as a numpy memmap or .npy path)"
         )
-    check_finite(queries, "queries")
-    check_finite(keys, "keys")
+    amax = max(check_finite(queries, "queries"), check_finite(keys, "keys"))
     if queries.shape[1:] != keys.shape[1:]:
         raise InputError(
             f"queries and keys must share feature shape, got {tuple(queries.shape[1:])} "
@@ -89,16 +96,50 @@ def knn(queries, keys, k: int, metric: str = "l2", backend: str | None = None,
     if k > keys.shape[0]:
         raise InputError(f"k={k} exceeds the number of keys N={keys.shape[0]}")
     q, x = queries.reshape(len(queries), -1), keys.reshape(len(keys), -1)
-    return search(q, x, k, metric, backend, tile_elems=tile_elems, precision=precision)
+    values, indices = search(q, x, k, metric, backend, tile_elems=tile_elems,
+                             precision=precision, amax=amax)
+    check_representable(values, metric)
+    return values, indices
 
 
 def search(q, x, k: int, metric: str = "l2", backend: str | None = None, *,
-           tile_elems: int = 1 << 24, precision: str = "auto"):
+           tile_elems: int = 1 << 24, precision: str = "auto", amax: float | None = None):
     """``knn`` without argument checks: q [M, D] and x [N, D] on one device, finite,
-    floating point or uint8, 1 ≤ k ≤ N. Returns (values float32 [M, k], indices [M, k])."""
+    floating point or uint8, 1 ≤ k ≤ N. amax: the largest |entry| of q and x (data outside
+    the fast passes' range is rescaled, see ``rescaled``); None: the caller knows its data
+    is in range. Returns (values float32 [M, k], indices [M, k])."""
     impl = dispatch.op("knn").select(q.device.type, backend)
-    values, indices = impl.fn(q, x, k, metric, tile_elems, precision)
+    values, indices = rescaled(
+        lambda qs, xs: impl.fn(qs, xs, k, metric, tile_elems, precision), q, x, metric, amax)
     return zero_queries(q, values, indices, metric)
+
+
+def rescaled(fn, q, x, metric: str, amax: float | None):
+    """fn(q, x) -> (values float32 [M, k], indices into x [M, k]) on q [M, D] and x [N, D]
+    scaled by 2^e (``exact.rescale_exponent``: e = 0, no copy, when amax is in range or
+    None). The orderings are scale-invariant, so the indices are exact; l2 and ip values
+    are recomputed in float64 (fn's float32 ones may be subnormal at this scale) and scaled
+    back by 2^-2e, ±inf where beyond float32 (``check_representable``)."""
+    e = 0 if amax is None else rescale_exponent(amax, q.shape[1])
+    if e == 0:
+        return fn(q, x)
+    qs, xs = ldexp(q, e), ldexp(x, e)
+    values, indices = fn(qs, xs)
+    if metric == "cosine":
+        return values, indices
+    return ldexp(score64(qs, xs, indices, metric), -2 * e).float(), indices
+
+
+def check_representable(values, metric: str) -> None:
+    """InputError when a returned value values [M, k] overflowed float32 (only rescaled
+    data, ``rescaled``, can reach it)."""
+    if bool(torch.isinf(values).any()):
+        what = "squared distances" if metric == "l2" else "inner products"
+        raise InputError(
+            f"queries and keys are too large: some {what} exceed float32 (max "
+            f"{torch.finfo(torch.float32).max:.3g}), the dtype of the returned values; "
+            "scale queries and keys down"
+        )
 
 
 def zero_queries(q, values, indices, metric):

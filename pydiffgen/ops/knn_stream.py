@@ -11,6 +11,7 @@ Loading never executes code: ``np.load(..., allow_pickle=False, mmap_mode="r")``
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +20,17 @@ import torch
 from .. import _native
 from .._checks import check_positive_int, check_tensor
 from ..errors import InputError
-from .exact import check_finite
-from .knn import DTYPES, METRIC_CODE, as_float, rerank, search, zero_queries
+from .exact import check_finite, magnitude
+from .knn import (
+    DTYPES,
+    METRIC_CODE,
+    as_float,
+    check_representable,
+    rerank,
+    rescaled,
+    search,
+    zero_queries,
+)
 
 _NUMPY_DTYPES = (np.float16, np.float32, np.float64, np.uint8)
 
@@ -33,7 +43,7 @@ def open_keys(keys) -> np.ndarray:
             raise InputError(f"keys file {str(path)!r} does not exist")
         try:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        except ValueError as err:
+        except (ValueError, EOFError, OSError) as err:  # EOFError: an empty file
             raise InputError(
                 f"keys file {str(path)!r} is not a numeric .npy array ({err})"
             ) from None
@@ -76,7 +86,7 @@ def knn(queries, keys, k: int, metric: str, backend: str | None, *, tile_elems: 
         raise InputError(
             f"queries must be a floating-point or uint8 tensor, got dtype {queries.dtype}"
         )
-    check_finite(queries, "queries")
+    amax = check_finite(queries, "queries")
     check_positive_int(k, "k")
     check_positive_int(chunk_bytes, "chunk_bytes")
     check_keys(arr, queries, k)
@@ -87,16 +97,20 @@ def knn(queries, keys, k: int, metric: str, backend: str | None, *, tile_elems: 
     cands = []
     for n0 in range(0, N, rows):
         chunk = torch.from_numpy(np.array(flat[n0 : n0 + rows]))  # one copy of this chunk
-        if chunk.is_floating_point() and not bool(torch.isfinite(chunk).all()):
+        chunk_amax = magnitude(chunk)  # NaN or inf when any entry is
+        if not math.isfinite(chunk_amax):
             raise InputError(f"keys contain NaN or Inf values (rows {n0}..{n0 + len(chunk) - 1})")
+        amax = max(amax, chunk_amax)
         _, idx = search(q, chunk.to(q.device), min(k, len(chunk)), metric, backend,
-                        tile_elems=tile_elems, precision=precision)
+                        tile_elems=tile_elems, precision=precision, amax=amax)
         cands.append(idx + n0)
         del chunk
     cand = torch.cat(cands, dim=1)
     uniq, local = torch.unique(cand.cpu(), return_inverse=True)  # sorted global indices
     keys_rows = torch.from_numpy(np.array(flat[uniq.numpy()])).to(q.device)
-    values, li = _rerank(q, keys_rows, local.to(q.device), k, metric)
+    values, li = rescaled(lambda qs, rs: _rerank(qs, rs, local.to(q.device), k, metric),
+                          q, keys_rows, metric, amax)
+    check_representable(values, metric)
     return zero_queries(q, values, uniq.to(q.device)[li], metric)
 
 
