@@ -269,10 +269,21 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+class UsageError(PydiffgenError):
+    """Wrong command-line syntax (argparse's complaint), exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose complaints are one line, like every other error of the command."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.registry import EXPERIMENTS
 
-    p = argparse.ArgumentParser(prog="pydiffgen", description=__doc__.splitlines()[0])
+    p = _Parser(prog="pydiffgen", description=__doc__.splitlines()[0])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("demo", help="the memorization→generalization sweep on built-in data")
@@ -473,7 +484,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except PydiffgenError as err:
         print(f"pydiffgen: error: {err}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(err, UsageError) else 1
     except OSError as err:  # a file or folder the command was pointed at: no traceback
         print(f"pydiffgen: error: {err}", file=sys.stderr)
         return 1
