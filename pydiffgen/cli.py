@@ -443,6 +443,8 @@ def _check_device(name) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"--device {name}: no CUDA device is available here "
                          "(torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} cuda devices")
 
 
 def _world() -> int:
