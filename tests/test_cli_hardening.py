@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+import pydiffgen
 from pydiffgen import models
 from pydiffgen.checkpoint import save_model
 from pydiffgen.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(pydiffgen.__file__).resolve().parents[1]  # the tree under test, for subprocesses
 
 
 @pytest.fixture(scope="module")
