@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import config as cfgmod
-from .errors import PydiffgenError
+from .errors import CheckpointError, InputError, PydiffgenError
 
 if TYPE_CHECKING:
     from .experiments import Experiment
@@ -30,6 +31,7 @@ def cmd_experiment(exp: Experiment, args) -> int:
         return _report_only(exp, args.report_only)
     config = cfgmod.from_arguments(exp.config, args, exp.preset(args.preset) if args.preset
                                    else None)
+    _check_device(getattr(config, "device", "cpu"))
     if args.dry_run:
         print(exp.plan(config))
         return 0
@@ -47,7 +49,19 @@ def _run_experiment(exp: Experiment, config, out, *, resume: bool, progress: boo
 
 
 def _report_only(exp: Experiment, run) -> int:
-    exp.report(run)
+    if not Path(run).exists():
+        raise InputError(f"{run} does not exist")
+    if not Path(run).is_dir():
+        raise InputError(f"{run} is a file, not a run folder")
+    try:
+        exp.report(run)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+        if isinstance(err, PydiffgenError):
+            raise
+        # the stored results are files anyone can edit: a wrong one is an error, not a crash
+        raise CheckpointError(f"{run} holds a result file that is not what this experiment "
+                              f"writes ({type(err).__name__}: {err}); rerun it with the same "
+                              "config") from None
     print(f"report: {Path(run) / 'report.html'}")
     return 0
 
@@ -63,44 +77,77 @@ def cmd_train(args) -> int:
 
     torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
     model = models.build(args.model, channels=x.shape[1], **model_options)
-    result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                            progress=not args.quiet, distributed=_world() > 1)
+    with _hold(args.out, "training run"):
+        result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
+                                progress=not args.quiet, distributed=_world() > 1)
     if _world() > 1 and not _is_main():
         return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
     return 0
 
 
+# what ``sample --out`` writes, by suffix
+_SAMPLE_FORMATS = (".npy", ".npz", ".safetensors", ".png")
+
+
 def cmd_sample(args) -> int:
-    import numpy as np
-
     from .checkpoint import load_model
-    from .diffusion.sampling import sample
-    from .errors import InputError
+    from .diffusion.sampling import check_method, sample
 
+    out = Path(args.out)
+    if out.suffix not in _SAMPLE_FORMATS:
+        raise InputError(f"--out {out}: name a {', '.join(_SAMPLE_FORMATS)} file")
+    options = cfgmod.parse_options(args.sampler_option)
+    check_method(args.method, options)
+    shape = _shape(args.shape) if args.shape else None
     model = load_model(args.model).eval()
-    if args.shape:
-        shape = tuple(int(s) for s in args.shape.split(","))
-    else:
+    if shape is None:
         shape = tuple(getattr(model, "meta", {}).get("data_shape") or ())
         if not shape:
             raise InputError("the checkpoint does not record the image shape; pass --shape C,H,W")
-    x = sample(model, args.n, shape, method=args.method, seed=args.seed, device=args.device,
-               progress=not args.quiet, **cfgmod.parse_options(args.sampler_option))
-    out = Path(args.out)
+    # the lock is a sibling of the file: two commands never write one --out
+    with _hold(out.parent, "sample command", lock_name=f".{out.name}.lock"):
+        x = sample(model, args.n, shape, method=args.method, seed=args.seed,
+                   device=args.device, progress=not args.quiet, **options).cpu()
+        _write_samples(out, x)
+    print(f"samples: {out} {tuple(x.shape)}")
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise InputError(f"--shape must be positive integers C,H,W, got {text!r}")
+    return shape
+
+
+def _write_samples(out: Path, x) -> None:
+    """``x`` [n, C, H, W] into ``out`` in the format its suffix names (array key "samples")."""
+    import numpy as np
+
+    from .io import atomic_path
+
     if out.suffix == ".png":
         from .report import figures
 
         fig = figures.image_grid([("", x[i : i + 8].numpy()) for i in range(0, len(x), 8)])
-        fig.savefig(out, dpi=110, bbox_inches="tight")
-    else:
-        from .io import atomic_path
-
         with atomic_path(out) as tmp:
-            with open(tmp, "wb") as f:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        return
+    with atomic_path(out) as tmp:
+        if out.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({"samples": x.contiguous()}, str(tmp))
+            return
+        with open(tmp, "wb") as f:
+            if out.suffix == ".npz":
+                np.savez(f, samples=x.numpy())
+            else:
                 np.save(f, x.numpy())
-    print(f"samples: {out} {tuple(x.shape)}")
-    return 0
 
 
 def cmd_memorization_gap(args) -> int:
@@ -153,7 +200,6 @@ def cmd_jacobian(args) -> int:
 
 def cmd_audit(args) -> int:
     """Memorization audit of samples (files, or drawn from --model) against a training set."""
-    from .errors import InputError
     from .experiments import audit as au
 
     if (args.samples is None) == (args.model is None):
@@ -161,9 +207,24 @@ def cmd_audit(args) -> int:
     config = cfgmod.from_arguments(au.AuditConfig, args)
     out = Path(args.out)
     train, train_info = au.load_images(args.train)
-    sources = {"train": train_info}
     if args.model:
         model = au.load_denoiser(args.model, device=args.device)
+    else:
+        samples, samples_info = au.load_images(args.samples)
+    features = au.load_features(args.features) if args.features else None
+    # the lock is held on rank 0, which alone writes the folder
+    with _hold(out, "audit") if _is_main() else contextlib.nullcontext():
+        return _audit(args, config, train, train_info, model if args.model else None,
+                      None if args.model else (samples, samples_info), features)
+
+
+def _audit(args, config, train, train_info, model, samples, features) -> int:
+    """cmd_audit once its inputs are read and its folder is held."""
+    from .experiments import audit as au
+
+    out = Path(args.out)
+    sources = {"train": train_info}
+    if model is not None:
         shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
         if not _is_main():  # under torchrun rank 0 samples, the other ranks read its cache
             _barrier()
@@ -175,10 +236,8 @@ def cmd_audit(args) -> int:
         sources["samples"] = {"model": args.model, "n": args.n, "seed": args.seed,
                               "method": args.method or au.default_method(model)}
     else:
-        samples, sources["samples"] = au.load_images(args.samples)
-    features = None
-    if args.features:
-        features = au.load_features(args.features)
+        samples, sources["samples"] = samples
+    if features is not None:
         sources["features"] = {"path": args.features}
     device = args.device  # the searches run there too
     if features is not None:
@@ -210,10 +269,21 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+class UsageError(PydiffgenError):
+    """Wrong command-line syntax (argparse's complaint), exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose complaints are one line, like every other error of the command."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.registry import EXPERIMENTS
 
-    p = argparse.ArgumentParser(prog="pydiffgen", description=__doc__.splitlines()[0])
+    p = _Parser(prog="pydiffgen", description=__doc__.splitlines()[0])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("demo", help="the memorization→generalization sweep on built-in data")
@@ -352,6 +422,31 @@ def _experiment(name: str) -> Experiment:
 _DISTRIBUTED_COMMANDS = ("train", "sweep", "demo", "audit")
 
 
+def _hold(folder, what: str, lock_name: str = ".lock"):
+    """The output folder, checked writable and locked for this command (see
+    :func:`pydiffgen.experiments.hold_folder`)."""
+    from .experiments import hold_folder
+
+    return hold_folder(folder, what, lock_name)
+
+
+def _check_device(name) -> None:
+    """Refuse a device that does not exist here before any work."""
+    if name is None or name == "cpu":
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"--device {name!r} is not a device ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device is available here "
+                         "(torch.cuda.is_available() is False); use --device cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise InputError(f"--device {name}: there are {torch.cuda.device_count()} cuda devices")
+
+
 def _world() -> int:
     from . import distributed
 
@@ -370,10 +465,18 @@ def _barrier() -> None:
     distributed.barrier()
 
 
+def _is_image_bomb(err: Exception) -> bool:
+    """PIL's refusal of an image with more pixels than it will decode (a decompression
+    bomb) is an input error; PIL is imported only by the commands that read images."""
+    image = sys.modules.get("PIL.Image")
+    return image is not None and isinstance(err, image.DecompressionBombError)
+
+
 def main(argv=None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        _check_device(getattr(args, "device", None))
         if "WORLD_SIZE" in os.environ:  # under torchrun: join the process group first
             from . import distributed
 
@@ -383,9 +486,14 @@ def main(argv=None) -> int:
         return args.func(args)
     except PydiffgenError as err:
         print(f"pydiffgen: error: {err}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        return 2 if isinstance(err, UsageError) else 1
+    except OSError as err:  # a file or folder the command was pointed at: no traceback
         print(f"pydiffgen: error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if not _is_image_bomb(err):
+            raise
+        print(f"pydiffgen: error: an input image is too large to read ({err})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pydiffgen: interrupted; rerun the same command to resume", file=sys.stderr)

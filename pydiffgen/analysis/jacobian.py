@@ -88,6 +88,19 @@ def check_denoiser_inputs(denoiser, y, sigma):
     return y, sigma
 
 
+def denoise(denoiser, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """D(y, sigma) [B, *F], refused unless a tensor of y's shape: a callable that returns
+    a list, None, an array or another shape would fail deep inside torch.func, or (same
+    size, other shape) give a silently wrong Jacobian."""
+    out = denoiser(y, sigma)
+    if not isinstance(out, torch.Tensor) or out.shape != y.shape:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else \
+            type(out).__name__
+        raise InputError(f"denoiser(y, sigma) must return a tensor of y's shape "
+                         f"{tuple(y.shape)}, got {got}")
+    return out
+
+
 def resolve_method(denoiser, method: str) -> str:
     if method not in METHODS:
         raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -146,7 +159,7 @@ class FuncLinearization(Linearization):
         _, self._vjp_fn = torch.func.vjp(self._f, self.y_flat)
 
     def _f(self, y_flat: torch.Tensor) -> torch.Tensor:  # [B, d] -> [B, d]
-        return self.denoiser(y_flat.view(self.shape), self.sigma).reshape(self.B, self.d)
+        return denoise(self.denoiser, y_flat.view(self.shape), self.sigma).reshape(self.B, self.d)
 
     def vjp(self, U):
         # vmapped over the m vectors; each is one cotangent [B, d] for the whole batch
@@ -183,7 +196,8 @@ class FrozenLinearization(Linearization):
         u = torch.randn((self.B, 1, self.d), generator=gen, dtype=torch.float64).to(y)
         with torch.enable_grad():
             x = y.detach().requires_grad_(True)
-            (g_true,) = torch.autograd.grad(self.denoiser(x, self.sigma), x, u.view(self.shape))
+            (g_true,) = torch.autograd.grad(denoise(self.denoiser, x, self.sigma), x,
+                                            u.view(self.shape))
         g_frozen = self.vjp(u)[:, 0]
         tol = 1e-3 if y.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
 
@@ -342,7 +356,7 @@ def sure_mse(denoiser, y, sigma, probes: int = 64, *, seed: int = 0, method: str
     tr, tr_err = effective_dimension(denoiser, y, sigma, probes, seed=seed, method=method,
                                      chunk=chunk)
     with torch.no_grad(), precise_math(), eval_mode(denoiser):
-        D_y = denoiser(y, sigma)
+        D_y = denoise(denoiser, y, sigma)
     resid = (D_y - y).reshape(y.shape[0], -1).double().square().sum(1) / d  # [B]
     s2 = sigma.double().square()
     # Stein 1981, docs/science.md#sure: MSE = ‖y − D‖² − σ²d + 2σ² tr J, divided by d

@@ -74,6 +74,17 @@ class Toy2DConfig:
     grid: int = 21
     extent: float = 1.5
 
+    def __post_init__(self):  # refused here, before a run claims its folder
+        circle_split(self.n_points)
+        if not (isinstance(self.delta, (int, float)) and math.isfinite(self.delta)
+                and self.delta >= 0):
+            raise InputError(f"delta must be a finite number >= 0, got {self.delta!r}")
+        for name in ("hidden", "depth", "steps", "batch_size", "n_gap_sigmas", "noise_draws",
+                     "n_samples", "sampler_steps", "grid"):
+            check_positive_int(getattr(self, name), name, minimum=2 if name == "grid" else 1)
+        for name in ("lr", "extent"):
+            check_positive_float(getattr(self, name), name)
+
 
 def circle_split(n_points: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """``(train, heldout)``: even / odd points of ``n_points`` evenly spaced on the circle."""

@@ -38,6 +38,7 @@ __all__ = [
     "edm_heun",
     "ddpm_ancestral",
     "METHODS",
+    "check_method",
 ]
 
 
@@ -400,8 +401,7 @@ def sample(
     not depend on the other batches. With ``return_trajectory=True`` returns
     ``(samples, Trajectory)``, trajectories padded in time with each sample's final state.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
+    check_method(method, kw)
     if not callable(denoiser):
         raise InputError(
             f"denoiser must be callable as denoiser(y, sigma), got {type(denoiser).__name__}"
@@ -411,14 +411,6 @@ def sample(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     fn = METHODS[method]
-    allowed = set(inspect.signature(fn).parameters) - {
-        "denoiser", "n", "shape", "generator", "device", "x_init", "return_trajectory"
-    }
-    unknown = sorted(set(kw) - allowed)
-    if unknown:
-        raise InputError(
-            f"unknown option(s) {unknown} for method {method!r}; accepted: {sorted(allowed)}"
-        )
     device = torch.device(device)
     outs, trajs = [], []
     from tqdm.auto import tqdm
@@ -436,9 +428,28 @@ def sample(
                 outs.append(res)
             bar.update(nb)
     x = torch.cat(outs)
+    if not torch.isfinite(x).all():  # NaN weights or a diverging sampler: never a result
+        bad = int((~torch.isfinite(x.reshape(n, -1))).any(1).sum())
+        raise InputError(f"{bad} of {n} samples hold NaN or Inf: the denoiser's output is not "
+                         "finite (check its weights) or the sampler diverged")
     if return_trajectory:
         return x, _cat_trajectories(trajs)
     return x
+
+
+def check_method(method: str, options: dict) -> None:
+    """Refuse an unknown sampling ``method`` or an ``options`` key its function does not
+    take (what :func:`sample` would refuse, for a plan checked before any work)."""
+    if method not in METHODS:
+        raise InputError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
+    allowed = set(inspect.signature(METHODS[method]).parameters) - {
+        "denoiser", "n", "shape", "generator", "device", "x_init", "return_trajectory"
+    }
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise InputError(
+            f"unknown option(s) {unknown} for method {method!r}; accepted: {sorted(allowed)}"
+        )
 
 
 def _cat_trajectories(trajs: list[Trajectory]) -> Trajectory:

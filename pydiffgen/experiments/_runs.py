@@ -3,24 +3,111 @@ command line is built from (:class:`Experiment`)."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sys
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .. import config as cfgmod
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..io import read_json, write_json
 
-__all__ = ["Experiment", "RunDir", "log_to_stderr", "named_preset", "torch_threads"]
+__all__ = ["Experiment", "RunDir", "hold_folder", "log_to_stderr", "named_preset",
+           "torch_threads", "writable_folder"]
+
+# folders this process holds, {resolved path: depth}: a command that locks its --out and
+# then runs an experiment that locks the same folder holds it once
+_HELD: dict[Path, int] = {}
 
 
 def log_to_stderr(msg: str) -> None:
     """The default log of a run: one line to stderr, flushed (progress of long runs)."""
     print(msg, file=sys.stderr, flush=True)
+
+
+def writable_folder(path) -> Path:
+    """``path`` as a folder this process can write into: created if missing, and a probe
+    file written and removed there, so an unusable output folder (a file, under a file,
+    read-only, immutable) is refused before any work rather than after it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(f"output folder {path} is a file; pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".pydiffgen-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise InputError(f"cannot write into output folder {path}: "
+                         f"{err.strerror or err}") from None
+    return path
+
+
+@contextmanager
+def hold_folder(path, what: str = "run", lock_name: str = ".lock"):
+    """Hold an exclusive lock on the output folder ``path`` (checked writable first) for
+    the block, so that two runs never write one folder: a second one is refused at once.
+
+    The lock is an ``flock`` on ``<path>/<lock_name>``, which the kernel drops when the
+    holder dies, so a killed run leaves no stale lock; the file holds the holder's pid for
+    the message, and is removed on release. Re-entrant within one process.
+    """
+    path = Path(path)
+    new = [p for p in (path, *path.parents) if not p.exists()]  # made here, deepest first
+    path = writable_folder(path)
+    key = path.resolve() / lock_name
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield path
+        finally:
+            _HELD[key] -= 1
+        return
+    fd = _lock(path / lock_name, what)
+    _HELD[key] = 1
+    try:
+        yield path
+    except BaseException:
+        _release(path / lock_name, fd, key)
+        for p in new:  # a run that failed before writing anything leaves no empty folder
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+    _release(path / lock_name, fd, key)
+
+
+def _release(lock: Path, fd: int, key: Path) -> None:
+    del _HELD[key]
+    lock.unlink(missing_ok=True)  # while we hold it: no one else is inside
+    os.close(fd)
+
+
+def _lock(lock: Path, what: str) -> int:
+    """An open descriptor holding the flock of ``lock``, with our pid written in it."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise ConfigError(f"{lock.parent} is in use by another {what} (pid {pid}); wait "
+                              "for it to finish or use another --out") from None
+        # the holder before us removes the file on release: locked a removed file? retry
+        try:
+            same = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
 
 
 class RunDir:
@@ -30,6 +117,8 @@ class RunDir:
 
     ``out_dir`` None: ``runs/<config.name>``. ``log`` receives one line per event,
     prefixed ``[tag]``; ``resume`` False refuses a folder that already holds this run.
+    Used as ``with RunDir(...) as run:``; :meth:`claim` locks the folder until the block
+    ends (:func:`hold_folder`).
     """
 
     def __init__(self, out_dir, config, *, resume: bool = True, log=None, tag: str = "run"):
@@ -38,16 +127,25 @@ class RunDir:
         self.resume = resume
         self.tag = tag
         self._log = log or log_to_stderr
+        self._held = ExitStack()
+
+    def __enter__(self) -> RunDir:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._held.close()
 
     def log(self, msg: str) -> None:
         self._log(f"[{self.tag}] {msg}")
 
     def claim(self, what: str = "run") -> None:
-        """Write ``config.json``, or check that the one there is this run's config.
+        """Lock the folder for this run (until the ``with`` block ends), then write
+        ``config.json``, or check that the one there is this run's config.
 
         Any other config is refused rather than mixing results; the same config resumes
-        (unless ``resume`` is False).
+        (unless ``resume`` is False). A folder another run holds is refused at once.
         """
+        self._held.enter_context(hold_folder(self.path, what))
         stored = self.path / "config.json"
         if stored.exists():
             if read_json(stored) != cfgmod.to_dict(self.config):

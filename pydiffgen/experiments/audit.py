@@ -419,6 +419,8 @@ def load_images(path) -> tuple[torch.Tensor, dict]:
     from .. import data
 
     text = str(path)
+    if not text.strip():  # Path("") is the current folder: never read it by accident
+        raise DataError("an empty path; name a .npy, .npz or .safetensors file or a folder")
     key = None
     if ".npz:" in text or ".safetensors:" in text:
         text, key = text.rsplit(":", 1)

@@ -147,33 +147,33 @@ def gaussian_structure(config: GaussianConfig, out_dir=None, *, resume: bool = T
 
     Returns the metrics dict also written to ``<out_dir>/metrics.json``.
     """
-    run = RunDir(out_dir, config, resume=resume, log=log, tag="gaussian")
-    run.claim("run")
-    t0 = time.perf_counter()
-    with torch_threads(config.threads):
-        train, held = _data(config, run)
-        n_eval = min(config.n_eval, len(held) // 2)
-        evalset, distill = held[:n_eval], held[n_eval:]
-        main_key = f"n{config.n_train}_w{config.width}"
-        for n, w in _model_keys(config):
-            key = f"n{n}_w{w}"
+    with RunDir(out_dir, config, resume=resume, log=log, tag="gaussian") as run:
+        run.claim("run")
+        t0 = time.perf_counter()
+        with torch_threads(config.threads):
+            train, held = _data(config, run)
+            n_eval = min(config.n_eval, len(held) // 2)
+            evalset, distill = held[:n_eval], held[n_eval:]
+            main_key = f"n{config.n_train}_w{config.width}"
+            for n, w in _model_keys(config):
+                key = f"n{n}_w{w}"
 
-            def analyse(steps, full, n=n, w=w):
-                model = _model(config, run, n, w, steps, train, progress)
-                return _analyse(config, model, train[:n], evalset, distill, full=full)
+                def analyse(steps, full, n=n, w=w):
+                    model = _model(config, run, n, w, steps, train, progress)
+                    return _analyse(config, model, train[:n], evalset, distill, full=full)
 
-            if key == main_key:  # earlier checkpoints first: training only moves forward
-                for step in sorted(config.checkpoints):
-                    run.cached(f"{key}_step{step}",
-                               lambda step=step, analyse=analyse: analyse(step, False))
-            run.cached(key, lambda analyse=analyse, full=key == main_key:
-                       analyse(config.steps, full))
-    run.write_json("dataset.json", {"name": config.dataset, "train": len(train),
-                                    "held_out": len(held), "eval": n_eval,
-                                    "distill": len(distill), "shape": list(train.shape[1:])})
-    metrics = write_report(run.path, seconds=time.perf_counter() - t0)
-    run.log(f"report: {run.path / 'report.html'}")
-    return metrics
+                if key == main_key:  # earlier checkpoints first: training only moves forward
+                    for step in sorted(config.checkpoints):
+                        run.cached(f"{key}_step{step}",
+                                   lambda step=step, analyse=analyse: analyse(step, False))
+                run.cached(key, lambda analyse=analyse, full=key == main_key:
+                           analyse(config.steps, full))
+        run.write_json("dataset.json", {"name": config.dataset, "train": len(train),
+                                        "held_out": len(held), "eval": n_eval,
+                                        "distill": len(distill), "shape": list(train.shape[1:])})
+        metrics = write_report(run.path, seconds=time.perf_counter() - t0)
+        run.log(f"report: {run.path / 'report.html'}")
+        return metrics
 
 
 def _data(config: GaussianConfig, run: RunDir):

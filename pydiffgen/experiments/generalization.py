@@ -22,9 +22,12 @@ from pathlib import Path
 import torch
 
 from .. import config as cfgmod
+from ..diffusion.sampling import check_method
 from ..errors import ConfigError
 from ..io import atomic_path, read_json, write_json
 from ._runs import Experiment, RunDir, log_to_stderr, named_preset
+
+_FOLDS = 5  # of the identification bound's cross-validation (Yi, Sun & Li 2023)
 
 
 @dataclass(frozen=True)
@@ -72,9 +75,15 @@ class SweepConfig:
             raise ConfigError(f"sizes must be positive integers, got {self.sizes}")
         if len(set(self.sizes)) != len(self.sizes):
             raise ConfigError(f"sizes must be distinct, got {self.sizes}")
-        for name in ("steps", "batch_size", "n_samples", "n_eval", "n_baseline"):
+        for name in ("steps", "batch_size", "n_eval", "n_baseline"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if 2 * self.n_samples < _FOLDS:  # the identification bound's folds split 2·n_samples
+            raise ConfigError(f"n_samples must be >= {(_FOLDS + 1) // 2} (the identification bound "
+                              f"splits both models' samples into {_FOLDS} folds), got "
+                              f"{self.n_samples}")
+        check_method(self.sampler, dict(self.sampler_options))
+        _check_names(self.dataset, self.model)
         if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
             raise ConfigError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         if self.jacobian_images < 0:
@@ -82,6 +91,18 @@ class SweepConfig:
         if self.jacobian_images and (not self.jacobian_sigmas
                                      or any(not v > 0 for v in self.jacobian_sigmas)):
             raise ConfigError(f"jacobian_sigmas must be positive, got {self.jacobian_sigmas}")
+
+
+def _check_names(dataset: str, model: str) -> None:
+    """Refuse an unknown dataset or model name when the config is made (``--dry-run``
+    too), not after the first models have trained."""
+    from ..data import DATASETS
+    from ..models import MODELS
+
+    if dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+    if model not in MODELS:
+        raise ConfigError(f"unknown model {model!r}; known: {', '.join(MODELS)}")
 
 
 # Presets: "demo" is what `make demo` runs (see README for what it shows).
@@ -162,40 +183,40 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
 
         def log(msg):
             base_log(f"[rank {rank}] {msg}")
-    run = RunDir(out_dir, config, resume=resume, log=log, tag="sweep")
-    out = run.path
-    dist.run_on_main(lambda: run.claim("sweep"))
-    progress = progress and rank == 0
-    t_start = time.perf_counter()
-    x, groups, n_raw = _data(config, run)
-    heldout = _heldout(config, run, x, groups)
-    dist.barrier()  # every rank lists the unfinished work before any rank adds to it
-    todo = [n for n in sorted(config.sizes)
-            if not (resume and (out / f"n{n}" / "metrics.json").exists())]
-    if world > 1:  # the trainings first, spread over the ranks, then the evaluations
-        runs = [(n, sub) for n in todo for sub in "AB"
-                if not (out / f"n{n}" / sub / "model.json").exists()]
-        for n, sub in runs[rank::world]:
-            idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
-            _model(config, run, n, sub, x[idx], progress)
+    with RunDir(out_dir, config, resume=resume, log=log, tag="sweep") as run:
+        out = run.path
+        dist.run_on_main(lambda: run.claim("sweep"))
+        progress = progress and rank == 0
+        t_start = time.perf_counter()
+        x, groups, n_raw = _data(config, run)
+        heldout = _heldout(config, run, x, groups)
+        dist.barrier()  # every rank lists the unfinished work before any rank adds to it
+        todo = [n for n in sorted(config.sizes)
+                if not (resume and (out / f"n{n}" / "metrics.json").exists())]
+        if world > 1:  # the trainings first, spread over the ranks, then the evaluations
+            runs = [(n, sub) for n in todo for sub in "AB"
+                    if not (out / f"n{n}" / sub / "model.json").exists()]
+            for n, sub in runs[rank::world]:
+                idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
+                _model(config, run, n, sub, x[idx], progress)
+            dist.barrier()
+        for n in todo[rank::world]:
+            idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
+            result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout)
+            run.write_json(f"n{n}/metrics.json", result)
+        for n in sorted(set(config.sizes) - set(todo)):
+            run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
         dist.barrier()
-    for n in todo[rank::world]:
-        idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
-        result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout)
-        run.write_json(f"n{n}/metrics.json", result)
-    for n in sorted(set(config.sizes) - set(todo)):
-        run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
-    dist.barrier()
 
-    def report():
-        run.write_json("dataset.json", {"name": config.dataset, "raw": n_raw,
-                                        "deduplicated": len(x), "shape": list(x.shape[1:])})
-        return write_report(out, seconds=time.perf_counter() - t_start)
+        def report():
+            run.write_json("dataset.json", {"name": config.dataset, "raw": n_raw,
+                                            "deduplicated": len(x), "shape": list(x.shape[1:])})
+            return write_report(out, seconds=time.perf_counter() - t_start)
 
-    metrics = dist.run_on_main(report)
-    if rank == 0:
-        run.log(f"report: {out / 'report.html'}")
-    return metrics
+        metrics = dist.run_on_main(report)
+        if rank == 0:
+            run.log(f"report: {out / 'report.html'}")
+        return metrics
 
 
 def write_report(out_dir, seconds: float | None = None) -> dict:
@@ -353,7 +374,7 @@ def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None) 
         mem = {"fraction": None, "ratio": []}
     # Yi, Sun & Li (2023): I(sample; training set) ≥ log 2 − CE of identifying, from
     # nearest-neighbour distances, which of the two disjoint sets a sample came from
-    ident = identification_bound([xa, xb], [s1, s2], seed=config.seed)
+    ident = identification_bound([xa, xb], [s1, s2], folds=_FOLDS, seed=config.seed)
     curves = _psnr_curves(config, model_a, model_b, s1, s2)
     gap = [tr - te for tr, te in zip(curves["train"]["output_psnr"],
                                       curves["test"]["output_psnr"])]

@@ -9,13 +9,13 @@ factors (eigenvalues), the adaptive basis (eigenvectors) and the effective dimen
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import torch
 
 from .._checks import check_positive_float, check_positive_int, check_tensor
 from ..errors import InputError
 from ..io import write_json
+from ._runs import hold_folder
 
 __all__ = ["heldout_images", "jacobian_spectra", "run_jacobian", "sweep_jacobian"]
 
@@ -84,17 +84,17 @@ def run_jacobian(model_path, data: str, *, data_options: dict | None = None, n: 
         raise InputError(f"n must be <= {len(x)} (images in {data}), got {n}")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     images = x[idx].to(device)
-    t0 = time.perf_counter()
-    results = jacobian_spectra(model, images, sigmas, k=k, show=show, seed=seed)
-    results.update({
-        "model": str(model_path), "data": data, "data_options": data_options or {},
-        "indices": idx.tolist(), "n_images": n, "shape": list(x.shape[1:]), "k": k,
-        "seed": seed, "images": images.cpu().tolist(),
-        "seconds": time.perf_counter() - t0,
-    })
-    out = Path(out_dir)
-    write_json(out / "results.json", results)
-    spectra_report(results, out)
+    with hold_folder(out_dir, "jacobian run") as out:
+        t0 = time.perf_counter()
+        results = jacobian_spectra(model, images, sigmas, k=k, show=show, seed=seed)
+        results.update({
+            "model": str(model_path), "data": data, "data_options": data_options or {},
+            "indices": idx.tolist(), "n_images": n, "shape": list(x.shape[1:]), "k": k,
+            "seed": seed, "images": images.cpu().tolist(),
+            "seconds": time.perf_counter() - t0,
+        })
+        write_json(out / "results.json", results)
+        spectra_report(results, out)
     return results
 
 

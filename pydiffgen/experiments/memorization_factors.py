@@ -158,32 +158,32 @@ def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = T
     from ..data import load
 
     c = config
-    run = RunDir(out_dir, c, resume=resume, log=log, tag="factors")
-    run.claim("factor sweep")
-    t0 = time.perf_counter()
-    x = load(c.dataset, **dict(c.dataset_options))
-    pts = factor_points(c)
-    n_max = max(p["n"] for p in pts)
-    if n_max + c.n_heldout > len(x):
-        raise ConfigError(f"the largest N={n_max} plus n_heldout={c.n_heldout} needs "
-                          f"{n_max + c.n_heldout} images but {c.dataset} has {len(x)}")
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(c.seed))
-    heldout = x[perm[:c.n_heldout]]
-    pool = x[perm[c.n_heldout:]]  # training sets are nested prefixes of this
+    with RunDir(out_dir, c, resume=resume, log=log, tag="factors") as run:
+        run.claim("factor sweep")
+        t0 = time.perf_counter()
+        x = load(c.dataset, **dict(c.dataset_options))
+        pts = factor_points(c)
+        n_max = max(p["n"] for p in pts)
+        if n_max + c.n_heldout > len(x):
+            raise ConfigError(f"the largest N={n_max} plus n_heldout={c.n_heldout} needs "
+                              f"{n_max + c.n_heldout} images but {c.dataset} has {len(x)}")
+        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(c.seed))
+        heldout = x[perm[:c.n_heldout]]
+        pool = x[perm[c.n_heldout:]]  # training sets are nested prefixes of this
 
-    def point(p):
-        run.log(f"{p['factor']}={p['value']}: model {p['model']} at {p['steps']} steps")
-        tp = time.perf_counter()
-        r = _run_point(c, run, p, pool[:p["n"]], heldout, progress)
-        r["seconds"] = time.perf_counter() - tp
-        return r
+        def point(p):
+            run.log(f"{p['factor']}={p['value']}: model {p['model']} at {p['steps']} steps")
+            tp = time.perf_counter()
+            r = _run_point(c, run, p, pool[:p["n"]], heldout, progress)
+            r["seconds"] = time.perf_counter() - tp
+            return r
 
-    # evaluate in model order, steps ascending, so one run per model serves every step
-    for p in sorted(pts, key=lambda p: (p["model"], p["steps"], p["key"])):
-        run.cached(p["key"], lambda p=p: point(p), folder="points")
-    summary = write_report(run.path, seconds=time.perf_counter() - t0)
-    run.log(f"report: {run.path / 'report.html'}")
-    return summary
+        # evaluate in model order, steps ascending, so one run per model serves every step
+        for p in sorted(pts, key=lambda p: (p["model"], p["steps"], p["key"])):
+            run.cached(p["key"], lambda p=p: point(p), folder="points")
+        summary = write_report(run.path, seconds=time.perf_counter() - t0)
+        run.log(f"report: {run.path / 'report.html'}")
+        return summary
 
 
 def write_report(out_dir, seconds: float | None = None) -> dict:

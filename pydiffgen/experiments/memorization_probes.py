@@ -7,9 +7,9 @@ results and ``report.html`` into ``out_dir``; the factor sweeps are in
 
 from __future__ import annotations
 
-from pathlib import Path
-
+from ..errors import InputError
 from ..io import write_json
+from ._runs import hold_folder
 
 __all__ = ["checkpoint_gap", "toy2d"]
 
@@ -28,19 +28,25 @@ def checkpoint_gap(model_path, data: str, *, n_train: int, data_options: dict | 
     from ..report import memorization as rm
     from ..report.html import Report
 
-    out = Path(out_dir)
+    for name, v in (("n_train", n_train), ("n_heldout", n_heldout), ("n_samples", n_samples)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise InputError(f"{name} must be a positive integer, got {v!r}")
     x = datamod.load(data, **(data_options or {}))
+    if n_train + n_heldout > len(x):
+        raise InputError(f"n_train={n_train} plus n_heldout={n_heldout} needs "
+                         f"{n_train + n_heldout} images but {data} has {len(x)}")
     model = load_model(model_path).eval()
     if getattr(model, "name", "") == "mlp":
         x = x.reshape(len(x), -1)
     train, heldout = x[:n_train], x[len(x) - n_heldout:]
-    gap = noise_level_gap(model, train, heldout, n_images=min(len(train), len(heldout)))
-    probe = trajectory_probe(model, train, heldout, n_samples=n_samples).summary()
-    write_json(out / "gap.json", {"gap": gap.to_dict(), "trajectory": probe})
-    rep = Report(f"Noise-level gap: {model_path}", out)
-    rep.figure(rm.gap_figure({"model": gap.to_dict()}), "gap")
-    rep.figure(rm.trajectory_figure(probe), "trajectory")
-    return {"gap": gap, "trajectory": probe, "report": rep.save()}
+    with hold_folder(out_dir, "gap run") as out:
+        gap = noise_level_gap(model, train, heldout, n_images=min(len(train), len(heldout)))
+        probe = trajectory_probe(model, train, heldout, n_samples=n_samples).summary()
+        write_json(out / "gap.json", {"gap": gap.to_dict(), "trajectory": probe})
+        rep = Report(f"Noise-level gap: {model_path}", out)
+        rep.figure(rm.gap_figure({"model": gap.to_dict()}), "gap")
+        rep.figure(rm.trajectory_figure(probe), "trajectory")
+        return {"gap": gap, "trajectory": probe, "report": rep.save()}
 
 
 def toy2d(config, out_dir="runs/toy2d", *, progress: bool = True) -> dict:
@@ -50,5 +56,6 @@ def toy2d(config, out_dir="runs/toy2d", *, progress: bool = True) -> dict:
     from ..analysis.toy2d import toy2d_experiment
     from ..report.memorization import toy2d_report
 
-    toy = toy2d_experiment(config, progress=progress)
-    return {**toy, "report": toy2d_report(toy, out_dir)}
+    with hold_folder(out_dir, "toy2d run") as out:
+        toy = toy2d_experiment(config, progress=progress)
+        return {**toy, "report": toy2d_report(toy, out)}

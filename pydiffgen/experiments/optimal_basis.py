@@ -277,24 +277,24 @@ def _analyse_gaussian(config, model):
 def optimal_basis(config: OptimalBasisConfig, out_dir=None, *, resume: bool = True,
                   progress: bool = True, log=None) -> dict:
     """Run (or resume) the experiments; write ``results.json`` and ``report.html``."""
-    run = RunDir(out_dir, config, resume=resume, log=log, tag="optimal-basis")
-    run.claim("optimal-basis run")
-    t0 = time.perf_counter()
-    with torch_threads(config.threads):
-        for key in _model_keys(config):
-            def compute(key=key):
-                model = _model(config, run, key, progress)
-                t = time.perf_counter()
-                if key.startswith("calpha_a"):
-                    r = _analyse_calpha(config, model, key)
-                elif key == "gaussian":
-                    r = _analyse_gaussian(config, model)
-                else:
-                    r = _analyse_manifold(config, model, key)
-                r["analysis_seconds"] = time.perf_counter() - t
-                return r
-            run.cached(key, compute)
-    return write_report(run.path, seconds=time.perf_counter() - t0)
+    with RunDir(out_dir, config, resume=resume, log=log, tag="optimal-basis") as run:
+        run.claim("optimal-basis run")
+        t0 = time.perf_counter()
+        with torch_threads(config.threads):
+            for key in _model_keys(config):
+                def compute(key=key):
+                    model = _model(config, run, key, progress)
+                    t = time.perf_counter()
+                    if key.startswith("calpha_a"):
+                        r = _analyse_calpha(config, model, key)
+                    elif key == "gaussian":
+                        r = _analyse_gaussian(config, model)
+                    else:
+                        r = _analyse_manifold(config, model, key)
+                    r["analysis_seconds"] = time.perf_counter() - t
+                    return r
+                run.cached(key, compute)
+        return write_report(run.path, seconds=time.perf_counter() - t0)
 
 
 def write_report(out_dir, seconds: float | None = None) -> dict:

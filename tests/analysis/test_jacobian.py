@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -249,3 +250,11 @@ def test_matrix_free_warns_when_not_converged():
         spec = jacobian_spectrum(LinearMap(A, None), y, 1.0, k=4, block=4, max_dim=8,
                                  max_iters=2, tol=1e-12, probes=0)
     assert spec.residuals.shape == (1, 4)
+
+
+@pytest.mark.parametrize("bad", [lambda y, s: [1.0], lambda y, s: None,
+                                 lambda y, s: np.zeros(tuple(y.shape)),
+                                 lambda y, s: y[..., :2], lambda y, s: y.reshape(len(y), -1)])
+def test_a_denoiser_that_does_not_return_a_tensor_of_y_shape_is_refused(bad):
+    with pytest.raises(InputError, match="must return a tensor of y's shape"):
+        jacobian(bad, torch.randn(2, 1, 4, 4), 0.5)
