@@ -62,10 +62,16 @@ def mann_whitney_z(gen_d: torch.Tensor, test_d: torch.Tensor) -> float:
 
 
 def kmeans_cells(train, test, gen, cells: int, seed: int):
-    """Cell labels of each set from sklearn KMeans (n_init=10, random_state=seed) on train."""
-    from sklearn.cluster import KMeans
+    """Cell labels of each set from sklearn KMeans (n_init=10, random_state=seed) on train.
 
-    km = KMeans(n_clusters=cells, n_init=10, random_state=seed).fit(train.cpu().numpy())
+    One OpenMP thread: sklearn's OpenMP pool contends with torch's spin-waiting one (10×
+    slower measured on a busy 2-core machine), and a few cells cost little next to the
+    neighbour searches."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="openmp"):
+        km = KMeans(n_clusters=cells, n_init=10, random_state=seed).fit(train.cpu().numpy())
     return [torch.from_numpy(km.predict(s.cpu().numpy()).astype(np.int64)).to(s.device)
             for s in (train, test, gen)]
 
