@@ -88,7 +88,8 @@ def dgm_ct(train, test, gen, labels):
         lq, lp = nn.kneighbors(Q, 1)[0], nn.kneighbors(P, 1)[0]
         u, _ = mannwhitneyu(lq, lp, alternative="less")
         nc, mc = len(P), len(Q)
-        zs.append(float(np.squeeze((u - (nc * mc / 2 - 0.5)) / np.sqrt(nc * mc * (nc + mc + 1) / 12))))
+        z = (u - (nc * mc / 2 - 0.5)) / np.sqrt(nc * mc * (nc + mc + 1) / 12)
+        zs.append(float(np.squeeze(z)))
         weights.append(len(P) / n)
     return float(np.dot(weights, zs) / np.sum(weights))
 
