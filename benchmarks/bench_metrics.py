@@ -1,0 +1,186 @@
+"""Feature-space metrics (pydiffgen.metrics) vs the field's reference code, one run.
+
+- PRDC k=5 at 10,000 real × 10,000 fake × 512: ``prdc.compute_prdc`` (clovaai; three
+  dense sklearn distance matrices + argpartition) vs ``pydiffgen.metrics.prdc``.
+- AuthPct at 50,000 train × 10,000 gen × 768: dgm-eval's ``compute_authpct`` (torch.cdist
+  train × train and train × gen, float32) vs ``pydiffgen.metrics.authpct``.
+- C_T at 50,000 train × 10,000 test × 10,000 gen × 768: dgm-eval's ``compute_CTscore``
+  (PCA to 64 components, KMeans(3) cells, sklearn NearestNeighbors per cell, scipy
+  mannwhitneyu) vs ``pydiffgen.metrics.ct_score`` on the same PCA features and cells.
+
+Each row: seconds of one call, peak resident memory above what the process held before
+the call (Linux: VmHWM after resetting it through /proc/self/clear_refs), the speedup
+(peer / ours) and the values side by side. Data: Gaussian features with a shifted fake set
+and a tenth of gen copied from train (so AuthPct and C_T see copying).
+
+    python benchmarks/bench_metrics.py [--quick]
+
+The issue's targets: PRDC ≥ 10× faster with ≤ 10% of the package's peak memory;
+AuthPct and C_T ≥ 10× faster than dgm-eval's formulas.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import metadata, parse_args, print_table, ratio_rows, write_json  # noqa: E402
+
+from pydiffgen.metrics import authpct, ct_score, prdc  # noqa: E402
+
+
+def rss_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def run(fn):
+    """(value, seconds, peak MiB above the resident set before the call) of one call."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        before = rss_kib("VmRSS")
+    except OSError:
+        before = None
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        value = fn()
+    seconds = time.perf_counter() - t0
+    peak = None if before is None else (rss_kib("VmHWM") - before) / 1024
+    return value, seconds, peak
+
+
+def dgm_authpct(train, gen):
+    """dgm-eval's compute_authpct (from marcojira/fls): dense float32 torch.cdist."""
+    train = torch.tensor(train, dtype=torch.float32)
+    gen = torch.tensor(gen, dtype=torch.float32)
+    real_dists = torch.cdist(train, train)
+    real_dists.fill_diagonal_(float("inf"))
+    gen_dists = torch.cdist(train, gen)
+    real_min = real_dists.min(axis=0)
+    gen_min = gen_dists.min(dim=0)
+    authen = real_min.values[gen_min.indices] < gen_min.values
+    return (100 * torch.sum(authen) / len(authen)).item()
+
+
+def dgm_ct(train, test, gen, labels):
+    """dgm-eval's C_T (from casey-meehan/data-copying) given the cell labels: per cell,
+    sklearn NearestNeighbors on the cell's train points and scipy's mannwhitneyu."""
+    from scipy.stats import mannwhitneyu
+    from sklearn.neighbors import NearestNeighbors
+
+    t_lab, p_lab, q_lab = labels
+    m, n, tau = len(gen), len(test), 20 / len(gen)
+    weights, zs = [], []
+    for c in range(int(t_lab.max()) + 1):
+        T, P, Q = train[t_lab == c], test[p_lab == c], gen[q_lab == c]
+        if len(Q) / m <= tau:
+            continue
+        nn = NearestNeighbors(n_neighbors=1).fit(T)
+        lq, lp = nn.kneighbors(Q, 1)[0], nn.kneighbors(P, 1)[0]
+        u, _ = mannwhitneyu(lq, lp, alternative="less")
+        nc, mc = len(P), len(Q)
+        z = (u - (nc * mc / 2 - 0.5)) / np.sqrt(nc * mc * (nc + mc + 1) / 12)
+        zs.append(float(np.squeeze(z)))
+        weights.append(len(P) / n)
+    return float(np.dot(weights, zs) / np.sum(weights))
+
+
+def pca64(train, test, gen):
+    """dgm-eval's preprocessing: features wider than 64 projected on train's first 64
+    principal components."""
+    if train.shape[1] <= 64:
+        return train, test, gen
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=64).fit(train)
+    return [pca.transform(s).astype(np.float32) for s in (train, test, gen)]
+
+
+def kmeans_labels(train, test, gen, seed=0):
+    """KMeans(3) cells as dgm-eval, on one OpenMP thread like pydiffgen's (the same k-means
+    cost on both sides of the ratio)."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, user_api="openmp"):
+        km = KMeans(n_clusters=3, n_init=10, random_state=seed).fit(train)
+    return [km.predict(s) for s in (train, test, gen)]
+
+
+def row(case, impl, value, seconds, peak):
+    return {"kind": "time", "case": case, "impl": impl, "value": value, "time_s": seconds,
+            "peak_mib": peak}
+
+
+def prdc_rows(n, d, rng):
+    import prdc as package
+
+    real = rng.normal(size=(n, d)).astype(np.float32)
+    fake = (rng.normal(size=(n, d)) * 1.05 + 0.05).astype(np.float32)
+    case = f"prdc k=5 {n}x{n}x{d}"
+    ours = run(lambda: prdc(torch.from_numpy(real), torch.from_numpy(fake), 5))
+    peer = run(lambda: package.compute_prdc(real, fake, 5))
+    rows = [row(case, "pydiffgen", str(ours[0]), ours[1], ours[2]),
+            row(case, "prdc package", str({k: round(float(v), 6) for k, v in peer[0].items()}),
+                peer[1], peer[2])]
+    return rows + ratio_rows(case, {"pydiffgen": ours[1], "prdc package": peer[1]}, "pydiffgen")
+
+
+def copying_sets(n_train, n_gen, d, rng):
+    train = rng.normal(size=(n_train, d)).astype(np.float32)
+    test = rng.normal(size=(n_gen, d)).astype(np.float32)
+    gen = rng.normal(size=(n_gen, d)).astype(np.float32)
+    gen[: n_gen // 10] = train[: n_gen // 10] + 0.01 * rng.normal(size=(n_gen // 10, d))
+    return train, test, gen
+
+
+def copying_rows(n_train, n_gen, d, rng):
+    train, test, gen = copying_sets(n_train, n_gen, d, rng)
+    case = f"authpct {n_train}x{n_gen}x{d}"
+    ours = run(lambda: authpct(torch.from_numpy(train), torch.from_numpy(gen)))
+    peer = run(lambda: dgm_authpct(train, gen))
+    rows = [row(case, "pydiffgen", ours[0], ours[1], ours[2]),
+            row(case, "dgm-eval cdist", peer[0], peer[1], peer[2])]
+    rows += ratio_rows(case, {"pydiffgen": ours[1], "dgm-eval cdist": peer[1]}, "pydiffgen")
+    tr, te, ge = pca64(train, test, gen)
+    labels = kmeans_labels(tr, te, ge)
+    case = f"C_T {n_train}x{n_gen}x{d} (pca 64)"
+    ours = run(lambda: ct_score(torch.from_numpy(tr), torch.from_numpy(te), torch.from_numpy(ge),
+                                cells=3, seed=0))
+    peer = run(lambda: dgm_ct(tr, te, ge, labels))
+    kmeans = run(lambda: kmeans_labels(tr, te, ge))
+    rows += [row(case, "pydiffgen (with its KMeans)", ours[0], ours[1], ours[2]),
+             row(case, "dgm-eval sklearn NN (cells given)", peer[0], peer[1], peer[2]),
+             row(case, "KMeans(3, n_init=10) alone", None, kmeans[1], kmeans[2])]
+    return rows + ratio_rows(case, {"pydiffgen": ours[1], "dgm-eval": peer[1] + kmeans[1]},
+                             "pydiffgen")
+
+
+def main():
+    args = parse_args(__doc__.splitlines()[0])
+    if args.device != "cpu":
+        print("note: the metrics run on the features' device; this script keeps them on the CPU")
+    rng = np.random.default_rng(0)
+    if args.quick:
+        rows = prdc_rows(2000, 128, rng) + copying_rows(5000, 1000, 128, rng)
+    else:
+        rows = prdc_rows(10_000, 512, rng) + copying_rows(50_000, 10_000, 768, rng)
+    print_table([r for r in rows if r["kind"] == "time"],
+                ["case", "impl", "time_s", "peak_mib", "value"])
+    print()
+    print_table([r for r in rows if r["kind"] == "ratio"], ["case", "peer", "speedup"])
+    print("wrote", write_json("metrics", rows, metadata("cpu")))
+
+
+if __name__ == "__main__":
+    torch.manual_seed(0)
+    main()
