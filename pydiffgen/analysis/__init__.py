@@ -42,6 +42,7 @@ from .linear import (  # noqa: F401 - public API
     subspace_cosines,
 )
 from .local import (  # noqa: F401 - public API
+    PATCH_MODELS,
     LocalEmpiricalDenoiser,
     PatchCalibration,
     PatchPosteriorDenoiser,

@@ -13,8 +13,9 @@ values) and the logits l = −‖Ω_p(y) − Q‖²/(2σ²) against training pat
   the posterior mean of every patch, Σ_Q softmax(l) · Q over the patch set of all
   training patches at every location (``equivariant=False``: the same location only),
   composited by averaging, at each pixel, the estimates of the patches that cover it.
-- :func:`calibrate_patch_size` — the patch size per σ whose LS / ELS output best
-  predicts a network on held-out noisy images, with its r² (as Kamb & Ganguli calibrate).
+- :func:`calibrate_patch_size` — the patch size per σ whose LS / ELS (or PSPC) output
+  best predicts a network on held-out noisy images, with its r² (as Kamb & Ganguli
+  calibrate).
 
 Boundary: images are zero-padded by s // 2 on each side, the padding of the convolutions
 these machines model. At the border a patch holds zeros where the image ends, so ELS
@@ -47,7 +48,7 @@ from ..errors import InputError
 from ..models.base import Denoiser
 from ..ops.empirical import empirical_denoiser
 
-__all__ = ["LocalEmpiricalDenoiser", "PatchCalibration", "PatchPosteriorDenoiser",
+__all__ = ["PATCH_MODELS", "LocalEmpiricalDenoiser", "PatchCalibration", "PatchPosteriorDenoiser",
            "calibrate_patch_size", "image_patches", "r_squared"]
 
 
@@ -193,17 +194,29 @@ def r_squared(target: torch.Tensor, prediction: torch.Tensor) -> float:
     return float(1 - (t - p).square().sum() / total.clamp_min(1e-300))
 
 
+# the closed-form patch models calibrate_patch_size can fit, by their papers' names
+PATCH_MODELS = {
+    "LS": lambda train, size, backend: LocalEmpiricalDenoiser(train, size, backend=backend),
+    "ELS": lambda train, size, backend: LocalEmpiricalDenoiser(train, size, equivariant=True,
+                                                               backend=backend),
+    "PSPC": lambda train, size, backend: PatchPosteriorDenoiser(train, size, backend=backend),
+}
+
+
 @dataclass(frozen=True)
 class PatchCalibration:
-    """Result of :func:`calibrate_patch_size`: for each σ, the r² of every candidate patch
-    size (``r2[i][k]`` for ``sigma[i]``, ``candidates[k]``), the best size and its r²."""
+    """Result of :func:`calibrate_patch_size` for one patch model ("LS", "ELS" or "PSPC"):
+    for each σ, the r² and RMSE of every candidate patch size (``r2[i][k]`` for
+    ``sigma[i]``, ``candidates[k]``), the best size and its r² and RMSE."""
 
+    model: str
     sigma: list[float]
     candidates: list[int]
     r2: list[list[float]]
+    rmse: list[list[float]]
     best: list[int]
     best_r2: list[float]
-    equivariant: bool
+    best_rmse: list[float]
 
     def patch_size(self, sigma: float) -> int:
         """The calibrated size at the calibrated σ nearest to ``sigma`` in log σ (a
@@ -212,25 +225,28 @@ class PatchCalibration:
         return self.best[i]
 
     def to_dict(self) -> dict:
-        return {"sigma": self.sigma, "candidates": self.candidates, "r2": self.r2,
-                "best": self.best, "best_r2": self.best_r2, "equivariant": self.equivariant}
+        return {k: getattr(self, k) for k in ("model", "sigma", "candidates", "r2", "rmse",
+                                              "best", "best_r2", "best_rmse")}
 
 
 @torch.no_grad()
 def calibrate_patch_size(network, train: torch.Tensor, heldout: torch.Tensor, sigmas,
-                         candidates=(1, 3, 5, 7, 9), *, equivariant: bool = True,
-                         seed: int = 0, batch_size: int = 256,
-                         backend: str | None = None) -> PatchCalibration:
-    """For each σ, the patch size whose LS (ELS if ``equivariant``) output best predicts
-    ``network`` on the noisy held-out images y = x + σ n (n fixed by ``seed``, the same at
-    every σ), with r² = 1 − ‖D_net − D_s‖² / ‖D_net − mean D_net‖² (:func:`r_squared`).
+                         candidates=(1, 3, 5, 7, 9), *, model: str = "ELS", seed: int = 0,
+                         batch_size: int = 256, backend: str | None = None) -> PatchCalibration:
+    """For each σ, the patch size whose ``model`` ("LS", "ELS" or "PSPC") output best
+    predicts ``network`` on the noisy held-out images y = x + σ n (n fixed by ``seed``, the
+    same at every σ): the largest r² = 1 − ‖D_net − D_s‖² / ‖D_net − mean D_net‖²
+    (:func:`r_squared`, as Kamb & Ganguli calibrate). RMSE = mean over images of
+    ‖D_net − D_s‖/√d (``output_distance``).
 
     network: a denoiser D(y [B, C, H, W], σ [B]); train, heldout [N, C, H, W] (held-out
     images the network did not see); candidates: odd patch sizes.
     """
-    from .distances import denoiser_outputs
+    from .distances import denoiser_outputs, output_distance
 
     check_tensor(heldout, "heldout", ndim=4)
+    if model not in PATCH_MODELS:
+        raise InputError(f"model must be one of {', '.join(PATCH_MODELS)}, got {model!r}")
     cand = list(candidates)
     for size in cand:  # square sizes: PatchCalibration.patch_size gives ints
         if not isinstance(size, int):
@@ -241,17 +257,15 @@ def calibrate_patch_size(network, train: torch.Tensor, heldout: torch.Tensor, si
     sig = [float(as_sigma(s, 1, dtype=torch.float64)[0]) for s in sigmas]
     if not sig:
         raise InputError("sigmas must hold at least one noise level")
-    r2 = []
+    r2, rmse = [], []
     for s in sig:
         _, target = denoiser_outputs(network, heldout, s, seed=seed, batch_size=batch_size)
-        row = []
-        for size in cand:
-            model = LocalEmpiricalDenoiser(train, size, equivariant=equivariant,
-                                           backend=backend)
-            _, pred = denoiser_outputs(model, heldout, s, seed=seed, batch_size=batch_size)
-            row.append(r_squared(target, pred))
-        r2.append(row)
+        preds = [denoiser_outputs(PATCH_MODELS[model](train, size, backend), heldout, s,
+                                  seed=seed, batch_size=batch_size)[1] for size in cand]
+        r2.append([r_squared(target, p) for p in preds])
+        rmse.append([output_distance(target, p)["rmse"] for p in preds])
     best = [max(range(len(cand)), key=row.__getitem__) for row in r2]
-    return PatchCalibration(sigma=sig, candidates=cand, r2=r2, best=[cand[k] for k in best],
-                            best_r2=[row[k] for row, k in zip(r2, best, strict=True)],
-                            equivariant=equivariant)
+    return PatchCalibration(
+        model=model, sigma=sig, candidates=cand, r2=r2, rmse=rmse, best=[cand[k] for k in best],
+        best_r2=[row[k] for row, k in zip(r2, best, strict=True)],
+        best_rmse=[row[k] for row, k in zip(rmse, best, strict=True)])

@@ -178,10 +178,18 @@ def test_calibration_finds_the_generating_patch_size(odd):
     train, y = odd
     net = LocalEmpiricalDenoiser(train, 3, equivariant=True)  # a "network" that is ELS-3
     cal = calibrate_patch_size(net, train, y, [0.1, 1.0], candidates=(1, 3, 5))
-    assert cal.best == [3, 3]
+    assert cal.model == "ELS" and cal.best == [3, 3]
     assert cal.best_r2 == pytest.approx([1.0, 1.0], abs=1e-12)
+    assert cal.best_rmse == pytest.approx([0.0, 0.0], abs=1e-12)
     # at σ = 1 the other sizes are told apart (at σ = 0.1 sizes 3 and 5 both pick the
     # nearest training patches, so they tie)
     assert cal.r2[1][0] < 0.9 and cal.r2[1][2] < 0.9
     assert cal.patch_size(0.5) == 3
     assert r_squared(y, y) == 1.0
+    pspc = calibrate_patch_size(PatchPosteriorDenoiser(train, 5), train, y, [1.0],
+                                candidates=(3, 5), model="PSPC")
+    assert pspc.best == [5] and pspc.best_r2[0] == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(InputError, match="model must be one of"):
+        calibrate_patch_size(net, train, y, [1.0], model="ls")
+    with pytest.raises(InputError, match="candidates"):
+        calibrate_patch_size(net, train, y, [1.0], candidates=(2,))
