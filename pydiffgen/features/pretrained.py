@@ -113,7 +113,8 @@ def transformers_encoder(path, family: str, *, device=None) -> NetworkEncoder:
     root = model_folder(path, family)
     cls = getattr(transformers, FAMILIES[family][0])
     try:
-        network = cls.from_pretrained(str(root), local_files_only=True, use_safetensors=True)
+        network = cls.from_pretrained(str(root), local_files_only=True, use_safetensors=True,
+                                       use_kernels=False)  # no Hub kernels: nothing fetched
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{root}: cannot be loaded as {cls.__name__} ({first})") from None
