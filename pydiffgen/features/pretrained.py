@@ -8,9 +8,7 @@ the embedding dgm-eval uses) and ``CLIPVisionModel``'s post-layer-norm CLS
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 from ..errors import CheckpointError, ConfigError
@@ -80,25 +78,7 @@ def cls_features(network, x):
 
 
 def import_transformers(family: str):
-    """transformers, whose import (from 5.0) imports the Hugging Face ``kernels`` package.
-
-    In a source checkout the repository root is on ``sys.path`` and its ``kernels/``
-    folder (installed as ``pydiffgen.kernels``) would shadow that package, so it is
-    imported first without the root on the path.
-    """
-    found = importlib.util.find_spec("kernels") if "kernels" not in sys.modules else None
-    ours = importlib.util.find_spec("pydiffgen.kernels")
-    if found and ours and found.origin and ours.origin and \
-            Path(found.origin).resolve() == Path(ours.origin).resolve():
-        root = str(Path(found.origin).resolve().parents[1])
-        saved = sys.path[:]
-        sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != root]
-        try:
-            import kernels  # noqa: F401  (the Hub package, when installed)
-        except ImportError:
-            sys.modules.pop("kernels", None)
-        finally:
-            sys.path[:] = saved
+    """transformers, or a one-line error saying how to install it."""
     try:
         import transformers
     except ImportError as err:
