@@ -304,22 +304,32 @@ class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpF
         return super()._get_help_string(action)
 
 
-def _global_flags(defaults: bool, threads: bool = True) -> argparse.ArgumentParser:
-    """--quiet and --threads, accepted before or after the subcommand: the top-level parser
-    holds their defaults, every subcommand the same flags without (so that an unused one
-    does not overwrite a value given earlier). ``threads`` False: the subcommand's config
-    has its own ``threads`` field, which the top-level flag then sets too (same dest)."""
+def _global_flags(top: bool, threads: bool = True) -> argparse.ArgumentParser:
+    """--quiet and --threads, accepted before or after the subcommand (:func:`_merge_global`
+    joins the two). A subcommand's values would overwrite the top level's of the same
+    name, so the top level keeps its own (``quiet_before``, ``threads_before``).
+    ``threads`` False: the subcommand's config has its own ``threads`` field."""
     from .report.provenance import usable_cores
 
     g = argparse.ArgumentParser(add_help=False)
-    unset = {} if defaults else {"default": argparse.SUPPRESS}
+    where = {"default": None} if top else {"default": argparse.SUPPRESS}
     g.add_argument("--quiet", action="store_true", help="no progress bars",
-                   **({"default": False} if defaults else unset))
+                   **({"dest": "quiet_before", "default": False} if top else where))
     if threads:
         g.add_argument("--threads", type=_positive_int, metavar="N",
                        help="CPU threads for torch (default: the cores this process may use, "
-                       f"{usable_cores()} here)", **({"default": None} if defaults else unset))
+                       f"{usable_cores()} here)",
+                       **({"dest": "threads_before"} if top else {}), **where)
     return g
+
+
+def _merge_global(args: argparse.Namespace) -> argparse.Namespace:
+    """One ``quiet`` and one ``threads`` from the flags given before or after the
+    subcommand (after wins)."""
+    args.quiet = getattr(args, "quiet", False) or args.quiet_before
+    if getattr(args, "threads", None) is None:
+        args.threads = args.threads_before
+    return args
 
 
 def _positive_int(text: str) -> int:
@@ -337,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .report.provenance import version_text
 
     p = _Parser(prog="pydiffgen", description=__doc__, formatter_class=_Help,
-                parents=[_global_flags(defaults=True)])
+                parents=[_global_flags(top=True)])
     p.add_argument("--version", action="version", version=version_text())
     sub = _Subcommands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     s = sub.add("demo", "the memorization→generalization sweep on built-in data (the "
@@ -390,8 +400,6 @@ def _add_experiment(sub: _Subcommands, name: str, exp: Experiment) -> None:
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what a previous run of the same config stored")
     cfgmod.add_arguments(s, exp.config)
-    if own_threads:  # keep a --threads given before the subcommand
-        s.set_defaults(threads=argparse.SUPPRESS)
     s.set_defaults(func=lambda args: cmd_experiment(exp, args))
 
 
@@ -589,7 +597,7 @@ def main(argv=None) -> int:
     _passive_openmp()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _merge_global(parser.parse_args(argv))
         _check_device(getattr(args, "device", None))
         _set_threads(args.threads)
         if "WORLD_SIZE" in os.environ:  # under torchrun: join the process group first
