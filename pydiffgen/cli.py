@@ -499,7 +499,7 @@ def _add_audit(sub: _Subcommands) -> None:
     s = sub.add("audit", "memorization audit: are samples copies of training images")
     s.add_argument("--samples", metavar="FILE[:KEY]", help=f"the samples: {_IMAGES_HELP}")
     s.add_argument("--train", required=True, metavar="FILE[:KEY]",
-                   help=f"the training set, in the same formats")
+                   help="the training set, in the same formats")
     s.add_argument("--features", metavar="FILE.npz",
                    help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
     s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
