@@ -54,11 +54,13 @@ def headline(summaries: dict) -> str:
     rival = max(top["nearest_median"], top["baseline_median"])
     margin = top["paired_median"] - rival
     if margin < WEAK_MARGIN:
+        lead = (f"only {margin:.3f} more than" if margin > 0 else
+                f"no more than ({margin:+.3f})")
         return (f"Weak evidence: {where}, but at the largest N = {ns[-1]} the two models' "
-                f"samples agree (median cosine {top['paired_median']:.3f}) "
-                f"{'only ' if margin > 0 else ''}{margin:+.3f} beyond the closer of the "
-                f"nearest-training median ({top['nearest_median']:.3f}) and the S1–S2 "
-                f"baseline ({top['baseline_median']:.3f}), within {WEAK_MARGIN} of them.")
+                f"samples agree (median cosine {top['paired_median']:.3f}) {lead} the closer "
+                f"of the nearest-training median ({top['nearest_median']:.3f}) and the S1–S2 "
+                f"baseline ({top['baseline_median']:.3f}); a clear result needs a lead of "
+                f"{WEAK_MARGIN} or more.")
     return (f"{where[0].upper()}{where[1:]}. At the largest N = {ns[-1]} the two models' "
             f"samples agree (median cosine {top['paired_median']:.3f}) {margin:.3f} more than "
             "the closer of the nearest-training median and the S1–S2 baseline.")
