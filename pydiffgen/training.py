@@ -398,7 +398,9 @@ class _Run:
     # --- setup ----------------------------------------------------------------------------
 
     def has_checkpoint(self) -> bool:
-        return self.out_dir is not None and ckpt.train_checkpoint_paths(self.out_dir)[1].exists()
+        # either file: a run killed inside its first save has only the (complete) weights
+        return self.out_dir is not None and any(
+            p.exists() for p in ckpt.train_checkpoint_paths(self.out_dir))
 
     def resume(self) -> int:
         """Load the checkpoint in ``out_dir``; returns its step."""
