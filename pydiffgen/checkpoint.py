@@ -124,11 +124,13 @@ def train_checkpoint_paths(out_dir) -> tuple[Path, Path]:
 
 
 def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema, optimizer,
-                          generator: torch.Generator, train_config: dict) -> None:
+                          generator: torch.Generator, train_config: dict,
+                          data: dict | None = None) -> None:
     """Write the training state after ``step`` steps to ``out_dir/checkpoint.*``.
 
     ``ema`` is the EMA copy of ``model`` or None; ``losses`` the loss of every step so far;
-    ``train_config`` the run's ``TrainConfig.to_dict()``. Like ``save_model``, each file
+    ``train_config`` the run's ``TrainConfig.to_dict()``; ``data`` the identity of the
+    training data (``pydiffgen.training.data_identity``). Like ``save_model``, each file
     is written atomically and the safetensors file alone is a complete checkpoint.
     """
     weights, desc = train_checkpoint_paths(out_dir)
@@ -149,6 +151,7 @@ def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema
         "step": step,
         "model_config": getattr(model, "config", None),
         "train_config": train_config,
+        "data": data,
         "optimizer": {"param_groups": state["param_groups"], "scalars": opt_scalars},
         "generator_state": generator.get_state().tolist(),
         "ema": ema is not None,
@@ -158,13 +161,14 @@ def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema
 
 
 def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Generator,
-                          train_config: dict, resumable: Collection[str] = ()
-                          ) -> tuple[int, list[float]]:
+                          train_config: dict, resumable: Collection[str] = (),
+                          data: dict | None = None) -> tuple[int, list[float]]:
     """Restore ``model``, ``ema``, ``optimizer`` and ``generator`` from ``out_dir/checkpoint.*``
     in place; returns ``(step, losses)``.
 
     The checkpoint must come from the same model config and the same ``train_config``
-    (a ``TrainConfig.to_dict()``) except for the keys in ``resumable``; anything else
+    (a ``TrainConfig.to_dict()``) except for the keys in ``resumable``, and from the same
+    ``data`` identity (the entries both sides record must agree); anything else
     (another config, a missing, corrupt, torn or inconsistent file) raises
     ``CheckpointError`` naming the file and what to do.
     """
@@ -174,6 +178,7 @@ def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Ge
         raise CheckpointError(f"{desc} is not a pydiffgen training checkpoint; use a fresh "
                               "out_dir or resume=False to overwrite it")
     _check_same_run(info, desc, model, train_config, resumable)
+    _check_same_data(info.get("data"), data, desc)
     try:
         step = int(info["step"])
         losses = [float(v) for v in info["losses"]]
@@ -225,6 +230,18 @@ def _check_same_run(info: dict, desc: Path, model, train_config: dict,
             f"{desc} was written for a different model ({info.get('model_config')!r}, this "
             f"model is {model_config!r}); {_START_OVER}"
         )
+
+
+def _check_same_data(saved: dict | None, now: dict | None, desc: Path) -> None:
+    """CheckpointError unless the data identities agree on every entry both record (a
+    checkpoint from before identities were recorded has none to check)."""
+    if not isinstance(saved, dict) or now is None:
+        return
+    now = _json_normal(now)
+    diff = sorted(k for k in set(saved) & set(now) if saved[k] != now[k])
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {now[k]!r}" for k in diff)
+        raise CheckpointError(f"{desc} was trained on other data ({details}); {_START_OVER}")
 
 
 def _train_sections(tensors: dict, source: Path) -> dict[str, dict]:

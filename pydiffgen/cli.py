@@ -54,7 +54,7 @@ def cmd_report(args) -> int:
 def cmd_train(args) -> int:
     from . import data, models, training
 
-    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
+    x, info = data.load(args.data, return_info=True, **cfgmod.parse_options(args.data_option))
     defaults = training.TrainConfig(steps=2000, batch_size=64)
     config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
     model_options = cfgmod.parse_options(args.model_option)
@@ -63,7 +63,8 @@ def cmd_train(args) -> int:
     torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
     model = models.build(args.model, channels=x.shape[1], **model_options)
     result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                            progress=not args.quiet, distributed=_world() > 1)
+                            progress=not args.quiet, distributed=_world() > 1,
+                            dataset={"name": args.data, "options": info["options"]})
     if _world() > 1 and not _is_main():
         return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")

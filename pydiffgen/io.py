@@ -1,8 +1,8 @@
 """Atomic file writes: a result or checkpoint is either complete on disk or absent.
 
 A write goes to a temporary ``.NAME.p<pid>.<random>.tmp`` beside ``NAME`` and is renamed
-over it once complete. The temporary is created like ``open(path, "w")`` would create
-the file (mode 0666 minus the umask), so a shared run folder stays readable by others.
+over it once complete. The file gets the mode ``open(path, "w")`` would give it (0666
+minus the umask), so a shared run folder stays readable by others.
 A process killed mid-write leaves its temporary behind: the next write of the same
 file removes the temporaries of writers that no longer run.
 """
@@ -27,10 +27,11 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path.parent, path.name)
     tmp = path.with_name(f".{path.name}.p{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 applies the umask, as a plain open() would (mkstemp gives 0600)
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
+        # the mode a plain open() gives; writers such as safetensors recreate the file 0600
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -54,6 +55,20 @@ def remove_stale_temporaries(directory: str | os.PathLike, name: str | None = No
                 tmp.unlink()
         except FileNotFoundError:  # its writer finished or another sweep took it
             pass
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
 
 
 def _running(pid: int) -> bool:
