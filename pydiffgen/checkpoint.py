@@ -103,12 +103,15 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise CheckpointError(f"{desc} has no model config (expected a dict with a 'name')")
     kwargs = {k: v for k, v in config.items() if k != "name"}
+    meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+    shape = meta.get("data_shape")  # the images it was trained on, when train() saved it
     try:
-        model = build(config["name"], **kwargs)
-    except ConfigError as err:
+        model = build(config["name"], data_shape=shape if _is_shape(shape) else None,
+                      **kwargs)
+    except (ConfigError, InputError) as err:
         raise CheckpointError(f"{desc}: cannot rebuild the model: {err}") from None
     load_state_tensors(model, tensors, source=weights)
-    model.meta = info.get("meta") or {}  # e.g. data_shape and train_config from train()
+    model.meta = meta  # e.g. data_shape and train_config from train()
     return model.to(device).eval()
 
 
@@ -364,6 +367,11 @@ def read_tensors(path, *, device="cpu") -> tuple[dict[str, torch.Tensor], dict[s
             "delete it and save or train again"
         ) from None
     return tensors, meta
+
+
+def _is_shape(shape) -> bool:
+    return (isinstance(shape, list) and len(shape) >= 2
+            and all(isinstance(s, int) and s > 0 for s in shape))
 
 
 def _json_normal(obj):
