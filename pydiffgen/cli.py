@@ -78,17 +78,19 @@ def _report_only(exp: Experiment, run) -> int:
 def cmd_train(args) -> int:
     from . import data, models, training
 
-    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
+    x, info = data.load(args.data, return_info=True, **cfgmod.parse_options(args.data_option))
     defaults = training.TrainConfig(steps=2000, batch_size=64)
     config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
     model_options = cfgmod.parse_options(args.model_option)
     import torch
 
     torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
-    model = models.build(args.model, channels=x.shape[1], **model_options)
+    model = models.build(args.model, channels=x.shape[1], data_shape=tuple(x.shape[1:]),
+                         **model_options)
     with _hold(args.out, "training run"):
         result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                                progress=not args.quiet, distributed=_world() > 1)
+                                progress=not args.quiet, distributed=_world() > 1,
+                                dataset={"name": args.data, "options": info["options"]})
     if _world() > 1 and not _is_main():
         return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
