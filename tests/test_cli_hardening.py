@@ -190,7 +190,8 @@ def test_a_decompression_bomb_is_one_line(files, tmp_path, capsys):
         + chunk(b"IDAT", zlib.compress(b"\0" * 14001)) + chunk(b"IEND", b""))
     assert main(["--quiet", "audit", "--samples", str(tmp_path / "imgs"), "--train",
                  str(files / "x.npy"), "--out", str(tmp_path / "o")]) == 1
-    assert "too large" in _one_line_error(capsys)
+    message = _one_line_error(capsys)
+    assert "big.png" in message and "exceeds limit" in message  # names the file and why
     assert not (tmp_path / "o").exists()
 
 

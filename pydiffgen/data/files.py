@@ -136,7 +136,8 @@ def folder(*, path, size: int | None = None, grayscale: bool = False, center_cro
     Returns ``[N, 1 or 3, H, W]``. Without ``size`` all images must share one shape. With
     ``size`` each image is centre-cropped to a square (``center_crop=True``) or squashed
     (``False``), then resized to ``size × size``. 16-bit grayscale and float files in
-    [0, 1] keep their precision; 32-bit integer files are refused. ``info["files"]`` lists the file names in order.
+    [0, 1] keep their precision; 32-bit integer files are refused. ``info["files"]`` lists
+    the file names in order.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -152,7 +153,7 @@ def folder(*, path, size: int | None = None, grayscale: bool = False, center_cro
                 unit = _pil_to_unit(img, grayscale)  # [C, H, W]
         except DataError as err:  # a ValueError too: say which file, once
             raise DataError(f"{f}: {err}") from None
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{f}: cannot be read as an image ({err})") from None
         if size is not None:
             if center_crop:
