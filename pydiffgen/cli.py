@@ -79,8 +79,7 @@ def cmd_train(args) -> int:
     from . import data, models, training
 
     x, info = data.load(args.data, return_info=True, **cfgmod.parse_options(args.data_option))
-    defaults = training.TrainConfig(steps=2000, batch_size=64)
-    config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
+    config = cfgmod.from_arguments(training.TrainConfig, args, _train_defaults())
     model_options = cfgmod.parse_options(args.model_option)
     import torch
 
@@ -408,6 +407,13 @@ def _add_experiment(sub: _Subcommands, name: str, exp: Experiment) -> None:
 _KEY_VALUE = "KEY=VALUE, repeatable; values parse as JSON when they can"
 
 
+def _train_defaults():
+    """What ``pydiffgen train`` trains when a flag is not given."""
+    from .training import TrainConfig
+
+    return TrainConfig(steps=2000, batch_size=64)
+
+
 def _add_train(sub: _Subcommands) -> None:
     from .training import TrainConfig
 
@@ -421,7 +427,7 @@ def _add_train(sub: _Subcommands) -> None:
     s.add_argument("--out", required=True, help="checkpoint folder")
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue the training checkpoint in --out")
-    cfgmod.add_arguments(s, TrainConfig)
+    cfgmod.add_arguments(s, TrainConfig, _train_defaults())
     s.set_defaults(func=cmd_train)
 
 
