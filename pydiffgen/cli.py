@@ -268,6 +268,24 @@ def _audit(args, config, train, train_info, model, samples, features) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    """Feature-space metrics of --fake against --real (and --train / --test), with CIs."""
+    from .experiments import feature_metrics as fm
+
+    metrics = fm.parse_metrics(args.metrics)  # a wrong name fails before any work
+    out = Path(args.out)
+    with _hold(out, "metrics run"):
+        result = fm.feature_metrics(
+            args.real, args.fake, train=args.train, test=args.test, encoder=args.encoder,
+            metrics=metrics, k=args.k, n_boot=args.n_boot, seed=args.seed,
+            batch_size=args.batch_size, trust_code=args.trust_torchscript,
+            device=args.device, cache=out / "features", progress=not args.quiet)
+        report = fm.write_metrics(result, out)
+    print(fm.format_table(result))
+    print(f"metrics: {out / 'metrics.json'}; report: {report}")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from . import available_backends
 
@@ -369,6 +387,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_experiment(groups[group[0]] if group else sub, name, exp)
     _add_jacobian(sub)
     _add_audit(sub)
+    _add_metrics(sub)
     s = sub.add("backends", "what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
     s = sub.add("datasets", "list dataset names")
@@ -515,6 +534,39 @@ def _add_audit(sub: _Subcommands) -> None:
     s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
+
+
+_ENCODER_HELP = ("pixel | pixel:pool=P | inception:FILE | dinov2:DIR | clip:DIR | "
+                 "torchscript:FILE (local weights only)")
+
+
+def _add_metrics(sub: _Subcommands) -> None:
+    from .experiments.feature_metrics import METRICS
+
+    s = sub.add("metrics", "feature-space metrics (PRDC, FD, KID, AuthPct, C_T, FLD, "
+                "extraction, copy score) with bootstrap confidence intervals")
+    s.add_argument("--real", required=True, metavar="FILE[:KEY]",
+                   help=f"the real images: {_IMAGES_HELP}")
+    s.add_argument("--fake", required=True, metavar="FILE[:KEY]",
+                   help="the generated images, in the same formats")
+    s.add_argument("--train", metavar="FILE[:KEY]",
+                   help="the generator's training images (AuthPct, C_T, FLD, extraction, copy)")
+    s.add_argument("--test", metavar="FILE[:KEY]",
+                   help="images held out from training (C_T, FLD)")
+    s.add_argument("--encoder", default="pixel", help=_ENCODER_HELP)
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
+    s.add_argument("--metrics", default="all", help=f"all, or a comma list of "
+                   f"{', '.join(METRICS)}")
+    s.add_argument("--k", type=_positive_int, default=5, help="PRDC's nearest neighbours")
+    s.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KID, C_T")
+    s.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images per encoder call")
+    s.add_argument("--device", default="cpu", help="where the encoder runs")
+    s.add_argument("--out", default="runs/metrics", help="output folder (features/ cache, "
+                   "metrics.json, report.html)")
+    s.set_defaults(func=cmd_metrics)
 
 
 def _experiment(name: str) -> Experiment:
