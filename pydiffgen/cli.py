@@ -257,8 +257,13 @@ def _audit(args, config, train, train_info, model, samples, features) -> int:
     device = args.device  # the searches run there too
     if features is not None:
         features = {k: v.to(device) for k, v in features.items()}
+    encoder = None
+    if args.encoder:
+        from .features import load_encoder
+
+        encoder = load_encoder(args.encoder, device=device, trust_code=args.trust_torchscript)
     result = au.audit(samples.to(device), train.to(device), features=features, config=config,
-                      sources=sources, progress=not args.quiet and _is_main())
+                      sources=sources, encoder=encoder, progress=not args.quiet and _is_main())
     if not _is_main():  # under torchrun every rank searched its shard; rank 0 reports
         return 0
     report = au.write_audit_report(result, out)
@@ -514,6 +519,10 @@ _IMAGES_HELP = ("a .npy array [N, C, H, W] or [N, H, W], an .npz or .safetensors
                 ".jpg, ...)")
 
 
+_ENCODER_HELP = ("pixel | pixel:pool=P | inception:FILE | dinov2:DIR | clip:DIR | "
+                 "torchscript:FILE (local weights only)")
+
+
 def _add_audit(sub: _Subcommands) -> None:
     from .experiments.audit import AuditConfig
 
@@ -523,6 +532,10 @@ def _add_audit(sub: _Subcommands) -> None:
                    help="the training set, in the same formats")
     s.add_argument("--features", metavar="FILE.npz",
                    help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s.add_argument("--encoder", help=f"add the field's feature-space metrics on this "
+                   f"encoder's features: {_ENCODER_HELP}")
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
     s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
                    "diffusers UNet2DModel folder to sample from")
     s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
@@ -534,10 +547,6 @@ def _add_audit(sub: _Subcommands) -> None:
     s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
-
-
-_ENCODER_HELP = ("pixel | pixel:pool=P | inception:FILE | dinov2:DIR | clip:DIR | "
-                 "torchscript:FILE (local weights only)")
 
 
 def _add_metrics(sub: _Subcommands) -> None:

@@ -81,6 +81,16 @@ def audit_report(result, summary: dict, out_dir) -> Path:
          for name, s in summary["spaces"].items()],
     )
 
+    section = summary.get("encoder_metrics")
+    if section:
+        rep.heading(f"Feature space: {section['encoder']} ({section['feature_dim']} features)")
+        rep.paragraph("The field's metrics of the samples against the training set (PRDC "
+                      "with the training set as the real one), each with its bootstrap "
+                      "interval over resampled samples.", "note")
+        rep.table(["metric", "value", "low", "high"],
+                  [[name, r["value"], r["low"], r["high"]]
+                   for name, r in section["metrics"].items()])
+
     rep.heading("Relative distance to the nearest training image")
     rep.figure(ratio_figure(summary["spaces"]), "ratio",
                "Ratio of the distance to the nearest training image over the distance to the "
