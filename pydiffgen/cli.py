@@ -256,14 +256,37 @@ def _audit(args, config, train, train_info, model, samples, features) -> int:
     device = args.device  # the searches run there too
     if features is not None:
         features = {k: v.to(device) for k, v in features.items()}
+    encoder = None
+    if args.encoder:
+        from .features import load_encoder
+
+        encoder = load_encoder(args.encoder, device=device, trust_code=args.trust_torchscript)
     result = au.audit(samples.to(device), train.to(device), features=features, config=config,
-                      sources=sources, progress=not args.quiet and _is_main())
+                      sources=sources, encoder=encoder, progress=not args.quiet and _is_main())
     if not _is_main():  # under torchrun every rank searched its shard; rank 0 reports
         return 0
     report = au.write_audit_report(result, out)
     px = result.spaces["pixel"].memorization
     print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
           f"duplicates in train {len(result.duplicates.dropped)}; report: {report}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    """Feature-space metrics of --fake against --real (and --train / --test), with CIs."""
+    from .experiments import feature_metrics as fm
+
+    metrics = fm.parse_metrics(args.metrics)  # a wrong name fails before any work
+    out = Path(args.out)
+    with _hold(out, "metrics run"):
+        result = fm.feature_metrics(
+            args.real, args.fake, train=args.train, test=args.test, encoder=args.encoder,
+            metrics=metrics, k=args.k, n_boot=args.n_boot, seed=args.seed,
+            batch_size=args.batch_size, trust_code=args.trust_torchscript,
+            device=args.device, cache=out / "features", progress=not args.quiet)
+        report = fm.write_metrics(result, out)
+    print(fm.format_table(result))
+    print(f"metrics: {out / 'metrics.json'}; report: {report}")
     return 0
 
 
@@ -368,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_experiment(groups[group[0]] if group else sub, name, exp)
     _add_jacobian(sub)
     _add_audit(sub)
+    _add_metrics(sub)
     s = sub.add("backends", "what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
     s = sub.add("datasets", "list dataset names")
@@ -501,6 +525,10 @@ _IMAGES_HELP = ("a .npy array [N, C, H, W] or [N, H, W], an .npz or .safetensors
                 ".jpg, ...)")
 
 
+_ENCODER_HELP = ("pixel | pixel:pool=P | inception:FILE | dinov2:DIR | clip:DIR | "
+                 "torchscript:FILE (local weights only)")
+
+
 def _add_audit(sub: _Subcommands) -> None:
     from .experiments.audit import AuditConfig
 
@@ -510,6 +538,10 @@ def _add_audit(sub: _Subcommands) -> None:
                    help="the training set, in the same formats")
     s.add_argument("--features", metavar="FILE.npz",
                    help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s.add_argument("--encoder", help=f"add the field's feature-space metrics on this "
+                   f"encoder's features: {_ENCODER_HELP}")
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
     s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
                    "diffusers UNet2DModel folder to sample from")
     s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
@@ -521,6 +553,35 @@ def _add_audit(sub: _Subcommands) -> None:
     s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
+
+
+def _add_metrics(sub: _Subcommands) -> None:
+    from .experiments.feature_metrics import METRICS
+
+    s = sub.add("metrics", "feature-space metrics (PRDC, FD, KID, AuthPct, C_T, FLD, "
+                "extraction, copy score) with bootstrap confidence intervals")
+    s.add_argument("--real", required=True, metavar="FILE[:KEY]",
+                   help=f"the real images: {_IMAGES_HELP}")
+    s.add_argument("--fake", required=True, metavar="FILE[:KEY]",
+                   help="the generated images, in the same formats")
+    s.add_argument("--train", metavar="FILE[:KEY]",
+                   help="the generator's training images (AuthPct, C_T, FLD, extraction, copy)")
+    s.add_argument("--test", metavar="FILE[:KEY]",
+                   help="images held out from training (C_T, FLD)")
+    s.add_argument("--encoder", default="pixel", help=_ENCODER_HELP)
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
+    s.add_argument("--metrics", default="all", help=f"all, or a comma list of "
+                   f"{', '.join(METRICS)}")
+    s.add_argument("--k", type=_positive_int, default=5, help="PRDC's nearest neighbours")
+    s.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KID, C_T")
+    s.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images per encoder call")
+    s.add_argument("--device", default="cpu", help="where the encoder runs")
+    s.add_argument("--out", default="runs/metrics", help="output folder (features/ cache, "
+                   "metrics.json, report.html)")
+    s.set_defaults(func=cmd_metrics)
 
 
 def _experiment(name: str) -> Experiment:
