@@ -403,11 +403,12 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
     """Audit ``samples`` [M, *F] against the training set ``train`` [N, *F] (N ≥ 2).
 
     ``features``: optional precomputed embeddings ``{"samples": [M, D], "train": [N, D]}``
-    (e.g. SSCD or DINO), audited the same way in feature space. The searches run where
-    the tensors are (CUDA: the Triton knn); results come back on the CPU. ``sources``: free-form
+    (e.g. SSCD or DINO), audited the same way in feature space. The searches run where the
+    tensors are (CUDA: the Triton knn); results come back on the CPU. ``sources``: free-form
     description of the inputs, kept in the summary. ``encoder``: an encoder or its spec
-    (:func:`pydiffgen.features.load_encoder`) adding :func:`encoder_section`. Memory: the inputs plus a mean-removed
-    copy of each (pixel cosines) and chunk_size × key-tile scores; never M × N.
+    (:func:`pydiffgen.features.load_encoder`) adding :func:`encoder_section`. Memory: the
+    inputs plus a mean-removed copy of each (pixel cosines) and chunk_size × key-tile
+    scores; never M × N.
     """
     config = config or AuditConfig()
     check_positive_float(config.threshold, "threshold")

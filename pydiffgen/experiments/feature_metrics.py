@@ -23,8 +23,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import metrics as mt
 from .._checks import check_positive_int
 from ..errors import InputError
