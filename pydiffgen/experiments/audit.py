@@ -496,13 +496,13 @@ def load_features(path) -> dict:
 
 
 def load_denoiser(path, *, device="cpu"):
-    """A pydiffgen checkpoint (``load_model``) or a diffusers UNet2DModel folder
-    (:class:`pydiffgen.models.adapters.DiffusersDenoiser`)."""
+    """A pydiffgen checkpoint (``load_model``) or a diffusers folder
+    (:func:`pydiffgen.models.adapters.load_diffusers`)."""
     from ..checkpoint import load_model
-    from ..models.adapters import DiffusersDenoiser, is_diffusers_dir
+    from ..models.adapters import is_diffusers_dir, load_diffusers
 
     if is_diffusers_dir(path):
-        return DiffusersDenoiser.from_pretrained(path, device=device)
+        return load_diffusers(path, device=device)
     return load_model(path, device=device)
 
 
