@@ -12,6 +12,7 @@ diffusers = pytest.importorskip("diffusers")
 from diffusers_nets import CLASSES, EMBED, NETWORKS, save_pipeline  # noqa: E402
 
 from pydiffgen.cli import main  # noqa: E402
+from pydiffgen.diffusion.guidance import guided  # noqa: E402
 from pydiffgen.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from pydiffgen.models.adapters import (  # noqa: E402
     DiffusersDenoiser,
@@ -142,15 +143,21 @@ def _vae():
         shift_factor=0.1).eval()
 
 
-def test_latent_pipeline_encodes_and_decodes_as_its_vae(tmp_path):
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory):
+    """A latent pipeline: a UNet on 2×4×4 latents, an AutoencoderKL for 1×8×8 images."""
     torch.manual_seed(4)
     unet = diffusers.UNet2DModel(
         sample_size=4, in_channels=2, out_channels=2, layers_per_block=1,
         block_out_channels=(8, 16), down_block_types=("DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D"), norm_num_groups=4)
+    return save_pipeline(tmp_path_factory.mktemp("latent"), unet,
+                         diffusers.DDIMScheduler(num_train_timesteps=T), vae=_vae())
+
+
+def test_latent_pipeline_encodes_and_decodes_as_its_vae(latent_dir, tmp_path):
     vae = _vae()
-    save_pipeline(tmp_path, unet, diffusers.DDIMScheduler(num_train_timesteps=T), vae=vae)
-    D = load_diffusers(tmp_path)
+    D = load_diffusers(latent_dir)
     assert D.latent and not D.conditional and D.null_cond is None
     assert D.meta["data_shape"] == [2, 4, 4] and D.meta["pixel_shape"] == [1, 8, 8]
     x = torch.rand(3, 1, 8, 8) * 2 - 1
@@ -243,7 +250,13 @@ def test_conditions_and_null_conditions(tmp_path, saved_networks, net_name):
             D(y, 1.0)
     else:  # DiT's label-dropout row, as DiTPipeline's guidance uses
         assert D.null_cond.tolist() == [CLASSES]
-        assert torch.equal(D(y, 1.0), D(y, 1.0, torch.tensor([CLASSES] * 2)))
+        null = D(y, 1.0, torch.tensor([CLASSES] * 2))
+        assert torch.equal(D(y, 1.0), null)
+        # classifier-free guidance through the adapter: D_∅ + w·(D_c − D_∅); w = 1: D_c
+        cond = D(y, 1.0, labels)
+        assert torch.allclose(guided(D, labels, 2.5)(y, 1.0), null + 2.5 * (cond - null),
+                              atol=1e-6)
+        assert torch.equal(guided(D, labels, 1.0)(y, 1.0), null + 1.0 * (cond - null))
 
 
 # --- what is refused ------------------------------------------------------------------------
@@ -303,3 +316,24 @@ def test_scheduler_sigmas_are_its_own_or_refused(tmp_path):
         num_train_timesteps=T, use_karras_sigmas=True).save_pretrained(tmp_path)
     with pytest.raises(ConfigError, match="DPMSolverMultistepScheduler: .*timesteps other"):
         load_diffusers(tmp_path).scheduler_sigmas(6)
+
+
+def test_cli_audit_model_on_a_dit_pipeline(saved_networks, tmp_path, capsys):
+    """A class-conditional transformer samples its null class (unconditional) in an audit."""
+    (tmp_path / "dit" / "transformer").parent.mkdir()
+    (tmp_path / "dit" / "transformer").symlink_to(saved_networks["dit"])
+    diffusers.DDIMScheduler(num_train_timesteps=T).save_pretrained(tmp_path / "dit" / "scheduler")
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).uniform(-1, 1, (20, 1, 8, 8)))
+    assert main(["--quiet", "audit", "--model", str(tmp_path / "dit"), "--train",
+                 str(tmp_path / "t.npy"), "--n", "3", "--sampler-option", "steps=3",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "audit.json").read_text())["image_shape"] == [1, 8, 8]
+
+
+def test_cli_audit_model_on_a_latent_pipeline(latent_dir, tmp_path):
+    """A latent model's samples are decoded and audited as images."""
+    np.save(tmp_path / "t.npy", np.random.default_rng(0).uniform(-1, 1, (20, 1, 8, 8)))
+    assert main(["--quiet", "audit", "--model", str(latent_dir), "--train",
+                 str(tmp_path / "t.npy"), "--n", "3", "--sampler-option", "steps=3",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert json.loads((tmp_path / "o" / "audit.json").read_text())["image_shape"] == [1, 8, 8]
