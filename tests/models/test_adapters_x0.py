@@ -20,9 +20,13 @@ SCHEDULERS = {  # name -> (class, options, prediction types)
     "ddim": ("DDIMScheduler", dict(VP, clip_sample=False), PREDICTIONS),
     "euler": ("EulerDiscreteScheduler", VP, PREDICTIONS),
     "euler_karras": ("EulerDiscreteScheduler", dict(VP, use_karras_sigmas=True), ("epsilon",)),
+    "euler_continuous": ("EulerDiscreteScheduler", dict(VP, timestep_type="continuous"),
+                         ("v_prediction",)),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", VP, ("epsilon", "v_prediction")),
     "dpm": ("DPMSolverMultistepScheduler", VP, PREDICTIONS),
     "edm": ("EDMEulerScheduler", dict(sigma_max=20.0), ("epsilon", "v_prediction")),
+    "edm_dpm": ("EDMDPMSolverMultistepScheduler", dict(sigma_max=20.0),
+                ("epsilon", "v_prediction")),
     "score_sde_ve": ("ScoreSdeVeScheduler", dict(sigma_max=20.0), (None,)),
 }
 # the default suite takes each scheduler × prediction type once, the networks in turn; the
@@ -79,6 +83,9 @@ def _scheduler_x0(sched, kind, net, x0, noise):
         if kind == "DPMSolverMultistepScheduler":  # works on x_t = y/√(1+σ²) and keeps x0
             x_t = y / (1 + s**2).sqrt()
             sched.step(net(x_t, t), t, x_t)
+            yield y, s, sched.model_outputs[-1]
+        elif kind == "EDMDPMSolverMultistepScheduler":  # works on y, keeps x0
+            sched.step(net(sched.scale_model_input(y, t), t), t, y)
             yield y, s, sched.model_outputs[-1]
         else:  # Euler, EDM: work on y and scale the network input themselves
             out = net(sched.scale_model_input(y, t), t)

@@ -21,7 +21,7 @@ LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, NotImplementedError)
 def load_diffusers(path, *, device=None, dtype=None,
                    clip_sample: bool | None = None) -> DiffusersDenoiser:
     """The denoiser of the diffusers folder ``path`` (pipeline or model folder), on
-    ``device`` with weights in ``dtype`` (both as saved when None).
+    ``device`` (None: the CPU) with weights in ``dtype`` (None: each library's default).
 
     The network (``unet/`` or ``transformer/``) with its scheduler's σ map; a ``vae/``
     (``AutoencoderKL``) makes it latent; ``text_encoder/`` + ``tokenizer/`` (CLIP) let it

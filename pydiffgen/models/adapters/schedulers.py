@@ -38,20 +38,20 @@ import torch
 from ...errors import ConfigError
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-# the σ table of these is their ``sigmas`` after set_timesteps (last entry the final σ)
-SIGMA_TABLE = (
+# ᾱ schedules whose σ table is their ``sigmas`` after set_timesteps (last: the final σ);
+# DDPM and DDIM step over timesteps instead
+ALPHA_BAR_SIGMAS = (
     "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "LMSDiscreteScheduler",
     "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler",
-    "UniPCMultistepScheduler", "EDMEulerScheduler", "EDMDPMSolverMultistepScheduler",
+    "UniPCMultistepScheduler",
 )
 # these train on ᾱ_t from the beta-schedule fields but step through repeated or
 # interleaved timesteps (no single σ table), so they give a denoiser but no ``sigmas``
 ALPHA_BAR_ONLY = ("PNDMScheduler", "HeunDiscreteScheduler", "KDPM2DiscreteScheduler",
                   "KDPM2AncestralDiscreteScheduler")
-ALPHA_BAR = ("DDPMScheduler", "DDIMScheduler", *SIGMA_TABLE[:7], *ALPHA_BAR_ONLY)
-EDM_FAMILY = SIGMA_TABLE[7:]
-SUPPORTED = (*ALPHA_BAR, *EDM_FAMILY, "ScoreSdeVeScheduler")
-
+EDM_FAMILY = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+SUPPORTED = ("DDPMScheduler", "DDIMScheduler", *ALPHA_BAR_SIGMAS, *ALPHA_BAR_ONLY,
+             *EDM_FAMILY, "ScoreSdeVeScheduler")
 
 def _rows(v: torch.Tensor) -> torch.Tensor:
     """[B] → [B, 1, 1, 1] to scale images."""
@@ -85,8 +85,8 @@ class DiscreteVP:
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
         """The network's time for σ [B]: t(σ) in [0, T−1] (linear in log σ between steps)."""
-        if self.continuous_time:
-            return 0.25 * sigma.double().log()
+        if self.continuous_time:  # σ = 0 kept finite, as in EDM below
+            return 0.25 * sigma.double().clamp_min(1e-20).log()
         ls = self.log_sigmas.to(sigma.device)
         log_sigma = sigma.to(ls).log()  # σ = 0 → −inf → t = 0
         hi = torch.searchsorted(ls, log_sigma).clamp(1, len(ls) - 1)
