@@ -187,3 +187,14 @@ def test_bad_sigmas_are_refused():
             sample(lambda y, s: y, 2, (3,), "heun", sigmas=bad)
     with pytest.raises(InputError, match="takes no sigmas"):
         sample(lambda y, s: y, 2, (3,), "kadkhodaie", sigmas=[1.0, 0.0])
+
+
+def test_an_analysis_taking_D_y_sigma_runs_on_a_guided_model(cond_unet):
+    from pydiffgen.analysis import jacobian
+
+    y = torch.randn(1, 1, 8, 8)
+    J = {c: jacobian(guided(cond_unet, torch.tensor([c])), y, 0.7) for c in (1, 3)}
+    J_w = jacobian(guided(cond_unet, torch.tensor([1]), 2.5), y, 0.7)
+    assert J_w.shape == (1, 64, 64)
+    # the guided Jacobian is the same combination of the two Jacobians
+    torch.testing.assert_close(J_w, J[3] + 2.5 * (J[1] - J[3]), rtol=1e-4, atol=1e-5)
