@@ -28,7 +28,15 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_positive_int, check_tensor
-from ..diffusion import edm_euler, expand_cond, guided, karras_sigmas, sample, slice_cond
+from ..diffusion import (
+    edm_euler,
+    expand_cond,
+    guided,
+    guided_call,
+    karras_sigmas,
+    sample,
+    slice_cond,
+)
 from ..diffusion.guidance import check_guidance
 from ..errors import InputError
 from ..metrics import MemorizationReport, memorization
@@ -130,12 +138,11 @@ def wen_score(
 def _magnitude(denoiser, y, sigma, cond, attribute: bool):
     """‖D(y, σ, ∅) − D(y, σ, c)‖/σ per row of y [B, *F] (σ [B]), and with ``attribute`` the
     per-token norm [L] of the gradient of its mean w.r.t. the embeddings c [1, L, E]."""
-    B = y.shape[0]
     with eval_mode(denoiser), torch.no_grad():
-        D_u = denoiser(y, sigma, expand_cond(denoiser.null_cond, B).to(y.device))
+        D_u = guided_call(denoiser, y, sigma, denoiser.null_cond)
     with eval_mode(denoiser), torch.set_grad_enabled(attribute):
         e = cond.detach().clone().requires_grad_(True) if attribute else cond
-        D_c = denoiser(y, sigma, expand_cond(e, B))
+        D_c = guided_call(denoiser, y, sigma, e)
         # ε(y, c) − ε(y, ∅) = (D(y, ∅) − D(y, c)) / σ
         diff = (D_u - D_c) / sigma.view(-1, *([1] * (y.ndim - 1)))
         mag = diff.flatten(1).norm(dim=1)  # [B]

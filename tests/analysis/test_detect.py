@@ -166,3 +166,25 @@ def test_detector_auc_matches_roc_auc_with_ties():
         assert detector_auc(scores, labels.bool()) == pytest.approx(want, abs=1e-12)
     assert detector_auc([3.0, 1.0, 2.0], [1, 0, 0]) == 1.0
     assert detector_auc([1.0, 1.0], [1, 0]) == 0.5
+
+
+class DictModel(TokenModel):
+    """:class:`TokenModel` taking its embeddings as ``cond={"emb": [B, 3, 4]}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.null_cond = {"emb": torch.zeros(1, 3, 4)}
+
+    def forward(self, y, sigma, cond=None):
+        return super().forward(y, sigma, (cond or self.null_cond)["emb"].expand(len(y), -1, -1))
+
+
+def test_wen_score_takes_dict_conditions():
+    torch.manual_seed(0)
+    tok, dct = TokenModel(), DictModel()
+    dct.load_state_dict(tok.state_dict())
+    prompts = torch.randn(2, 3, 4)
+    kw = {"shape": (6,), "steps": 2, "seeds": (0, 1), "sigmas": karras_sigmas(5, sigma_max=2.0)}
+    a, b = wen_score(tok, prompts, **kw), wen_score(dct, {"emb": prompts}, **kw)
+    torch.testing.assert_close(a.score, b.score)
+    assert b.tokens is None  # attribution is for a bare [K, L, E] tensor
