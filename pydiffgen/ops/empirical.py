@@ -7,9 +7,10 @@ covariance of the training points), which gives the VJP used by autograd.
 Numerics (docs/design.md#numerics): training tiles are streamed with a flash-decoding-style online
 merge of (max, sum, weighted sum); no [M, N] matrix is ever held. The training mean is
 subtracted before the ‖y‖² + ‖x‖² − 2⟨y, x⟩ expansion. A logit's error is the distance
-error / 2σ², so every backend bounds it: where the float32 bound exceeds ``lse.LOGIT_TOL``
-(small σ), the rows are recomputed exactly (``exact_rows``), so σ = 0.002 on [-1, 1]
-data returns the nearest training image, never NaN.
+error / 2σ², so every backend bounds it, and rows whose bound could move the output by
+more than ``lse.TOL`` relative (bound in ``ops.lse``) are recomputed exactly
+(``exact_rows``): every backend is within 1e-6 relative of the float64 softmax at every
+σ, and σ = 0.002 on [-1, 1] data returns the nearest training image, never NaN.
 
 Backends in priority order:
   CUDA: triton (pydiffgen.kernels.empirical, custom op pydiffgen::empirical_denoiser_triton)
@@ -33,7 +34,7 @@ from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import dispatch, lse, reference
 from ._register import register, transformed
-from .exact import check_finite, softmax_gather64
+from .exact import centre, check_finite, softmax_gather64
 from .knn import search
 
 
@@ -190,35 +191,50 @@ def _register_fast(name):
     return register(name, fake=fake, setup_context=setup_context, backward=_backward)
 
 
-def exact_rows(y, x, sig):
-    """D_M float64 [M, D] for rows whose fast logits are too coarse (small σ): the softmax
-    over the lse.CANDIDATES nearest points, or where they do not certify it (many near
-    ties at that σ) the float64 reference. Differentiable in y."""
-    m, s, a, c = lse.candidate_partials(y, x, sig)
-    out = a / s[:, None]
-    bad = lse.uncertified(m, c)
-    if bool(bad.any()):
-        out[bad] = _reference(y[bad].double(), x.double(), sig[bad])
+def exact_rows(y, x, sig, err, dense64):
+    """D_M float64 [M, D] for rows whose fast result is not certified (``lse``): where the
+    float32 logits are hopeless (err > lse.LOGIT_TOL, small σ), the softmax over the
+    lse.CANDIDATES nearest points; the other rows, and those the candidates do not certify
+    (many near ties at that σ), by ``dense64`` (y, x, σ) -> D, a float64 pass.
+    Differentiable in y."""
+    out = torch.empty(y.shape, dtype=torch.float64, device=y.device)
+    dense = err <= lse.LOGIT_TOL
+    small = (~dense).nonzero().squeeze(1)
+    if len(small):
+        m, s, a, c = lse.candidate_partials(y[small], x, sig[small])
+        out[small] = a / s[:, None]
+        dense[small[lse.uncertified(m, c)]] = True
+    if bool(dense.any()):
+        out[dense] = dense64(y[dense].double(), x.double(), sig[dense]).double()
     return out
 
 
-def _corrected(fast):
-    """A fast backend's forward: rows whose logit error exceeds lse.LOGIT_TOL are replaced
-    by ``exact_rows``."""
+def _corrected(fast, dense64):
+    """A fast backend's forward: rows whose output error bound exceeds lse.TOL relative
+    (``lse.certified``) are replaced by ``exact_rows``. Rows that cannot be certified even
+    if D were the training centre (the large-σ limit) skip the fast pass."""
 
     def forward(y, x, sig):
-        out, err = fast(y, x, sig)
-        bad = err > lse.LOGIT_TOL
+        err = lse.fast_error(y, x, sig)  # [M], the kernels' estimate, before the pass
+        mu = centre(x).to(y.dtype).expand(y.shape)
+        bad = ~lse.certified(err, mu, x)
+        out = torch.empty_like(y)
+        if not bool(bad.all()):
+            ok = ~bad
+            out[ok], err[ok] = fast(y[ok], x, sig[ok])
+            bad[ok] = ~lse.certified(err[ok], out[ok], x)
         if bool(bad.any()):
-            out = out.clone()
-            out[bad] = exact_rows(y[bad], x, sig[bad]).to(out.dtype)
+            out[bad] = exact_rows(y[bad], x, sig[bad], err[bad], dense64).to(out.dtype)
         return out
 
     return forward
 
 
 _CPP_WHY_NOT = _native.cpu_why_not("empirical_denoiser")
-_cpp = _corrected(_register_fast("empirical_denoiser")) if _CPP_WHY_NOT is None else None
+if _CPP_WHY_NOT is None:
+    _cpp_fast = _register_fast("empirical_denoiser")
+    # the C++ kernel in float64 costs about its float32 pass: the dense exact fallback
+    _cpp = _corrected(_cpp_fast, lambda y, x, sig: _cpp_fast(y, x, sig)[0])
 
 if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
@@ -232,7 +248,7 @@ if TRITON_WHY_NOT is None:
 
         return launch(y, train, sigma)
 
-    _triton = _corrected(_register_fast("empirical_denoiser_triton"))
+    _triton = _corrected(_register_fast("empirical_denoiser_triton"), _reference)
 
 
 _op = dispatch.op("empirical_denoiser")

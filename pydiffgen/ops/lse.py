@@ -6,21 +6,43 @@ is (m [M] = max_i l_i, s [M] = Σ_i exp(l_i − m), a [M, D] = Σ_i exp(l_i − 
 D_M = a / s. States of disjoint sets merge by rescaling each to the larger m
 (flash-decoding; docs/design.md#numerics).
 
-Exact rows: where the fast logits are too coarse (estimated error > LOGIT_TOL, small σ),
-the state over the CANDIDATES nearest points (``knn``, direct float64 logits) is D_M to
-within e^−MARGIN·N relative when every other point's logit is more than MARGIN below the
-largest one; ``uncertified`` names the rows where that does not hold (many near-ties).
+Exactness (docs/science.md#empirical-optimum-numerics). Target: ‖D̂ − D‖ ≤ 1e-6·‖D‖ per
+row, D the float64 softmax, D̂ the float32 output.
+
+1. Logit errors. If every logit carries an error |δ_i| ≤ Δ, the computed weights are
+   ŵ_i = w_i·e^(δ_i)/Σ_j w_j e^(δ_j), so e^(−2Δ) ≤ ŵ_i/w_i ≤ e^(2Δ), and since
+   Σ_i (ŵ_i − w_i) = 0,
+       ‖D̂ − D‖ = ‖Σ_i (ŵ_i − w_i)(x_i − D)‖ ≤ (e^(2Δ) − 1)·Σ_i w_i‖x_i − D‖
+                ≤ (e^(2Δ) − 1)·B,   B = R + ‖D − μ‖ ≥ max_i ‖x_i − D‖,
+   R = max_i ‖x_i − μ‖ for any point μ. A fast (float32) row is kept only when
+   (e^(2Δ) − 1)·B ≤ TOL·‖D̂‖ (``certified``); Δ is the backend's logit-error estimate
+   (``exact.logit_error``). The worst case ignores the averaging of independent
+   rounding errors, so float32 rows pass only at large σ (σ ≳ 30 on [-1, 1] digits);
+   the rest are recomputed in float64 (Δ ~ 1e-16·R²/σ²), which the fast backends do at
+   about the float32 cost on the CPU.
+2. Omitted points. Where the float32 logits are hopeless (Δ > LOGIT_TOL, small σ), the
+   state over the CANDIDATES nearest points (``knn``, direct float64 logits) replaces
+   the full one. Every other point has a logit ≤ c (the smallest candidate logit), so
+   the omitted weight fraction is ε ≤ (N − C)·e^(c − m) (s ≥ 1), and
+       ‖D_C − D‖ = ε‖D_rest − D_C‖ ≤ ε·B.
+   Rows are certified when c < m − MARGIN: ε·B ≤ N·e^−40·B ≤ TOL·‖D‖ whenever
+   N·B/‖D‖ ≤ 2·10^10; ``uncertified`` names the other rows (many near-ties), which are
+   recomputed by a float64 pass.
+3. TOL = 1e-7 leaves the rest of the 1e-6 budget to the float32 rounding of the weighted
+   sum and of the output (measured ≤ 3e-7 on digits, tests/ops/test_empirical_exact.py).
 """
 
 from __future__ import annotations
 
 import torch
 
-from .exact import centre, logit_error, softmax_gather64
+from .exact import centre, logit_error, radius, softmax_gather64
 from .knn import search
 
-# A row whose estimated logit error exceeds LOGIT_TOL is recomputed exactly: the output
-# error of D is about (logit error) × (spread of the weighted points).
+# The relative output error allotted to logit errors and omitted points (bound above).
+TOL = 1e-7
+# Above this logit error the float32 weights are meaningless (small σ): such rows take the
+# candidates' exact softmax rather than a dense float64 pass.
 LOGIT_TOL = 1e-2
 # Candidates per exact row, and the logit margin that certifies them: every training point
 # outside the candidates has a logit below max − MARGIN (weight < e^-40).
@@ -88,6 +110,24 @@ def candidate_partials(y, x, sig, C: int = CANDIDATES):
     if C == x.shape[0]:
         c = torch.full_like(c, float("-inf"))
     return m, s, a, c
+
+
+def certified(err, out, x):
+    """Rows of a fast result out [M, D] (logit error bound err [M]) over x [N, D] whose
+    output error, (e^(2·err) − 1)·B with B = R + ‖out − μ‖ ≥ max_i ‖x_i − D‖, is at most
+    TOL·‖out‖ (bound 1 above). Bool [M]."""
+    mu = centre(x).double()  # [D]
+    dev = (out.double() - mu).norm(dim=1)  # [M]
+    bound = torch.expm1(2 * err.double()) * (radius(x, mu) + dev)
+    return bound <= TOL * out.double().norm(dim=1)
+
+
+def fast_error(y, x, sig):
+    """The float32 logit-error estimate of the fast backends (``exact.logit_error``,
+    centred on ``exact.centre``) for rows y [M, D] over x [N, D], before any pass. [M]."""
+    mu = centre(x).double()  # [D]
+    R = radius(x, mu)
+    return logit_error((y.double() - mu).norm(dim=1), R * R, x.shape[1], torch.float32, sig)
 
 
 def uncertified(m_star, c):
