@@ -15,10 +15,11 @@ Dataset-scale search shards the *training set* across ranks (rank r holds rows
 - ``empirical_denoiser``: each rank reduces its shard to the online log-sum-exp state
   (m = max logit, s = Σ exp(l − m), a = Σ exp(l − m) x_i) of ``ops.lse``; an
   all_reduce MAX gives the global m*, and an all_reduce SUM of the partials rescaled by
-  exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows whose float32 logits are
-  too coarse (small σ) are recomputed exactly as in ``ops.empirical_denoiser``: float64
-  direct logits of each shard's 64 nearest points, certified when every other point of
-  every shard lies more than 40 below the global max logit, else a float64 pass.
+  exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows whose float32 logits
+  could move D_M by more than ``lse.TOL`` relative are recomputed exactly as in
+  ``ops.empirical_denoiser`` (the bound in ``ops.lse``): at small σ from float64 direct
+  logits of each shard's 64 nearest points, certified when every other point of every
+  shard lies more than 40 below the global max logit, else by a float64 pass.
 """
 
 from __future__ import annotations
@@ -334,34 +335,52 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
         return y.clone()
     _agree("empirical_denoiser", [float(sig.sum()), float(sig.min())], ["sigma", "sigma"],
            group)
-    m, s, a = _sharded_partials(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
+    out = _sharded_denoise(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
+    return out.to(y.dtype).reshape(shape)
+
+
+def _merge(m, s, a, group):
+    """D_M [M, D] float64 from every rank's log-sum-exp state (m, s, a)."""
     MAX, SUM = torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM
     m_star = _all_reduce(m, MAX, group)
     scale = torch.exp(m - m_star)  # 0 where this shard holds nothing (m = −inf)
     merged = torch.cat([s[:, None] * scale[:, None], a * scale[:, None]], dim=1)  # [M, 1 + D]
     merged = _all_reduce(merged, SUM, group)
-    return (merged[:, 1:] / merged[:, :1]).to(y.dtype).reshape(shape)
+    return merged[:, 1:] / merged[:, :1]
 
 
-def _sharded_partials(y, x, sig, group):
-    """This shard's log-sum-exp state (m, s, a) for rows y [M, D] (``ops.lse``), with the
-    rows whose logits are too coarse on any shard recomputed exactly on every shard:
-    candidates certified when every other point of every shard lies MARGIN below the
-    global max logit, else a float64 pass."""
+def _sharded_denoise(y, x, sig, group):
+    """D_M [M, D] float64 for rows y [M, D] over every rank's shard x, certified as in
+    ``ops.empirical_denoiser`` (``ops.lse``): fast rows whose output error bound, with the
+    largest logit error and spread bound of any shard, exceeds lse.TOL are recomputed on
+    every shard, from the candidates where the float32 logits are hopeless (certified when
+    every other point of every shard lies MARGIN below the global max logit), else by a
+    float64 pass."""
     from .ops import lse
+    from .ops.exact import centre, radius
 
     MAX = torch.distributed.ReduceOp.MAX
     m, s, a, err = lse.partials(y, x, sig)
-    bad = _all_reduce((err > lse.LOGIT_TOL).to(torch.float64), MAX, group).bool()
+    out = _merge(m, s, a, group)
+    mu = centre(x).double() if len(x) else out.new_zeros(out.shape[1])
+    spread = radius(x, mu) + (out - mu).norm(dim=1) if len(x) else torch.zeros_like(sig)
+    err, spread = _all_reduce(torch.stack([err, spread]), MAX, group)
+    u32 = torch.finfo(torch.float32).eps / 2  # bound 3 of ops.lse, the weighted sum
+    bad = torch.expm1(2 * err) * spread + u32 * len(x) ** 0.5 * spread > lse.TOL * out.norm(dim=1)
     if not bool(bad.any()):
-        return m, s, a
-    mb, sb, ab, c = lse.candidate_partials(y[bad], x, sig[bad])
-    m_star = _all_reduce(mb, MAX, group)
-    # points outside a shard's candidates have logits ≤ c
-    unsure = _all_reduce(lse.uncertified(m_star, c).to(torch.float64), MAX, group).bool()
-    if bool(unsure.any()):
-        sel = bad.nonzero().squeeze(1)[unsure]
-        mf, sf, af, _ = lse.partials(y[sel], x, sig[sel], torch.float64)
-        mb[unsure], sb[unsure], ab[unsure] = mf, sf, af
-    m[bad], s[bad], a[bad] = mb, sb, ab
-    return m, s, a
+        return out
+    rows = bad.nonzero().squeeze(1)
+    m, s, a = (t[rows] for t in lse.empty(len(y), y.shape[1], y.device))
+    small = err[rows] > lse.LOGIT_TOL  # the same on every rank (err is all-reduced)
+    dense = ~small
+    if bool(small.any()):
+        mc, sc, ac, c = lse.candidate_partials(y[rows[small]], x, sig[rows[small]])
+        m_star = _all_reduce(mc, MAX, group)
+        dense[small] = _all_reduce(lse.uncertified(m_star, c).to(torch.float64), MAX,
+                                   group).bool()
+        m[small], s[small], a[small] = mc, sc, ac
+    if bool(dense.any()):
+        sel = rows[dense]
+        m[dense], s[dense], a[dense], _ = lse.partials(y[sel], x, sig[sel], torch.float64)
+    out[rows] = _merge(m, s, a, group)
+    return out
