@@ -4,6 +4,8 @@ PYTHON ?= python3
 TORCH_PIN ?= torch==2.13.0
 PYTEST_ARGS ?=
 STAMP := .make/installed
+# the test extras (pytest, Triton) and diffusers, which tests use: `make test` only
+TEST_STAMP := .make/installed-test
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h)
 
 .PHONY: install demo test test-all bench lint clean gpu-check wheel
@@ -11,19 +13,31 @@ SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp
 install: $(STAMP)
 
 # Keep an existing torch (a GPU machine's CUDA build); otherwise take the pinned CPU build.
+# The runtime dependencies only: what `make demo` needs.
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "$(TORCH_PIN)"
 	$(PYTHON) -m pip install --quiet "setuptools>=69" wheel ninja numpy
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test,diffusers]"
+	$(PYTHON) -m pip install --no-build-isolation -e .
 	@mkdir -p $(dir $@) && touch $@
+
+# Its own stamp, so that `make test` after `make demo` still installs the test extras;
+# the extras' requirements are read from pyproject.toml (one list), installed without
+# rebuilding the package.
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	@# tomllib is Python >= 3.11; pip's own copy of tomli reads it on 3.10
+	$(PYTHON) -c "exec('try: import tomllib\nexcept ImportError: from pip._vendor import tomli as tomllib'); \
+	x = tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']; \
+	print('\n'.join(x['test'] + x['diffusers']))" > $(dir $@)test-requirements.txt
+	$(PYTHON) -m pip install -r $(dir $@)test-requirements.txt
+	@touch $@
 
 demo: install
 	$(PYTHON) -m pydiffgen demo --out runs/demo
 
-test: install
+test: $(TEST_STAMP)
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
-test-all: install
+test-all: $(TEST_STAMP)
 	$(PYTHON) -m pytest -m "" $(PYTEST_ARGS)
 
 bench: install

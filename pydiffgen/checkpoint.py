@@ -3,9 +3,12 @@
 A saved model is two files side by side, ``<prefix>.safetensors`` (the ``state_dict``)
 and ``<prefix>.json`` (the model's ``config``, which ``pydiffgen.models.build`` turns back
 into the architecture, plus free-form ``meta``). Both are written atomically
-(``pydiffgen.io.atomic_path``); the pair shares a random token (stored in the safetensors
-metadata and in the JSON), so a pair torn by a crash between the two writes is detected
-on load instead of silently mixing two versions.
+(``pydiffgen.io.atomic_path``), the safetensors first, and the safetensors header holds
+the whole description too, so that file alone is one complete save: a process killed
+between the two writes leaves the new weights beside the old JSON, and loading takes the
+description from the weights (the pair shares a random token to tell). The previous save
+stays intact until the new weights are complete. Files from before the description was
+embedded are read as before; a torn pair of those is refused.
 
 Where the files go (``save_model``) or come from (``load_model``), for ``path``:
 - an existing directory (or a path ending in a separator): ``path/model.{safetensors,json}``;
@@ -30,7 +33,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointError, ConfigError, InputError
-from .io import atomic_path, read_json, write_json
+from .io import atomic_path, jsonable, read_json, write_json
 
 __all__ = ["save_model", "load_model", "model_paths", "save_train_checkpoint",
            "load_train_checkpoint", "train_checkpoint_paths"]
@@ -69,20 +72,14 @@ def save_model(path, model: torch.nn.Module, meta: dict | None = None) -> Path:
             f"registered model), got {type(model).__name__}"
         )
     weights, desc = model_paths(path)
-    token = secrets.token_hex(8)
-    write_tensors(weights, state_tensors(model), token=token)
-    write_json(
-        desc,
-        {
-            "format": MODEL_FORMAT,
-            "version": FORMAT_VERSION,
-            "token": token,
-            "config": config,
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "torch_version": torch.__version__,
-            "meta": meta,
-        },
-    )
+    write_pair(weights, desc, state_tensors(model), {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "torch_version": torch.__version__,
+        "meta": meta,
+    })
     return weights
 
 
@@ -96,7 +93,7 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
     from .models.base import build
 
     weights, desc = model_paths(path)
-    info = read_json(desc)
+    info, tensors, _ = read_pair(weights, desc)
     if not isinstance(info, dict) or info.get("format") != MODEL_FORMAT:
         hint = ""
         if isinstance(info, dict) and info.get("format") == TRAIN_CHECKPOINT_FORMAT:
@@ -106,13 +103,15 @@ def load_model(path, *, device="cpu") -> torch.nn.Module:
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise CheckpointError(f"{desc} has no model config (expected a dict with a 'name')")
     kwargs = {k: v for k, v in config.items() if k != "name"}
+    meta = info.get("meta") if isinstance(info.get("meta"), dict) else {}
+    shape = meta.get("data_shape")  # the images it was trained on, when train() saved it
     try:
-        model = build(config["name"], **kwargs)
-    except ConfigError as err:
+        model = build(config["name"], data_shape=shape if _is_shape(shape) else None,
+                      **kwargs)
+    except (ConfigError, InputError) as err:
         raise CheckpointError(f"{desc}: cannot rebuild the model: {err}") from None
-    tensors = read_tensors(weights, token=info.get("token"), token_source=desc)
     load_state_tensors(model, tensors, source=weights)
-    model.meta = info.get("meta") or {}  # e.g. data_shape and train_config from train()
+    model.meta = meta  # e.g. data_shape and train_config from train()
     return model.to(device).eval()
 
 
@@ -128,12 +127,14 @@ def train_checkpoint_paths(out_dir) -> tuple[Path, Path]:
 
 
 def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema, optimizer,
-                          generator: torch.Generator, train_config: dict) -> None:
+                          generator: torch.Generator, train_config: dict,
+                          data: dict | None = None) -> None:
     """Write the training state after ``step`` steps to ``out_dir/checkpoint.*``.
 
     ``ema`` is the EMA copy of ``model`` or None; ``losses`` the loss of every step so far;
-    ``train_config`` the run's ``TrainConfig.to_dict()``. Like ``save_model``, each file
-    is written atomically and the pair shares a token, so a torn pair is caught on load.
+    ``train_config`` the run's ``TrainConfig.to_dict()``; ``data`` the identity of the
+    training data (``pydiffgen.training.data_identity``). Like ``save_model``, each file
+    is written atomically and the safetensors file alone is a complete checkpoint.
     """
     weights, desc = train_checkpoint_paths(out_dir)
     state = optimizer.state_dict()
@@ -147,44 +148,40 @@ def save_train_checkpoint(out_dir, *, step: int, losses: list[float], model, ema
                 tensors[f"optim/{i}/{key}"] = value.detach().to("cpu", copy=True).contiguous()
             else:
                 opt_scalars.setdefault(str(i), {})[key] = value
-    token = secrets.token_hex(8)
-    write_tensors(weights, tensors, token=token)
-    write_json(
-        desc,
-        {
-            "format": TRAIN_CHECKPOINT_FORMAT,
-            "version": TRAIN_CHECKPOINT_VERSION,
-            "token": token,
-            "step": step,
-            "model_config": getattr(model, "config", None),
-            "train_config": train_config,
-            "optimizer": {"param_groups": state["param_groups"], "scalars": opt_scalars},
-            "generator_state": generator.get_state().tolist(),
-            "ema": ema is not None,
-            "torch_version": torch.__version__,
-            "losses": list(losses),
-        },
-        indent=None,
-    )
+    write_pair(weights, desc, tensors, {
+        "format": TRAIN_CHECKPOINT_FORMAT,
+        "version": TRAIN_CHECKPOINT_VERSION,
+        "step": step,
+        "model_config": getattr(model, "config", None),
+        "train_config": train_config,
+        "data": data,
+        "optimizer": {"param_groups": state["param_groups"], "scalars": opt_scalars},
+        "generator_state": generator.get_state().tolist(),
+        "ema": ema is not None,
+        "torch_version": torch.__version__,
+        "losses": list(losses),
+    }, indent=None)
 
 
 def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Generator,
-                          train_config: dict, resumable: Collection[str] = ()
-                          ) -> tuple[int, list[float]]:
+                          train_config: dict, resumable: Collection[str] = (),
+                          data: dict | None = None) -> tuple[int, list[float]]:
     """Restore ``model``, ``ema``, ``optimizer`` and ``generator`` from ``out_dir/checkpoint.*``
     in place; returns ``(step, losses)``.
 
     The checkpoint must come from the same model config and the same ``train_config``
-    (a ``TrainConfig.to_dict()``) except for the keys in ``resumable``; anything else
+    (a ``TrainConfig.to_dict()``) except for the keys in ``resumable``, and from the same
+    ``data`` identity (the entries both sides record must agree); anything else
     (another config, a missing, corrupt, torn or inconsistent file) raises
     ``CheckpointError`` naming the file and what to do.
     """
     weights, desc = train_checkpoint_paths(out_dir)
-    info = read_json(desc)
+    info, tensors, torn = read_pair(weights, desc)
     if not isinstance(info, dict) or info.get("format") != TRAIN_CHECKPOINT_FORMAT:
         raise CheckpointError(f"{desc} is not a pydiffgen training checkpoint; use a fresh "
                               "out_dir or resume=False to overwrite it")
     _check_same_run(info, desc, model, train_config, resumable)
+    _check_same_data(info.get("data"), data, desc)
     try:
         step = int(info["step"])
         losses = [float(v) for v in info["losses"]]
@@ -198,8 +195,7 @@ def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Ge
         raise CheckpointError(f"{desc} is inconsistent ({len(losses)} losses for step {step}); "
                               f"{_START_OVER}")
 
-    sections = _train_sections(read_tensors(weights, token=info.get("token"),
-                                            token_source=desc), weights)
+    sections = _train_sections(tensors, weights)
     load_state_tensors(model, sections["model"], source=weights)
     if ema is not None:
         load_state_tensors(ema, sections["ema"], source=weights)
@@ -212,6 +208,8 @@ def load_train_checkpoint(out_dir, *, model, ema, optimizer, generator: torch.Ge
         generator.set_state(gen_state)
     except RuntimeError as err:
         raise CheckpointError(f"{desc}: bad generator state ({err}); {_START_OVER}") from None
+    if torn:  # the run goes on from the newer save: its JSON catches up
+        write_json(desc, info, indent=None)
     return step, losses
 
 
@@ -235,6 +233,18 @@ def _check_same_run(info: dict, desc: Path, model, train_config: dict,
             f"{desc} was written for a different model ({info.get('model_config')!r}, this "
             f"model is {model_config!r}); {_START_OVER}"
         )
+
+
+def _check_same_data(saved: dict | None, now: dict | None, desc: Path) -> None:
+    """CheckpointError unless the data identities agree on every entry both record (a
+    checkpoint from before identities were recorded has none to check)."""
+    if not isinstance(saved, dict) or now is None:
+        return
+    now = _json_normal(now)
+    diff = sorted(k for k in set(saved) & set(now) if saved[k] != now[k])
+    if diff:
+        details = ", ".join(f"{k}: checkpoint {saved[k]!r} vs now {now[k]!r}" for k in diff)
+        raise CheckpointError(f"{desc} was trained on other data ({details}); {_START_OVER}")
 
 
 def _train_sections(tensors: dict, source: Path) -> dict[str, dict]:
@@ -294,20 +304,54 @@ def load_state_tensors(module: torch.nn.Module, tensors: dict, *, source) -> Non
     module.load_state_dict(tensors, strict=True)
 
 
-def write_tensors(path, tensors: dict[str, torch.Tensor], *, token: str) -> None:
-    """Atomic safetensors ``save_file`` with ``token`` in the header metadata."""
+def write_pair(weights: Path, desc: Path, tensors: dict[str, torch.Tensor], info: dict, *,
+               indent: int | None = 2) -> None:
+    """Save ``tensors`` to ``weights`` with ``info`` (plus a fresh token) in its header,
+    then ``info`` to ``desc``; each write atomic, the weights first."""
     from safetensors.torch import save_file
 
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pydiffgen", "token": token})
+    info = {**info, "token": secrets.token_hex(8)}
+    text = json.dumps(info, default=jsonable)
+    with atomic_path(weights) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pydiffgen", "token": info["token"],
+                                               "description": text})
+    write_json(desc, info, indent=indent)
 
 
-def read_tensors(path, *, token=None, token_source=None, device="cpu") -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file; CheckpointError if missing, corrupt or torn.
+def read_pair(weights: Path, desc: Path) -> tuple[object, dict[str, torch.Tensor], bool]:
+    """``(description, tensors, torn)`` of a save by ``write_pair``; CheckpointError naming
+    the file if missing or corrupt.
 
-    With ``token``: the file's metadata token must equal it (the JSON written alongside,
-    ``token_source``, holds the same token when both come from one save).
+    The description is ``desc``'s when both files come from one save. When the save was
+    interrupted between the two writes (``desc`` absent or older: ``torn``), it is the one
+    in the header of ``weights``, which was written whole first.
     """
+    if not weights.exists() and not desc.exists():
+        raise CheckpointError(f"{desc} does not exist")
+    info = read_json(desc) if desc.exists() else None
+    tensors, meta = read_tensors(weights)
+    token = meta.get("token")
+    if isinstance(info, dict) and token is not None and info.get("token") == token:
+        return info, tensors, False
+    if "description" not in meta:  # a file from before descriptions were embedded
+        raise CheckpointError(
+            f"{weights} and {desc} come from different saves (a write was interrupted "
+            "between them); delete both and save or train again"
+        )
+    try:
+        embedded = json.loads(meta["description"])
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{weights} has a corrupt description ({err}); delete it and "
+                              "save or train again") from None
+    if not isinstance(embedded, dict) or embedded.get("token") != token:
+        raise CheckpointError(f"{weights} has a description from another save; delete it "
+                              "and save or train again")
+    return embedded, tensors, True
+
+
+def read_tensors(path, *, device="cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, header metadata)`` of a safetensors file; CheckpointError if missing or
+    corrupt."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -322,12 +366,12 @@ def read_tensors(path, *, token=None, token_source=None, device="cpu") -> dict[s
             f"{path} is not a readable safetensors file ({type(err).__name__}: {err}); "
             "delete it and save or train again"
         ) from None
-    if token is not None and meta.get("token") != token:
-        raise CheckpointError(
-            f"{path} and {token_source} come from different saves (a write was interrupted "
-            "between them); delete both and save or train again"
-        )
-    return tensors
+    return tensors, meta
+
+
+def _is_shape(shape) -> bool:
+    return (isinstance(shape, list) and len(shape) >= 2
+            and all(isinstance(s, int) and s > 0 for s in shape))
 
 
 def _json_normal(obj):

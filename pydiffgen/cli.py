@@ -1,9 +1,15 @@
-"""The ``pydiffgen`` command. Errors print one line and exit with status 1."""
+"""pydiffgen: does a diffusion model memorize its training images or generalize?
+
+Train denoisers, sample them, and measure where models stop copying their training set
+(Kadkhodaie et al. 2024): the demo sweep, audits of any model's samples, Jacobian spectra,
+the Gaussian structure and memorization probes, each written as a self-contained HTML
+report. Errors print one line and exit with status 1 (2 for a wrong command line)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -20,8 +26,11 @@ if TYPE_CHECKING:
 def cmd_demo(args) -> int:
     """The sweep's "demo" preset (what ``make demo`` runs)."""
     sweep = _experiment("sweep")
-    return _run_experiment(sweep, sweep.preset("demo"), args.out, resume=True,
-                           progress=not args.quiet)
+    config = sweep.preset("demo")
+    if args.dry_run:
+        print(sweep.plan(config))
+        return 0
+    return _run_experiment(sweep, config, args.out, resume=True, progress=not args.quiet)
 
 
 def cmd_experiment(exp: Experiment, args) -> int:
@@ -69,17 +78,18 @@ def _report_only(exp: Experiment, run) -> int:
 def cmd_train(args) -> int:
     from . import data, models, training
 
-    x = data.load(args.data, **cfgmod.parse_options(args.data_option))
-    defaults = training.TrainConfig(steps=2000, batch_size=64)
-    config = cfgmod.from_arguments(training.TrainConfig, args, defaults)
+    x, info = data.load(args.data, return_info=True, **cfgmod.parse_options(args.data_option))
+    config = cfgmod.from_arguments(training.TrainConfig, args, _train_defaults())
     model_options = cfgmod.parse_options(args.model_option)
     import torch
 
     torch.manual_seed(config.seed)  # the initial weights too are a function of --seed
-    model = models.build(args.model, channels=x.shape[1], **model_options)
+    model = models.build(args.model, channels=x.shape[1], data_shape=tuple(x.shape[1:]),
+                         **model_options)
     with _hold(args.out, "training run"):
         result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
-                                progress=not args.quiet, distributed=_world() > 1)
+                                progress=not args.quiet, distributed=_world() > 1,
+                                dataset={"name": args.data, "options": info["options"]})
     if _world() > 1 and not _is_main():
         return 0
     print(f"model: {Path(args.out) / 'model.safetensors'} (final loss {result.losses[-1]:.4g})")
@@ -93,21 +103,25 @@ _SAMPLE_FORMATS = (".npy", ".npz", ".safetensors", ".png")
 def cmd_sample(args) -> int:
     from .checkpoint import load_model
     from .diffusion.sampling import check_method, sample
+    from .experiments.audit import default_method
 
     out = Path(args.out)
     if out.suffix not in _SAMPLE_FORMATS:
         raise InputError(f"--out {out}: name a {', '.join(_SAMPLE_FORMATS)} file")
     options = cfgmod.parse_options(args.sampler_option)
-    check_method(args.method, options)
+    if args.method:
+        check_method(args.method, options)
     shape = _shape(args.shape) if args.shape else None
     model = load_model(args.model).eval()
+    method = args.method or default_method(model)
+    check_method(method, options)
     if shape is None:
         shape = tuple(getattr(model, "meta", {}).get("data_shape") or ())
         if not shape:
             raise InputError("the checkpoint does not record the image shape; pass --shape C,H,W")
     # the lock is a sibling of the file: two commands never write one --out
     with _hold(out.parent, "sample command", lock_name=f".{out.name}.lock"):
-        x = sample(model, args.n, shape, method=args.method, seed=args.seed,
+        x = sample(model, args.n, shape, method=method, seed=args.seed,
                    device=args.device, progress=not args.quiet, **options).cpu()
         _write_samples(out, x)
     print(f"samples: {out} {tuple(x.shape)}")
@@ -242,14 +256,37 @@ def _audit(args, config, train, train_info, model, samples, features) -> int:
     device = args.device  # the searches run there too
     if features is not None:
         features = {k: v.to(device) for k, v in features.items()}
+    encoder = None
+    if args.encoder:
+        from .features import load_encoder
+
+        encoder = load_encoder(args.encoder, device=device, trust_code=args.trust_torchscript)
     result = au.audit(samples.to(device), train.to(device), features=features, config=config,
-                      sources=sources, progress=not args.quiet and _is_main())
+                      sources=sources, encoder=encoder, progress=not args.quiet and _is_main())
     if not _is_main():  # under torchrun every rank searched its shard; rank 0 reports
         return 0
     report = au.write_audit_report(result, out)
     px = result.spaces["pixel"].memorization
     print(f"memorized {int(px.memorized.sum())}/{len(px.ratio)} ({px.fraction:.1%}); "
           f"duplicates in train {len(result.duplicates.dropped)}; report: {report}")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    """Feature-space metrics of --fake against --real (and --train / --test), with CIs."""
+    from .experiments import feature_metrics as fm
+
+    metrics = fm.parse_metrics(args.metrics)  # a wrong name fails before any work
+    out = Path(args.out)
+    with _hold(out, "metrics run"):
+        result = fm.feature_metrics(
+            args.real, args.fake, train=args.train, test=args.test, encoder=args.encoder,
+            metrics=metrics, k=args.k, n_boot=args.n_boot, seed=args.seed,
+            batch_size=args.batch_size, trust_code=args.trust_torchscript,
+            device=args.device, cache=out / "features", progress=not args.quiet)
+        report = fm.write_metrics(result, out)
+    print(fm.format_table(result))
+    print(f"metrics: {out / 'metrics.json'}; report: {report}")
     return 0
 
 
@@ -280,16 +317,70 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+class _Help(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The description as written; "(default: …)" after every option that has one (a
+    config flag states its own default, its parser default None means "unset")."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "(default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+def _global_flags(top: bool, threads: bool = True) -> argparse.ArgumentParser:
+    """--quiet and --threads, accepted before or after the subcommand (:func:`_merge_global`
+    joins the two). A subcommand's values would overwrite the top level's of the same
+    name, so the top level keeps its own (``quiet_before``, ``threads_before``).
+    ``threads`` False: the subcommand's config has its own ``threads`` field."""
+    from .report.provenance import usable_cores
+
+    g = argparse.ArgumentParser(add_help=False)
+    where = {"default": None} if top else {"default": argparse.SUPPRESS}
+    g.add_argument("--quiet", action="store_true", help="no progress bars",
+                   **({"dest": "quiet_before", "default": False} if top else where))
+    if threads:
+        g.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="CPU threads for torch (default: the cores this process may use, "
+                       f"{usable_cores()} here)",
+                       **({"dest": "threads_before"} if top else {}), **where)
+    return g
+
+
+def _merge_global(args: argparse.Namespace) -> argparse.Namespace:
+    """One ``quiet`` and one ``threads`` from the flags given before or after the
+    subcommand (after wins)."""
+    args.quiet = getattr(args, "quiet", False) or args.quiet_before
+    if getattr(args, "threads", None) is None:
+        args.threads = args.threads_before
+    return args
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .experiments.registry import EXPERIMENTS
+    from .report.provenance import version_text
 
-    p = _Parser(prog="pydiffgen", description=__doc__.splitlines()[0])
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("demo", help="the memorization→generalization sweep on built-in data")
-    s.add_argument("--out", help="output folder (default runs/demo)")
+    p = _Parser(prog="pydiffgen", description=__doc__, formatter_class=_Help,
+                parents=[_global_flags(top=True)])
+    p.add_argument("--version", action="version", version=version_text())
+    sub = _Subcommands(p.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    s = sub.add("demo", "the memorization→generalization sweep on built-in data (the "
+                "sweep's demo preset)")
+    s.add_argument("--out", default="runs/demo", help="output folder")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the data and print the plan with an estimated time, then exit")
     s.set_defaults(func=cmd_demo)
-    s = sub.add_parser("report", help="rebuild report.html of a finished sweep")
+    s = sub.add("report", "rebuild report.html of a finished sweep")
     s.add_argument("run", help="the sweep's output folder")
     s.set_defaults(func=lambda args: _report_only(_experiment("sweep"), args.run))
     _add_train(sub)
@@ -300,20 +391,36 @@ def build_parser() -> argparse.ArgumentParser:
         _add_experiment(groups[group[0]] if group else sub, name, exp)
     _add_jacobian(sub)
     _add_audit(sub)
-    s = sub.add_parser("backends", help="what was built and which backends can run")
+    _add_metrics(sub)
+    s = sub.add("backends", "what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
-    s = sub.add_parser("datasets", help="list dataset names")
+    s = sub.add("datasets", "list dataset names")
     s.set_defaults(func=cmd_datasets)
     return p
 
 
-def _add_experiment(sub, name: str, exp: Experiment) -> None:
+class _Subcommands:
+    """Adds subcommands that share the help format and the global flags."""
+
+    def __init__(self, subparsers):
+        self.subparsers = subparsers
+
+    def add(self, name: str, help: str, threads: bool = True) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, help=help, description=help,
+                                          formatter_class=_Help,
+                                          parents=[_global_flags(False, threads)])
+
+
+def _add_experiment(sub: _Subcommands, name: str, exp: Experiment) -> None:
     """A preset-based experiment's subcommand: one flag per config field, and the flags
     every such experiment shares."""
-    s = sub.add_parser(name, help=exp.help)
-    s.add_argument("--preset", help=f"start from a preset: {', '.join(exp.presets)}")
-    s.add_argument("--out", help="output folder (default runs/<name>)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    own_threads = "threads" in {f.name for f in dataclasses.fields(exp.config)}
+    s = sub.add(name, exp.help, threads=not own_threads)
+    s.add_argument("--preset", help=f"start from a preset: {', '.join(exp.presets)} "
+                   "(the flags below then change it)")
+    s.add_argument("--out", help="output folder (default: runs/<name>)")
+    s.add_argument("--dry-run", action="store_true",
+                   help="check the config and the data, print the plan and exit")
     s.add_argument("--report-only", metavar="RUN", help="rebuild report.html of a finished run")
     s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse what a previous run of the same config stored")
@@ -321,95 +428,160 @@ def _add_experiment(sub, name: str, exp: Experiment) -> None:
     s.set_defaults(func=lambda args: cmd_experiment(exp, args))
 
 
-def _add_train(sub) -> None:
+_KEY_VALUE = "KEY=VALUE, repeatable; values parse as JSON when they can"
+
+
+def _train_defaults():
+    """What ``pydiffgen train`` trains when a flag is not given."""
     from .training import TrainConfig
 
-    s = sub.add_parser("train", help="train one denoiser")
+    return TrainConfig(steps=2000, batch_size=64)
+
+
+def _add_train(sub: _Subcommands) -> None:
+    from .training import TrainConfig
+
+    s = sub.add("train", "train one denoiser")
     s.add_argument("--data", required=True, help="dataset name (pydiffgen datasets)")
-    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help=f"dataset option, e.g. n=32 ({_KEY_VALUE})")
     s.add_argument("--model", default="bf_unet", help="bf_unet | bf_cnn | unet | mlp")
-    s.add_argument("--model-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                   help=f"model option, e.g. width=32 ({_KEY_VALUE})")
     s.add_argument("--out", required=True, help="checkpoint folder")
-    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
-    cfgmod.add_arguments(s, TrainConfig)
+    s.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
+                   help="continue the training checkpoint in --out")
+    cfgmod.add_arguments(s, TrainConfig, _train_defaults())
     s.set_defaults(func=cmd_train)
 
 
-def _add_sample(sub) -> None:
-    s = sub.add_parser("sample", help="sample from a trained denoiser")
+_METHODS_HELP = ("kadkhodaie | euler | heun | ddpm (default: the model's own kind: "
+                 "kadkhodaie for a blind model, heun for a σ-conditioned one)")
+
+
+def _add_sample(sub: _Subcommands) -> None:
+    s = sub.add("sample", "sample from a trained denoiser")
     s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
-    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--n", type=int, default=64, help="number of samples")
     s.add_argument("--shape", help="C,H,W (default: from the checkpoint)")
-    s.add_argument("--method", default="kadkhodaie", help="kadkhodaie | euler | heun | ddpm")
-    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--out", required=True, help=".npy array or .png grid")
+    s.add_argument("--method", help=_METHODS_HELP)
+    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE",
+                   help=f"sampler option, e.g. steps=40 ({_KEY_VALUE})")
+    s.add_argument("--seed", type=int, default=0, help="seed of the initial and injected noise")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
+    s.add_argument("--out", required=True, help="a .npy, .npz or .safetensors array "
+                   "(key 'samples') or a .png grid")
     s.set_defaults(func=cmd_sample)
 
 
-def _add_memorization(sub):
+def _add_memorization(sub: _Subcommands) -> _Subcommands:
     """``pydiffgen memorization`` and its actions gap, toy2d and report; returns its
     subparsers, where the factor sweep's experiment adds ``factors``."""
-    s = sub.add_parser("memorization", help="where models memorize: noise-level gap, "
-                       "trajectory probe, 2-D toy, factor sweeps")
-    acts = s.add_subparsers(dest="action", required=True)
-    a = acts.add_parser("gap", help="gap vs sigma and trajectory probe of a trained model")
+    s = sub.add("memorization", "where models memorize: noise-level gap, trajectory probe, "
+                "2-D toy, factor sweeps")
+    acts = _Subcommands(s.add_subparsers(dest="action", required=True, metavar="ACTION"))
+    a = acts.add("gap", "gap vs sigma and trajectory probe of a trained model")
     a.add_argument("--model", required=True, help="checkpoint folder")
     a.add_argument("--data", required=True, help="the dataset the model was trained on")
-    a.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    a.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help=f"dataset option ({_KEY_VALUE})")
     a.add_argument("--n-train", type=int, required=True, help="trained on the first N images")
     a.add_argument("--n-heldout", type=int, default=64, help="held-out: the last images")
     a.add_argument("--n-samples", type=int, default=64, help="samples for the probe")
     a.add_argument("--out", required=True, help="output folder")
     a.set_defaults(func=cmd_memorization_gap)
-    a = acts.add_parser("toy2d", help="the 2-D circle toy: MLP vs exact vs blurred optimum")
-    a.add_argument("--steps", type=int, default=1500)
-    a.add_argument("--delta", type=float, default=0.1)
-    a.add_argument("--n-points", type=int, default=32)
-    a.add_argument("--out", default="runs/toy2d")
+    a = acts.add("toy2d", "the 2-D circle toy: MLP vs exact vs blurred optimum")
+    a.add_argument("--steps", type=int, default=1500, help="training steps of the MLP")
+    a.add_argument("--delta", type=float, default=0.1, help="blur of the smoothed optimum")
+    a.add_argument("--n-points", type=int, default=32, help="training points on the circle")
+    a.add_argument("--out", default="runs/toy2d", help="output folder")
     a.set_defaults(func=cmd_memorization_toy2d)
-    a = acts.add_parser("report", help="rebuild report.html of a finished factor sweep")
+    a = acts.add("report", "rebuild report.html of a finished factor sweep")
     a.add_argument("run", help="the sweep's output folder")
     a.set_defaults(func=lambda args: _report_only(_experiment("memorization factors"),
                                                   args.run))
     return acts
 
 
-def _add_jacobian(sub) -> None:
-    s = sub.add_parser("jacobian", help="Jacobian eigenvalues, adaptive basis and effective "
-                       "dimension of a trained denoiser")
+def _add_jacobian(sub: _Subcommands) -> None:
+    s = sub.add("jacobian", "Jacobian eigenvalues, adaptive basis and effective dimension of "
+                "a trained denoiser")
     s.add_argument("--model", required=True, help="checkpoint folder or model.safetensors")
     s.add_argument("--data", required=True, help="dataset of the clean images (pydiffgen datasets)")
-    s.add_argument("--data-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--data-option", action="append", metavar="KEY=VALUE",
+                   help=f"dataset option ({_KEY_VALUE})")
     s.add_argument("--n", type=int, default=4, help="images (a seeded random choice)")
     s.add_argument("--sigmas", default="0.05,0.2,0.8", help="noise levels, comma list")
     s.add_argument("--k", type=int, default=None, help="eigenpairs per Jacobian (default: all)")
     s.add_argument("--show", type=int, default=8, help="eigenvectors shown per image")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--seed", type=int, default=0, help="seed of the image choice and the noise")
+    s.add_argument("--device", default="cpu", help="cpu, cuda or cuda:K")
     s.add_argument("--out", default="runs/jacobian", help="output folder")
     s.set_defaults(func=cmd_jacobian)
 
 
-def _add_audit(sub) -> None:
+_IMAGES_HELP = ("a .npy array [N, C, H, W] or [N, H, W], an .npz or .safetensors file (its "
+                "only array, or FILE:KEY for the array KEY), or a folder of images (.png, "
+                ".jpg, ...)")
+
+
+_ENCODER_HELP = ("pixel | pixel:pool=P | inception:FILE | dinov2:DIR | clip:DIR | "
+                 "torchscript:FILE (local weights only)")
+
+
+def _add_audit(sub: _Subcommands) -> None:
     from .experiments.audit import AuditConfig
 
-    s = sub.add_parser("audit", help="memorization audit: are samples copies of training images")
-    s.add_argument("--samples", help=".npy, .npz (FILE.npz:KEY) or image folder of samples")
-    s.add_argument("--train", required=True, help="the training set: .npy, .npz or folder")
-    s.add_argument("--features", help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s = sub.add("audit", "memorization audit: are samples copies of training images")
+    s.add_argument("--samples", metavar="FILE[:KEY]", help=f"the samples: {_IMAGES_HELP}")
+    s.add_argument("--train", required=True, metavar="FILE[:KEY]",
+                   help="the training set, in the same formats")
+    s.add_argument("--features", metavar="FILE.npz",
+                   help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
+    s.add_argument("--encoder", help=f"add the field's feature-space metrics on this "
+                   f"encoder's features: {_ENCODER_HELP}")
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
     s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
                    "diffusers UNet2DModel folder to sample from")
     s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--method", help="kadkhodaie | euler | heun | ddpm (default: kadkhodaie "
-                   "for blind models, else heun)")
-    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE")
+    s.add_argument("--seed", type=int, default=0, help="seed of the samples drawn from --model")
+    s.add_argument("--method", help=_METHODS_HELP)
+    s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE",
+                   help=f"sampler option ({_KEY_VALUE})")
     s.add_argument("--device", default="cpu", help="where sampling and the searches run")
-    s.add_argument("--out", default="runs/audit", help="output folder (default runs/audit)")
+    s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
+
+
+def _add_metrics(sub: _Subcommands) -> None:
+    from .experiments.feature_metrics import METRICS
+
+    s = sub.add("metrics", "feature-space metrics (PRDC, FD, KID, AuthPct, C_T, FLD, "
+                "extraction, copy score) with bootstrap confidence intervals")
+    s.add_argument("--real", required=True, metavar="FILE[:KEY]",
+                   help=f"the real images: {_IMAGES_HELP}")
+    s.add_argument("--fake", required=True, metavar="FILE[:KEY]",
+                   help="the generated images, in the same formats")
+    s.add_argument("--train", metavar="FILE[:KEY]",
+                   help="the generator's training images (AuthPct, C_T, FLD, extraction, copy)")
+    s.add_argument("--test", metavar="FILE[:KEY]",
+                   help="images held out from training (C_T, FLD)")
+    s.add_argument("--encoder", default="pixel", help=_ENCODER_HELP)
+    s.add_argument("--trust-torchscript", action="store_true",
+                   help="allow a torchscript: encoder (its archive holds code it runs)")
+    s.add_argument("--metrics", default="all", help=f"all, or a comma list of "
+                   f"{', '.join(METRICS)}")
+    s.add_argument("--k", type=_positive_int, default=5, help="PRDC's nearest neighbours")
+    s.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples")
+    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KID, C_T")
+    s.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="images per encoder call")
+    s.add_argument("--device", default="cpu", help="where the encoder runs")
+    s.add_argument("--out", default="runs/metrics", help="output folder (features/ cache, "
+                   "metrics.json, report.html)")
+    s.set_defaults(func=cmd_metrics)
 
 
 def _experiment(name: str) -> Experiment:
@@ -465,18 +637,31 @@ def _barrier() -> None:
     distributed.barrier()
 
 
-def _is_image_bomb(err: Exception) -> bool:
-    """PIL's refusal of an image with more pixels than it will decode (a decompression
-    bomb) is an input error; PIL is imported only by the commands that read images."""
-    image = sys.modules.get("PIL.Image")
-    return image is not None and isinstance(err, image.DecompressionBombError)
+def _passive_openmp() -> None:
+    """OpenMP threads that spin while they wait take the CPU from the threads doing the
+    work when other jobs share the machine (a training step up to 7× slower at load 3 on
+    2 cores); libgomp reads the policy once, when torch first starts it, so this runs before
+    torch is imported, and a policy the user set is kept."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _set_threads(n: int | None) -> None:
+    """torch's intra-op threads: ``n``, or the cores this process may use."""
+    import torch
+
+    from .report.provenance import usable_cores
+
+    torch.set_num_threads(n or usable_cores())
 
 
 def main(argv=None) -> int:
+    _passive_openmp()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _merge_global(parser.parse_args(argv))
         _check_device(getattr(args, "device", None))
+        _set_threads(args.threads)
         if "WORLD_SIZE" in os.environ:  # under torchrun: join the process group first
             from . import distributed
 
@@ -489,11 +674,6 @@ def main(argv=None) -> int:
         return 2 if isinstance(err, UsageError) else 1
     except OSError as err:  # a file or folder the command was pointed at: no traceback
         print(f"pydiffgen: error: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:
-        if not _is_image_bomb(err):
-            raise
-        print(f"pydiffgen: error: an input image is too large to read ({err})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("pydiffgen: interrupted; rerun the same command to resume", file=sys.stderr)

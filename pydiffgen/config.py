@@ -61,25 +61,54 @@ def parse_options(items) -> dict:
     return out
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """Add one flag per field of dataclass ``cls``; defaults stay unset (None)."""
+def add_arguments(parser: argparse.ArgumentParser, cls, defaults=None) -> None:
+    """Add one flag per field of dataclass ``cls``; defaults stay unset (None) so that
+    ``from_arguments`` sees what was given. ``defaults`` (an instance) is what the command
+    starts from when it is not ``cls()``: its values are the ones the help shows."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
         tp, _ = _base_type(hints[f.name])
-        help_text = f.metadata.get("help", "")
+        help_text = field_help(f, getattr(defaults, f.name, dataclasses.MISSING))
         if tp is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         elif f.name.endswith("_options"):
             parser.add_argument("--" + f.name[: -len("_options")].replace("_", "-") + "-option",
                                 dest=f.name, action="append", default=None, metavar="KEY=VALUE",
-                                help=help_text or f"option for {f.name[:-8]} (repeatable)")
+                                help=help_text)
         elif typing.get_origin(tp) is tuple:
             parser.add_argument(flag, dest=f.name, default=None, metavar="A,B,...",
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, default=None, help=help_text)
+
+
+# what the fields many configs share mean, for those without their own help
+_COMMON_HELP = {
+    "steps": "training steps", "batch_size": "images per training step",
+    "lr": "Adam learning rate", "lr_halve_every": "halve the learning rate every K steps",
+    "ema": "EMA decay of the weights (none: no EMA)", "seed": "seed",
+    "sigma_max": "largest training noise level σ", "sigma_min": "smallest noise level σ",
+    "device": "cpu, cuda or cuda:K", "levels": "UNet levels",
+    "sample_seed": "seed of the samples' initial and injected noise",
+    "sampler_steps": "sampler steps",
+}
+
+
+def field_help(f: dataclasses.Field, default=dataclasses.MISSING) -> str:
+    """A config field's flag help: its own ``help`` metadata (or the shared meaning of its
+    name) and, unless the text states it, its default (``default``, else the field's)."""
+    if f.name.endswith("_options"):
+        return f.metadata.get("help") or f"{f.name[:-8]} option (KEY=VALUE, repeatable)"
+    text = f.metadata.get("help") or _COMMON_HELP.get(f.name) or f.name.replace("_", " ")
+    if "default" in text:
+        return text
+    if default is dataclasses.MISSING:
+        default = f.default if f.default is not dataclasses.MISSING else None
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default)) or "none"
+    return f"{text} (default: {'none' if default is None else default})"
 
 
 def from_arguments(cls, args: argparse.Namespace, base=None):

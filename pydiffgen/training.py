@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from . import checkpoint as ckpt
 from ._checks import check_tensor
 from .errors import CheckpointError, ConfigError, InputError, PydiffgenError
 
-__all__ = ["TrainConfig", "TrainResult", "train"]
+__all__ = ["TrainConfig", "TrainResult", "data_identity", "train"]
 
 SIGMA_DISTS = ("kadkhodaie", "edm")
 # Fields that may change between a checkpoint and its resumption: they do not change the
@@ -208,6 +209,7 @@ def train(
     callback: Callable | None = None,
     labels=None,
     distributed: bool = False,
+    dataset: dict | None = None,
 ) -> TrainResult:
     """Train ``model`` (``model(y, sigma) -> D``) on ``data`` [N, *F] by denoising score matching.
 
@@ -233,6 +235,9 @@ def train(
               take the same steps as one process up to float reduction order (layers with
               batch statistics, e.g. BFBatchNorm2d, see their rank's slice only). Only
               rank 0 writes checkpoints and the model; every rank returns the result.
+    dataset:  the data's name and options (e.g. ``{"name": "digits", "options": {...}}``),
+              recorded with the data's shape and content hash (``data_identity``) in
+              checkpoints and the model; resuming on other data raises CheckpointError.
     """
     _check_arguments(model, config, callback)
     device = torch.device(config.device)
@@ -246,6 +251,8 @@ def train(
     ranks, device = _ranks(config, device, distributed)
 
     run = _Run(model, x_all, y_all, config, device, ranks, out_dir)
+    if out_dir is not None:
+        run.data = data_identity(x_all, y_all, dataset)
     start = run.resume() if resume and run.has_checkpoint() else 0
     run.parallelize()  # after the checkpoint: DDP broadcasts rank 0's state at construction
     n_done, elapsed = _loop(run, start, progress, callback)
@@ -388,6 +395,7 @@ class _Run:
         self.losses: list[float] = []
         self.pending: list[torch.Tensor] = []  # losses not yet moved to the host
         self.saved_step: int | None = None  # the step of the checkpoint on disk
+        self.data: dict | None = None  # data_identity of x_all, for checkpoints
         self.ddp = None
         self.forward_model = model
         self.loss_fn = _loss_fn(config)
@@ -398,13 +406,16 @@ class _Run:
     # --- setup ----------------------------------------------------------------------------
 
     def has_checkpoint(self) -> bool:
-        return self.out_dir is not None and ckpt.train_checkpoint_paths(self.out_dir)[1].exists()
+        # either file: a run killed inside its first save has only the (complete) weights
+        return self.out_dir is not None and any(
+            p.exists() for p in ckpt.train_checkpoint_paths(self.out_dir))
 
     def resume(self) -> int:
         """Load the checkpoint in ``out_dir``; returns its step."""
         start, self.losses = ckpt.load_train_checkpoint(
             self.out_dir, model=self.model, ema=self.ema, optimizer=self.optimizer,
-            generator=self.gen, train_config=self.config.to_dict(), resumable=_RESUMABLE_FIELDS)
+            generator=self.gen, train_config=self.config.to_dict(), resumable=_RESUMABLE_FIELDS,
+            data=self.data)
         if start > self.config.steps:
             raise CheckpointError(
                 f"{ckpt.train_checkpoint_paths(self.out_dir)[1]} is at step {start}, beyond the "
@@ -516,7 +527,8 @@ class _Run:
         if self.ranks.main:
             ckpt.save_train_checkpoint(
                 self.out_dir, step=step, losses=self.losses, model=self.model, ema=self.ema,
-                optimizer=self.optimizer, generator=self.gen, train_config=self.config.to_dict())
+                optimizer=self.optimizer, generator=self.gen, train_config=self.config.to_dict(),
+                data=self.data)
         self.saved_step = step
 
     def save_final(self) -> None:
@@ -533,12 +545,33 @@ class _Run:
                 "train_config": self.config.to_dict(),
                 "final_loss": self.losses[-1] if self.losses else None,
                 "data_shape": list(self.x_all.shape[1:]),
+                "data": self.data,
             })
 
 
 # ----------------------------------------------------------------------------------------
 # pieces of a step
 # ----------------------------------------------------------------------------------------
+
+
+def data_identity(x: torch.Tensor, labels: torch.Tensor | None = None,
+                  dataset: dict | None = None) -> dict:
+    """What a checkpoint records of its training data: the shape and SHA-256 of ``x``
+    [N, *F] (float32, contiguous) and of ``labels`` [N], plus ``dataset`` (name, options)."""
+    if dataset is not None and not isinstance(dataset, dict):
+        raise InputError(f"dataset must be a dict such as {{'name': ..., 'options': ...}}, "
+                         f"got {type(dataset).__name__}")
+    identity = dict(dataset or {})
+    identity["shape"] = list(x.shape)
+    identity["sha256"] = _sha256(x)
+    if labels is not None:
+        identity["labels_sha256"] = _sha256(labels)
+    return identity
+
+
+def _sha256(t: torch.Tensor) -> str:
+    array = t.detach().cpu().contiguous().numpy()
+    return hashlib.sha256(array.data).hexdigest()  # the buffer itself: no copy
 
 
 def _as_data(data) -> torch.Tensor:

@@ -26,6 +26,28 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """Inputs for the CLI tests: a tiny model (m), one with NaN weights (nan), 10 images
+    (x.npy) and a plain file (afile)."""
+    import numpy as np
+
+    from pydiffgen import models
+    from pydiffgen.checkpoint import save_model
+
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    save_model(d / "m", models.build("bf_cnn", channels=1), meta={"data_shape": [1, 8, 8]})
+    nan = models.build("bf_cnn", channels=1)
+    with torch.no_grad():
+        for p in nan.parameters():
+            p.fill_(float("nan"))
+    save_model(d / "nan", nan, meta={"data_shape": [1, 8, 8]})
+    np.save(d / "x.npy", np.random.default_rng(0).uniform(-1, 1, (10, 1, 8, 8)).astype("f4"))
+    (d / "afile").write_text("x")
+    return d
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

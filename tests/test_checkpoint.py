@@ -125,13 +125,36 @@ def test_corrupt_or_wrong_json(tmp_path):
         load_model(tmp_path)
 
 
-def test_torn_pair_is_detected(tmp_path):
+def test_torn_pair_loads_the_newer_complete_save(tmp_path):
+    # issue 19 item 1: killed between the weights and the JSON, the weights (written
+    # whole, first) carry their own description, so the newer save loads
+    save_model(tmp_path, _net(), meta={"save": 1})
+    old_json = (tmp_path / "model.json").read_text()
+    save_model(tmp_path, _net(width=4), meta={"save": 2})  # same architecture, new token
+    (tmp_path / "model.json").write_text(old_json)
+    assert load_model(tmp_path).meta == {"save": 2}
+    (tmp_path / "model.json").unlink()  # killed inside the very first save
+    assert load_model(tmp_path).meta == {"save": 2}
+
+
+def test_torn_pair_of_the_old_layout_is_detected(tmp_path):
+    from safetensors.torch import save_file
+
     save_model(tmp_path, _net())
     old_json = (tmp_path / "model.json").read_text()
     save_model(tmp_path, _net(width=4))  # same architecture, new token
     (tmp_path / "model.json").write_text(old_json)
+    # weights as written before descriptions were embedded: token only
+    tensors, meta = ckpt.read_tensors(tmp_path / "model.safetensors")
+    save_file(tensors, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pydiffgen", "token": meta["token"]})
     with pytest.raises(CheckpointError, match="different saves"):
         load_model(tmp_path)
+    # an old-layout pair from one save still loads
+    info = json.loads(old_json)
+    save_file(tensors, str(tmp_path / "model.safetensors"),
+              metadata={"format": "pydiffgen", "token": info["token"]})
+    assert _same_outputs(_net(), load_model(tmp_path))
 
 
 def test_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):

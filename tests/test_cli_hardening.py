@@ -14,27 +14,14 @@ import pytest
 import torch
 
 import pydiffgen
-from pydiffgen import models
-from pydiffgen.checkpoint import save_model
 from pydiffgen.cli import main
 
 ROOT = Path(pydiffgen.__file__).resolve().parents[1]  # the tree under test, for subprocesses
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny model, one with NaN weights, 10 images and a plain file."""
-    d = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    save_model(d / "m", models.build("bf_cnn", channels=1), meta={"data_shape": [1, 8, 8]})
-    nan = models.build("bf_cnn", channels=1)
-    with torch.no_grad():
-        for p in nan.parameters():
-            p.fill_(float("nan"))
-    save_model(d / "nan", nan, meta={"data_shape": [1, 8, 8]})
-    np.save(d / "x.npy", np.random.default_rng(0).uniform(-1, 1, (10, 1, 8, 8)).astype("f4"))
-    (d / "afile").write_text("x")
-    return d
+def files(cli_files):
+    return cli_files
 
 
 def _one_line_error(capsys) -> str:
@@ -190,7 +177,8 @@ def test_a_decompression_bomb_is_one_line(files, tmp_path, capsys):
         + chunk(b"IDAT", zlib.compress(b"\0" * 14001)) + chunk(b"IEND", b""))
     assert main(["--quiet", "audit", "--samples", str(tmp_path / "imgs"), "--train",
                  str(files / "x.npy"), "--out", str(tmp_path / "o")]) == 1
-    assert "too large" in _one_line_error(capsys)
+    message = _one_line_error(capsys)
+    assert "big.png" in message and "exceeds limit" in message  # names the file and why
     assert not (tmp_path / "o").exists()
 
 

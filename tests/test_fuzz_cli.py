@@ -9,13 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 import pydiffgen
-from pydiffgen import models
-from pydiffgen.checkpoint import save_model
 from pydiffgen.cli import main
 
 # {m} a model, {nan} one with NaN weights, {x} images .npy, {f} a plain file, {out} an
@@ -109,8 +105,18 @@ CASES = {
         ["audit", "--samples", "{x}", "--train", "{x}", "--features", "{f}", "--out", "{out}"],
         ["audit", "--samples", "{x}", "--train", "{x}", "--out", "{f}"],
         ["audit", "--samples", "{x}", "--train", "{x}", "--out", "{f}/under"],
+        ["audit", "--samples", "{x}", "--train", "{x}", "--encoder", "nope", "--out", "{out}"],
         ["audit", "--model", "{nan}", "--n", "2", "--method", "heun", "--sampler-option",
          "steps=2", "--train", "{x}", "--out", "{out}"],
+    ],
+    "metrics": [
+        ["metrics", "--real", "{x}", "--fake", "{missing}", "--out", "{out}"],
+        ["metrics", "--real", "{x}", "--fake", "{x}", "--metrics", "prdc,nope", "--out", "{out}"],
+        ["metrics", "--real", "{x}", "--fake", "{x}", "--encoder", "nope", "--out", "{out}"],
+        ["metrics", "--real", "{x}", "--fake", "{x}", "--n-boot", "1", "--out", "{out}"],
+        ["metrics", "--real", "{x}", "--fake", "{x}", "--k", "0", "--out", "{out}"],
+        ["metrics", "--real", "{x}", "--fake", "{x}", "--out", "{f}"],
+        ["metrics", "--real", "{x}", "--out", "{out}"],
     ],
     "backends": [["backends", "--bogus"]],
     "datasets": [["datasets", "extra"]],
@@ -124,17 +130,8 @@ SUBPROCESS = [["sample", "--model", "{m}", "--shape", "a,b,c", "--out", "{out}/s
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("inputs")
-    torch.manual_seed(0)
-    save_model(d / "m", models.build("bf_cnn", channels=1), meta={"data_shape": [1, 8, 8]})
-    nan = models.build("bf_cnn", channels=1)
-    with torch.no_grad():
-        for p in nan.parameters():
-            p.fill_(float("nan"))
-    save_model(d / "nan", nan, meta={"data_shape": [1, 8, 8]})
-    np.save(d / "x.npy", np.random.default_rng(0).uniform(-1, 1, (10, 1, 8, 8)).astype("f4"))
-    return d
+def inputs(cli_files):
+    return cli_files
 
 
 @pytest.fixture

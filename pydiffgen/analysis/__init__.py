@@ -41,5 +41,14 @@ from .linear import (  # noqa: F401 - public API
     linear_distill,
     subspace_cosines,
 )
+from .local import (  # noqa: F401 - public API
+    PATCH_MODELS,
+    LocalEmpiricalDenoiser,
+    PatchCalibration,
+    PatchPosteriorDenoiser,
+    calibrate_patch_size,
+    image_patches,
+    r_squared,
+)
 from .spectrum import JacobianSpectrum, jacobian_spectrum  # noqa: F401 - public API
 from .trajectory import TrajectoryProbe, trajectory_probe  # noqa: F401 - public API

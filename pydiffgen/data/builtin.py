@@ -84,6 +84,8 @@ def patches(*, size: int = 16, stride: int | None = None, n: int | None = None, 
     chunks, groups, positions = [], [], []
     for g, name in enumerate(sources):
         img = torch.tensor(_photograph(name))  # copy: the cached array is read-only
+        if min(img.shape) < size:
+            continue
         rows = torch.arange(0, img.shape[0] - size + 1, stride)
         cols = torch.arange(0, img.shape[1] - size + 1, stride)
         if len(rows) == 0 or len(cols) == 0:

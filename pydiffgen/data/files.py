@@ -6,6 +6,7 @@ Arrays are read with ``allow_pickle=False`` or by safetensors: a file must never
 
 from __future__ import annotations
 
+import os
 import zipfile
 import zlib
 from pathlib import Path
@@ -23,6 +24,8 @@ _NUMPY_READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFil
 
 
 def _existing(path, kind: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise DataError(f"path must be a file or folder path, got {path!r}")
     p = Path(path).expanduser()
     if kind == "file" and not p.is_file():
         raise DataError(f"{p} does not exist or is not a file")
@@ -121,6 +124,8 @@ def safetensors(*, path, key: str | None = None):
         return x, {**info, "key": key}
     if not t.is_floating_point():
         raise DataError(f"{source}: expected a float or uint8 image tensor, got {t.dtype}")
+    if not bool(torch.isfinite(t).all()):  # as array_to_unit refuses them in .npy files
+        raise DataError(f"{source}: the array contains NaN or Inf values")
     x = torch.from_numpy(to_nchw(t.float().numpy(), source)).clamp(-1, 1).contiguous()
     return x, {"groups": None, "scaling": "float, pydiffgen's [-1, 1] (clipped)", "key": key}
 
@@ -130,8 +135,9 @@ def folder(*, path, size: int | None = None, grayscale: bool = False, center_cro
 
     Returns ``[N, 1 or 3, H, W]``. Without ``size`` all images must share one shape. With
     ``size`` each image is centre-cropped to a square (``center_crop=True``) or squashed
-    (``False``), then resized to ``size × size``. 16-bit grayscale files keep their
-    precision. ``info["files"]`` lists the file names in order.
+    (``False``), then resized to ``size × size``. 16-bit grayscale and float files in
+    [0, 1] keep their precision; 32-bit integer files are refused. ``info["files"]`` lists
+    the file names in order.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -145,7 +151,9 @@ def folder(*, path, size: int | None = None, grayscale: bool = False, center_cro
         try:
             with Image.open(f) as img:
                 unit = _pil_to_unit(img, grayscale)  # [C, H, W]
-        except (OSError, UnidentifiedImageError, ValueError) as err:
+        except DataError as err:  # a ValueError too: say which file, once
+            raise DataError(f"{f}: {err}") from None
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
             raise DataError(f"{f}: cannot be read as an image ({err})") from None
         if size is not None:
             if center_crop:
@@ -162,11 +170,26 @@ def folder(*, path, size: int | None = None, grayscale: bool = False, center_cro
 
 
 def _pil_to_unit(img, grayscale: bool) -> torch.Tensor:
-    """A PIL image as float64 ``[C, H, W]`` in [0, 1] (C = 1 if grayscale else 3)."""
-    if img.mode.startswith("I;16"):
-        arr = np.asarray(img, dtype=np.float64) / 65535.0
+    """A PIL image as float64 ``[C, H, W]`` in [0, 1] (C = 1 if grayscale else 3).
+
+    16-bit files keep their precision; float files (mode "F") are read as they are and
+    must lie in [0, 1]; 32-bit integer files are refused (no full scale to divide by,
+    and converting them to 8 bits saturates them).
+    """
+    if img.mode.startswith("I;16") or img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F" and not (np.isfinite(arr).all() and arr.min() >= 0
+                                    and arr.max() <= 1):
+            raise DataError(f"a float image must hold finite values in [0, 1], got "
+                            f"[{arr.min():.4g}, {arr.max():.4g}]; save it as a .npy array and "
+                            "use load('npy'), which rescales any range")
+        if img.mode != "F":
+            arr = arr / 65535.0
         if not grayscale:
             arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif img.mode.startswith("I"):
+        raise DataError(f"32-bit integer images (mode {img.mode!r}) have no known full scale; "
+                        "save them as a .npy array and use load('npy'), which rescales them")
     else:
         arr = np.asarray(img.convert("L" if grayscale else "RGB"), dtype=np.float64) / 255.0
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

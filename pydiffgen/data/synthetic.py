@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
-from .transforms import from_unit
+from .transforms import check_budget, from_unit
 
 SPECTRA = ("powerlaw", "white")
 
@@ -101,6 +101,7 @@ def gaussian(*, n: int = 1000, size: int = 16, channels: int = 1, spectrum: str 
     check_positive_int(n, "n")
     check_positive_int(size, "size")
     check_positive_int(channels, "channels")
+    check_budget(n, channels * size * size, "gaussian")
     std = check_positive_float(std, "std")
     gen = _generator(seed)
     P = _spatial_spectrum(size, spectrum, exponent, std)
@@ -155,6 +156,7 @@ def disks(*, n: int = 1000, size: int = 32, seed: int = 0):
     """
     check_positive_int(n, "n")
     check_positive_int(size, "size", minimum=4)
+    check_budget(n, size * size, "disks")
     gen = _generator(seed)
     u = torch.rand(n, 5, generator=gen, dtype=torch.float64)
     r = size / 8 + u[:, 2] * (size / 8)
@@ -177,6 +179,8 @@ def ray(*, n: int = 1000, size: int = 32, min_scale: float = 0.1, seed: int = 0)
     ``info["scales"]`` float32 [n] holds a_i and ``info["direction"]`` x₀ [1, size, size].
     """
     check_positive_int(n, "n")
+    check_positive_int(size, "size", minimum=4)
+    check_budget(n, size * size, "ray")
     min_scale = check_positive_float(min_scale, "min_scale")
     if min_scale > 1:
         raise InputError(f"min_scale must be in (0, 1], got {min_scale!r}")
@@ -222,6 +226,7 @@ def calpha(*, n: int = 1000, size: int = 32, alpha: float = 2.0, beta: float | N
     """
     check_positive_int(n, "n")
     check_positive_int(size, "size", minimum=4)
+    check_budget(n, size * size, "calpha")
     alpha = check_positive_float(alpha, "alpha")
     beta = alpha if beta is None else check_positive_float(beta, "beta")
     gen = _generator(seed)

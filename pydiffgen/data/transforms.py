@@ -14,6 +14,17 @@ from .._checks import check_positive_int
 from ..errors import DataError, InputError
 
 INTERPOLATIONS = ("bilinear", "bicubic")
+# The most values a loader makes (1 GiB of them: 4 GiB as float32): larger requests are
+# refused before anything is allocated.
+MAX_VALUES = 2**30
+
+
+def check_budget(n: int, per_image: int, source: str) -> None:
+    """DataError if ``n`` images of ``per_image`` values each exceed ``MAX_VALUES``."""
+    if n * per_image > MAX_VALUES:
+        raise DataError(f"{source}: {n} images of {per_image} values are {n * per_image:.3g} "
+                        f"values, above the limit of {MAX_VALUES:.3g}; ask for fewer or "
+                        "smaller images")
 
 
 def from_unit(x: torch.Tensor) -> torch.Tensor:
@@ -36,6 +47,7 @@ def resize(x: torch.Tensor, size: int, interpolation: str = "bilinear") -> torch
         )
     if tuple(x.shape[-2:]) == (size, size):
         return x
+    check_budget(x.shape[0], x.shape[1] * size * size, f"resize to {size}×{size}")
     shrinking = size < max(x.shape[-2:])
     out = F.interpolate(x, size=(size, size), mode=interpolation, align_corners=False,
                         antialias=shrinking)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sys
+import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -17,8 +18,8 @@ from .. import config as cfgmod
 from ..errors import ConfigError, InputError
 from ..io import read_json, write_json
 
-__all__ = ["Experiment", "RunDir", "hold_folder", "log_to_stderr", "named_preset",
-           "torch_threads", "writable_folder"]
+__all__ = ["Eta", "Experiment", "RunDir", "duration", "hold_folder", "log_to_stderr",
+           "named_preset", "torch_threads", "writable_folder"]
 
 # folders this process holds, {resolved path: depth}: a command that locks its --out and
 # then runs an experiment that locks the same folder holds it once
@@ -260,3 +261,33 @@ def torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``4 min``, ``1 h 05 min``: a time for people, to the unit that matters."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+class Eta:
+    """The overall progress of ``total`` similar steps of a run, one log line per step:
+    ``model 3/8 (N=16 B) … ETA 4 min``, the ETA from the mean time of the steps so far."""
+
+    def __init__(self, total: int, log: Callable[[str], None], what: str = "model"):
+        self.total, self.log, self.what = total, log, what
+        self.started = 0
+        self.t0 = time.perf_counter()
+
+    def step(self, label: str) -> None:
+        """Log the start of the next step (``label`` names it)."""
+        self.started += 1
+        done = self.started - 1
+        eta = ""
+        if done:
+            left = (time.perf_counter() - self.t0) / done * (self.total - done)
+            eta = f" … ETA {duration(left)}"
+        self.log(f"{self.what} {self.started}/{self.total} ({label}){eta}")

@@ -34,7 +34,7 @@ from ..metrics.memorization import MemorizationReport, memorization_from_knn
 from ..ops import knn
 
 __all__ = ["AuditConfig", "AuditResult", "SpaceAudit", "Duplicates", "audit",
-           "default_method", "find_duplicates", "load_images", "load_features",
+           "default_method", "encoder_section", "find_duplicates", "load_images", "load_features",
            "load_denoiser", "sample_model", "search", "verdict", "write_audit_report"]
 
 RATIO_BINS = np.linspace(0.0, 1.0, 41)  # r = d1/d2 ∈ [0, 1]
@@ -58,6 +58,8 @@ class AuditConfig:
                 "forms the background; 0 = all"})
     chunk_size: int = field(default=4096, metadata={"help": "query rows per search call"})
     n_show: int = field(default=8, metadata={"help": "most-copied samples shown"})
+    n_boot: int = field(default=200, metadata={
+        "help": "bootstrap resamples of the feature-space metrics (with --encoder)"})
 
 
 # ----------------------------------------------------------------------------------------
@@ -201,6 +203,7 @@ class AuditResult:
     spaces: dict[str, SpaceAudit]
     duplicates: Duplicates
     sources: dict = field(default_factory=dict)
+    encoder_metrics: dict | None = None  # see encoder_section
 
     def summary(self) -> dict:
         out = {
@@ -212,6 +215,8 @@ class AuditResult:
             "spaces": {k: s.summary(self.config.n_show) for k, s in self.spaces.items()},
             "duplicates": self.duplicates.summary(),
         }
+        if self.encoder_metrics is not None:
+            out["encoder_metrics"] = self.encoder_metrics
         out["verdict"] = verdict(out)
         return out
 
@@ -374,16 +379,36 @@ def _check_inputs(samples, train, features):
     return fs.float().to(samples.device), ft.float().to(train.device)
 
 
+def encoder_section(encoder, samples: torch.Tensor, train: torch.Tensor, *,
+                    n_boot: int = 200, progress: bool = False) -> dict:
+    """The field's metrics that need only the training set and the samples
+    (:data:`~pydiffgen.experiments.feature_metrics.TRAIN_GEN_METRICS`: PRDC with train as
+    the real set, AuthPct, extraction, copy score) on ``encoder``'s features of samples
+    [M, C, H, W] and train [N, C, H, W]. Samples are clipped to [-1, 1], the encoders'
+    range, as an image writer would. Returns ``{"encoder", "feature_dim", "metrics"}``
+    with rows as :func:`~pydiffgen.experiments.feature_metrics.measure` gives them."""
+    from ..features import load_encoder
+    from .feature_metrics import TRAIN_GEN_METRICS, encode_sets, measure
+
+    enc = load_encoder(encoder)
+    sets = encode_sets({"fake": samples.clamp(-1, 1).cpu(), "train": train.cpu()}, enc,
+                       progress=progress)
+    rows, _ = measure({**sets, "real": sets["train"]}, TRAIN_GEN_METRICS, n_boot=n_boot)
+    return {"encoder": enc.name, "feature_dim": int(sets["train"].shape[1]), "metrics": rows}
+
+
 def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None = None,
           config: AuditConfig | None = None, sources: dict | None = None,
-          progress: bool = False) -> AuditResult:
+          encoder=None, progress: bool = False) -> AuditResult:
     """Audit ``samples`` [M, *F] against the training set ``train`` [N, *F] (N ≥ 2).
 
     ``features``: optional precomputed embeddings ``{"samples": [M, D], "train": [N, D]}``
-    (e.g. SSCD or DINO), audited the same way in feature space. The searches run where
-    the tensors are (CUDA: the Triton knn); results come back on the CPU. ``sources``: free-form
-    description of the inputs, kept in the summary. Memory: the inputs plus a mean-removed
-    copy of each (pixel cosines) and chunk_size × key-tile scores; never M × N.
+    (e.g. SSCD or DINO), audited the same way in feature space. The searches run where the
+    tensors are (CUDA: the Triton knn); results come back on the CPU. ``sources``: free-form
+    description of the inputs, kept in the summary. ``encoder``: an encoder or its spec
+    (:func:`pydiffgen.features.load_encoder`) adding :func:`encoder_section`. Memory: the
+    inputs plus a mean-removed copy of each (pixel cosines) and chunk_size × key-tile
+    scores; never M × N.
     """
     config = config or AuditConfig()
     check_positive_float(config.threshold, "threshold")
@@ -391,6 +416,7 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
     check_positive_int(config.n_show, "n_show")
     check_positive_int(config.background_size, "background_size", minimum=0)
     check_positive_int(config.dedup_pool, "dedup_pool")
+    check_positive_int(config.n_boot, "n_boot", minimum=2)
     if not 0.0 < config.dedup_threshold < 1.0:  # checked before the searches, not after
         raise InputError(f"dedup_threshold must lie in (0, 1), got {config.dedup_threshold!r}")
     feats = _check_inputs(samples, train, features)
@@ -402,8 +428,10 @@ def audit(samples: torch.Tensor, train: torch.Tensor, *, features: dict | None =
                                           progress=progress)
     dups = find_duplicates(train, config.dedup_threshold, config.dedup_pool,
                            chunk_size=min(config.chunk_size, 1024))
+    section = None if encoder is None else encoder_section(
+        encoder, samples, train, n_boot=config.n_boot, progress=progress)
     return AuditResult(config=config, samples=samples, train=train, spaces=spaces,
-                       duplicates=dups, sources=dict(sources or {}))
+                       duplicates=dups, sources=dict(sources or {}), encoder_metrics=section)
 
 
 # ----------------------------------------------------------------------------------------

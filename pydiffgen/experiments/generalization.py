@@ -25,7 +25,7 @@ from .. import config as cfgmod
 from ..diffusion.sampling import check_method
 from ..errors import ConfigError
 from ..io import atomic_path, read_json, write_json
-from ._runs import Experiment, RunDir, log_to_stderr, named_preset
+from ._runs import Eta, Experiment, RunDir, duration, log_to_stderr, named_preset
 
 _FOLDS = 5  # of the identification bound's cross-validation (Yi, Sun & Li 2023)
 
@@ -143,8 +143,11 @@ preset = partial(named_preset, PRESETS)
 
 
 def plan(config: SweepConfig) -> str:
-    """Human-readable plan of what a sweep will do (``--dry-run``)."""
+    """Human-readable plan of what a sweep will do, with an estimate of its time
+    (``--dry-run``). Checks what the run would before training: the dataset loads and
+    still holds two disjoint subsets of the largest N after de-duplication."""
     c = config
+    x, _, n_raw = _data(config, log=lambda msg: None)
     lines = [
         f"sweep {c.name!r}: dataset {c.dataset} {dict(c.dataset_options) or ''}".rstrip(),
         f"  de-duplicate at |corr| > {c.dedup_threshold}" if c.dedup_threshold else
@@ -161,7 +164,33 @@ def plan(config: SweepConfig) -> str:
     if c.jacobian_images:
         lines.append(f"  Jacobian spectra of both models at {c.jacobian_images} held-out images, "
                      f"sigma = {', '.join(f'{v:g}' for v in c.jacobian_sigmas)}")
+    lines[0] += f": {n_raw} images, {len(x)} after de-duplication (the largest N needs " \
+                f"{2 * max(c.sizes)})"
+    rate = training_rate(config, x)
+    train_s = 2 * len(c.sizes) * c.steps * c.batch_size / rate
+    lines.append(f"  estimated training time: {duration(train_s)} ({2 * len(c.sizes)} models × "
+                 f"{c.steps} steps × {c.batch_size} images at {rate:.0f} images/s, measured "
+                 f"here with {torch.get_num_threads()} threads); sampling and evaluation come "
+                 "on top. An estimate: other jobs on the machine slow it down")
     return "\n".join(lines)
+
+
+def training_rate(config: SweepConfig, x) -> float:
+    """Training images per second of this sweep's model on this machine: the time of a
+    few real training steps on ``x`` [N, C, H, W] after a warm-up."""
+    from .. import models, training
+
+    def seconds(steps: int) -> float:
+        tc = training.TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                                  sigma_dist=config.sigma_dist, sigma_max=config.sigma_max,
+                                  seed=config.seed, device=config.device)
+        net = models.build(config.model, channels=x.shape[1], **dict(config.model_options))
+        t0 = time.perf_counter()
+        training.train(net, x[: max(config.sizes)], tc, progress=False)
+        return time.perf_counter() - t0
+
+    seconds(2)  # warm-up: first calls allocate and pick kernels
+    return 6 * config.batch_size / max(seconds(8) - seconds(2), 1e-6)
 
 
 def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = True,
@@ -188,7 +217,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         dist.run_on_main(lambda: run.claim("sweep"))
         progress = progress and rank == 0
         t_start = time.perf_counter()
-        x, groups, n_raw = _data(config, run)
+        x, groups, n_raw = _data(config, run.log)
+        t_data = time.perf_counter() - t_start
         heldout = _heldout(config, run, x, groups)
         dist.barrier()  # every rank lists the unfinished work before any rank adds to it
         todo = [n for n in sorted(config.sizes)
@@ -196,21 +226,30 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         if world > 1:  # the trainings first, spread over the ranks, then the evaluations
             runs = [(n, sub) for n in todo for sub in "AB"
                     if not (out / f"n{n}" / sub / "model.json").exists()]
+            eta = Eta(len(runs[rank::world]), run.log)
             for n, sub in runs[rank::world]:
                 idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
-                _model(config, run, n, sub, x[idx], progress)
+                _model(config, run, n, sub, x[idx], progress, eta)
             dist.barrier()
+        eta = Eta(2 * len(todo[rank::world]), run.log) if world == 1 else None
         for n in todo[rank::world]:
+            t0 = time.perf_counter()
             idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
-            result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout)
+            result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout,
+                               eta=eta)
             run.write_json(f"n{n}/metrics.json", result)
+            run.write_json(f"n{n}/time.json", {"seconds": time.perf_counter() - t0})
         for n in sorted(set(config.sizes) - set(todo)):
             run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
         dist.barrier()
 
         def report():
+            from ..report.provenance import run_metadata
+
             run.write_json("dataset.json", {"name": config.dataset, "raw": n_raw,
                                             "deduplicated": len(x), "shape": list(x.shape[1:])})
+            run.write_json("run.json", {**run_metadata(), "world_size": world,
+                                        "data_seconds": t_data})
             return write_report(out, seconds=time.perf_counter() - t_start)
 
         metrics = dist.run_on_main(report)
@@ -233,6 +272,10 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
             "rerun the sweep with the same config to finish them"
         )
     per_n = {n: read_json(out / f"n{n}" / "metrics.json") for n in sorted(config.sizes)}
+    # how this run was made (absent in runs from before it was recorded)
+    about = read_json(out / "run.json") if (out / "run.json").exists() else {}
+    times = {n: read_json(out / f"n{n}" / "time.json")["seconds"] for n in per_n
+             if (out / f"n{n}" / "time.json").exists()}
     metrics = {
         "config": cfgmod.to_dict(config),
         "dataset": read_json(out / "dataset.json"),
@@ -241,12 +284,13 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)
-    sweep_report(out, config, per_n, metrics)
+    sweep_report(out, config, per_n, metrics, about={**about, "size_seconds": times})
     return metrics
 
 
-def _data(config: SweepConfig, run: RunDir):
-    """(images [N, *F] after de-duplication, their groups or None, N before it)."""
+def _data(config: SweepConfig, log):
+    """(images [N, *F] after de-duplication, their groups or None, N before it); ``log``
+    receives one line."""
     from ..data import deduplicate, load
 
     x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
@@ -255,7 +299,7 @@ def _data(config: SweepConfig, run: RunDir):
     if config.dedup_threshold is not None:
         x, kept = deduplicate(x, threshold=config.dedup_threshold, return_index=True)
         groups = groups[kept] if groups is not None else None
-    run.log(f"{config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
+    log(f"{config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
             f"shape {tuple(x.shape[1:])}")
     if 2 * max(config.sizes) > len(x):
         raise ConfigError(
@@ -285,9 +329,14 @@ def _split(disjoint_split, x, n, seed, groups):
     return idx1, idx2
 
 
-def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress):
-    """Model ``sub`` (A on S1, B on S2) of size N = n, trained or loaded from ``n<n>/<sub>``."""
+def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress,
+           eta: Eta | None = None):
+    """Model ``sub`` (A on S1, B on S2) of size N = n, trained or loaded from ``n<n>/<sub>``;
+    ``eta`` logs the sweep's progress."""
     from ..training import TrainConfig
+
+    if eta is not None:
+        eta.step(f"N={n} {sub}")
 
     seed = config.seed if sub == "A" or config.same_init else config.seed + 1
     train_config = TrainConfig(
@@ -347,13 +396,14 @@ def _psnr_curves(config: SweepConfig, model_a, model_b, s1, s2) -> dict:
     return curves
 
 
-def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None) -> dict:
+def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None,
+              eta: Eta | None = None) -> dict:
     from .. import metrics
     from ..analysis.information import identification_bound
 
     n = len(s1)
-    model_a = _model(config, run, n, "A", s1, progress)
-    model_b = _model(config, run, n, "B", s2, progress)
+    model_a = _model(config, run, n, "A", s1, progress, eta)
+    model_b = _model(config, run, n, "B", s2, progress, eta)
     xa, xb, stored = _samples(config, run, model_a, model_b, s1)
     c = config.center
     paired = metrics.paired_cosine(xa, xb, center=c)
@@ -454,7 +504,23 @@ def _summary(r: dict) -> dict:
     return s
 
 
+def summary_table(metrics: dict) -> list[str]:
+    """The sweep's results as a terminal table, one row per N (printed after a run)."""
+    rows = [("N", "verdict", "A vs B", "nearest train", "memorized")]
+    for n, s in sorted(metrics["sizes"].items(), key=lambda item: int(item[0])):
+        mem = s["memorized_fraction"]
+        rows.append((n, s["verdict"], f"{s['paired_median']:.3f}", f"{s['nearest_median']:.3f}",
+                     "n/a" if mem is None else f"{100 * mem:.0f}%"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(c).rjust(w) if i != 1 else str(c).ljust(w)
+                       for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    took = f" in {duration(metrics['seconds'])}" if metrics.get("seconds") else ""
+    return [f"sweep finished{took}; median cosines (A vs B: the two models' samples from one "
+            "seed; nearest train: each sample vs its closest training image)", *lines]
+
+
 EXPERIMENT = Experiment(
     name="sweep", help="train pairs of models on disjoint subsets, compare",
     config=SweepConfig, presets=PRESETS, run=generalization_sweep, report=write_report,
-    plan=plan)
+    plan=plan, summary=summary_table)

@@ -5,7 +5,7 @@ per record (the config's fields as flags, plus ``--preset``, ``--out``, ``--dry-
 
 from __future__ import annotations
 
-from . import gaussian_structure, generalization, memorization_factors, optimal_basis
+from . import closed_form, gaussian_structure, generalization, memorization_factors, optimal_basis
 from ._runs import Experiment
 
 __all__ = ["EXPERIMENTS", "experiment"]
@@ -15,6 +15,7 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     gaussian_structure.EXPERIMENT,
     memorization_factors.EXPERIMENT,
     optimal_basis.EXPERIMENT,
+    closed_form.EXPERIMENT,
 )
 
 

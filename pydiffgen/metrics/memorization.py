@@ -72,6 +72,9 @@ def generalization_score(samples, train) -> float:
     Near 0: samples are training images; above ~0.6 the model generalizes.
     """
     _check_pair(samples, train)
+    norms = samples.reshape(len(samples), -1).double().norm(dim=1)  # [N]
+    if bool((norms == 0).any()):  # ‖x − NN(x)‖ / ‖x‖ has no value at x = 0
+        raise InputError(f"generalization_score: {int((norms == 0).sum())} sample(s) are all "
+                         "zeros, where the relative distance is undefined; drop them")
     sq, _ = knn(samples, train, 1, metric="l2")
-    norms = samples.reshape(len(samples), -1).double().norm(dim=1).clamp_min(1e-300)
     return float((sq[:, 0].double().clamp_min(0).sqrt() / norms).mean())

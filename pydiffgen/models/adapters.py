@@ -38,6 +38,17 @@ from .base import Denoiser
 __all__ = ["DiffusersDenoiser", "is_diffusers_dir"]
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+# Schedulers whose training noise is DDPM's: ᾱ_t from the same beta-schedule fields
+# (num_train_timesteps, beta_start/end, beta_schedule, trained_betas); their sampling
+# options do not change ᾱ_t. Others (EDMEulerScheduler, ScoreSdeVeScheduler, ...) define
+# σ differently and cannot be read this way.
+DDPM_FAMILY = (
+    "DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+    "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "DEISMultistepScheduler",
+    "UniPCMultistepScheduler",
+)
 
 
 def _import_diffusers():
@@ -132,13 +143,18 @@ class DiffusersDenoiser(Denoiser):
         diffusers.utils.logging.set_verbosity_error()
         try:
             sched_cfg = json.loads(sched_file.read_text())
+            kind = sched_cfg.get("_class_name") if isinstance(sched_cfg, dict) else None
+            if kind not in DDPM_FAMILY:
+                raise CheckpointError(
+                    f"{sched_file}: scheduler {kind or '(no _class_name)'} cannot be mapped "
+                    f"exactly to noise levels σ; supported: {', '.join(DDPM_FAMILY)}")
             # every DDPM-family scheduler derives ᾱ_t from the same beta-schedule fields
             scheduler = diffusers.DDPMScheduler.from_config(sched_cfg)
             unet = diffusers.UNet2DModel.from_pretrained(
                 str(root), subfolder=subfolder, use_safetensors=True, local_files_only=True,
                 low_cpu_mem_usage=False,
             )
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+        except (OSError, ValueError, KeyError, NotImplementedError) as err:
             raise CheckpointError(f"{root}: cannot load the diffusers model "
                                   f"({type(err).__name__}: {err})") from None
         finally:

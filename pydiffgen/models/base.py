@@ -16,6 +16,21 @@ from ..errors import ConfigError
 
 MODELS: dict[str, type[Denoiser]] = {}
 
+# Stated limits on architectures, checked before anything is allocated (a tampered
+# model.json must not ask for tens of GB): 2**28 parameters is 1 GiB as float32 (training
+# holds about four copies: weights, EMA, two Adam moments); 12 levels halve a 4096-pixel
+# image to 2; 1000 layers is deeper than any denoiser studied here.
+MAX_PARAMETERS = 2**28
+MAX_LEVELS = 12
+MAX_DEPTH = 1000
+
+
+def check_at_most(value: int, name: str, limit: int) -> int:
+    """ConfigError unless ``value <= limit`` (a model argument within its stated limit)."""
+    if value > limit:
+        raise ConfigError(f"{name}={value} is above the limit of {limit} for a model here")
+    return value
+
 
 class Denoiser(nn.Module):
     """Base class: subclasses set ``name`` and call ``super().__init__(**their_kwargs)``."""
@@ -40,12 +55,31 @@ class Denoiser(nn.Module):
         raise NotImplementedError
 
 
-def build(name: str, **kwargs) -> Denoiser:
-    """Build a registered model by name, e.g. ``build("bf_unet", width=32)``."""
+def build(name: str, *, data_shape=None, **kwargs) -> Denoiser:
+    """Build a registered model by name, e.g. ``build("bf_unet", width=32)``.
+
+    The architecture is sized first without memory (on the meta device): one with more
+    than ``MAX_PARAMETERS`` parameters, or (given ``data_shape`` = [C, H, W] of the images
+    it is for) one that down-samples more than those images allow, raises ConfigError.
+    """
     from . import bias_free, mlp, unet  # noqa: F401 - registers the models
 
     if name not in MODELS:
         raise ConfigError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    with torch.device("meta"):
+        skeleton = _construct(name, kwargs)
+    n = sum(p.numel() for p in skeleton.parameters())
+    if n > MAX_PARAMETERS:
+        raise ConfigError(f"model {name!r} with {kwargs} has {n:.3g} parameters, above the "
+                          f"limit of {MAX_PARAMETERS:.3g}; ask for fewer levels or less width")
+    multiple = getattr(skeleton, "multiple", 1)
+    if data_shape is not None and any(s % multiple for s in list(data_shape)[-2:]):
+        raise ConfigError(f"model {name!r} with {kwargs} down-samples by {multiple}, which "
+                          f"images of shape {list(data_shape)} do not allow; use fewer levels")
+    return _construct(name, kwargs)
+
+
+def _construct(name: str, kwargs: dict) -> Denoiser:
     try:
         return MODELS[name](**kwargs)
     except TypeError as err:

@@ -15,7 +15,7 @@ from torch import nn
 
 from .._checks import as_sigma, check_positive_int
 from ..errors import InputError
-from .base import Denoiser
+from .base import MAX_DEPTH, MAX_LEVELS, Denoiser, check_at_most
 from .blocks import BFBatchNorm2d, check_images
 
 __all__ = ["BFCNN", "BiasFreeUNet"]
@@ -101,7 +101,7 @@ class BiasFreeUNet(_BlindDenoiser):
         super().__init__(channels=channels, levels=levels, width=width,
                          **({} if fused else {"fused": False}))
         self.channels = check_positive_int(channels, "channels")
-        self.levels = check_positive_int(levels, "levels")
+        self.levels = check_at_most(check_positive_int(levels, "levels"), "levels", MAX_LEVELS)
         self.width = check_positive_int(width, "width")
         self.multiple = 2**levels
         widths = [width * 2**level for level in range(levels)]  # e.g. 64, 128, 256
@@ -153,7 +153,8 @@ class BFCNN(_BlindDenoiser):
         super().__init__(channels=channels, depth=depth, width=width,
                          **({} if fused else {"fused": False}))
         self.channels = check_positive_int(channels, "channels")
-        self.depth = check_positive_int(depth, "depth", minimum=2)
+        self.depth = check_at_most(check_positive_int(depth, "depth", minimum=2), "depth",
+                                   MAX_DEPTH)
         self.width = check_positive_int(width, "width")
         layers: list[nn.Module] = [_conv3x3(channels, width), nn.ReLU()]
         for _ in range(depth - 2):

@@ -9,6 +9,7 @@ from torch import nn
 
 from .._checks import check_positive_float, check_positive_int, check_tensor
 from ..errors import InputError
+from .base import MAX_DEPTH, check_at_most
 from .blocks import EDMPrecond, PositionalEmbedding
 
 __all__ = ["MLP", "MLPBackbone"]
@@ -54,7 +55,7 @@ class MLP(EDMPrecond):
         super().__init__(dim=dim, hidden=hidden, depth=depth, sigma_data=sigma_data)
         self.dim = check_positive_int(dim, "dim")
         check_positive_int(hidden, "hidden")
-        check_positive_int(depth, "depth")
+        check_at_most(check_positive_int(depth, "depth"), "depth", MAX_DEPTH)
         self.sigma_data = check_positive_float(sigma_data, "sigma_data")
         self.F = MLPBackbone(dim, hidden, depth)
 

@@ -20,6 +20,7 @@ from torch import nn
 from .._checks import as_sigma, check_positive_float, check_positive_int
 from ..errors import InputError
 from . import blocks
+from .base import MAX_DEPTH, MAX_LEVELS, check_at_most
 from .blocks import EDMPrecond, PositionalEmbedding, ResBlock, check_images, num_groups
 
 __all__ = ["UNet", "UNetBackbone"]
@@ -174,9 +175,10 @@ class UNet(EDMPrecond):
         if not isinstance(fused, bool):
             raise InputError(f"fused must be True or False, got {fused!r}")
         self.channels = check_positive_int(channels, "channels")
-        self.levels = check_positive_int(levels, "levels")
+        self.levels = check_at_most(check_positive_int(levels, "levels"), "levels", MAX_LEVELS)
         check_positive_int(width, "width")
-        check_positive_int(blocks_per_level, "blocks_per_level")
+        check_at_most(check_positive_int(blocks_per_level, "blocks_per_level"),
+                      "blocks_per_level", MAX_DEPTH)
         if emb_dim is not None:
             check_positive_int(emb_dim, "emb_dim")
         if not 0.0 <= dropout < 1.0:

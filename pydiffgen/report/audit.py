@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from .figures import BASELINE, NEAREST, PAIRED, image_grid  # noqa: E402
 from .html import Report  # noqa: E402
 
-__all__ = ["audit_report", "cosine_figure", "ratio_figure"]
+__all__ = ["audit_report", "cosine_figure", "encoder_section", "ratio_figure"]
 
 
 def _bars(ax, edges, counts, color, label, alpha):
@@ -64,6 +64,16 @@ def _images(x, idx):
     return x[list(idx)].detach().cpu().float().numpy()
 
 
+def encoder_section(rep: Report, section: dict) -> None:
+    """The feature-space metrics of ``audit --encoder`` as a table with their intervals."""
+    rep.heading(f"Feature space: {section['encoder']} ({section['feature_dim']} features)")
+    rep.paragraph("The field's metrics of the samples against the training set (PRDC with "
+                  "the training set as the real one), each with its bootstrap interval over "
+                  "resampled samples.", "note")
+    rep.table(["metric", "value", "low", "high"],
+              [[name, r["value"], r["low"], r["high"]] for name, r in section["metrics"].items()])
+
+
 def audit_report(result, summary: dict, out_dir) -> Path:
     """report.html of an audit: verdict, numbers, ratio and cosine figures, the most-copied
     samples beside their training matches, and the training set's duplicates."""
@@ -80,6 +90,9 @@ def audit_report(result, summary: dict, out_dir) -> Path:
           s["background_cosine"]["p95"], f"{s['above_background_p95']:.1%}"]
          for name, s in summary["spaces"].items()],
     )
+
+    if summary.get("encoder_metrics"):
+        encoder_section(rep, summary["encoder_metrics"])
 
     rep.heading("Relative distance to the nearest training image")
     rep.figure(ratio_figure(summary["spaces"]), "ratio",

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
 PAIRED = "#c0392b"
@@ -13,41 +14,59 @@ NEAREST = "#2c3e50"
 BASELINE = "#95a5a6"
 
 
+PAGE_WIDTH = 10.0  # inches: the report's 1100 px column at the figures' 110 dpi
+
+
 def similarity_histograms(per_n: dict):
     """One panel per N: paired similarity (model A vs B from the same seed) against
     each sample's similarity to its nearest training image, and the S1-vs-S2 baseline.
+    Every panel shares one x-range, fitted to the data, so that panels compare.
 
     per_n: {N: {"paired": [M], "nearest": [2M], "baseline": [K]}} of cosines.
     """
     ns = sorted(per_n)
-    fig, axes = plt.subplots(1, len(ns), figsize=(3.2 * len(ns), 2.8), sharey=False,
+    keys = ("baseline", "nearest", "paired")
+    values = np.concatenate([np.asarray(per_n[n][k], dtype=np.float64).ravel()
+                             for n in ns for k in keys])
+    lo, hi = float(values.min()), min(1.0, float(values.max()))
+    pad = max(0.02, 0.04 * (hi - lo))
+    bins = np.linspace(lo - pad, min(1.0 + 1e-9, hi + pad), 41)
+    cols = min(4, len(ns))
+    rows = -(-len(ns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.6 * rows + 0.5), sharex=True,
                              squeeze=False)
-    bins = np.linspace(-0.2, 1.0, 49)
-    for ax, n in zip(axes[0], ns):
-        d = per_n[n]
-        lo = min(bins[0], *(np.min(d[key]) for key in ("paired", "nearest", "baseline")))
-        b = np.linspace(lo, 1.0, 49) if lo < bins[0] else bins
-        ax.hist(d["baseline"], bins=b, color=BASELINE, alpha=0.6, density=True,
-                label="closest S1–S2 pair")
-        ax.hist(d["nearest"], bins=b, color=NEAREST, alpha=0.6, density=True,
-                label="sample vs nearest training")
-        ax.hist(d["paired"], bins=b, color=PAIRED, alpha=0.7, density=True,
-                label="model A vs model B")
-        ax.set_title(f"N = {n}")
+    style = {"baseline": (BASELINE, 0.6, "closest S1–S2 pair"),
+             "nearest": (NEAREST, 0.6, "sample vs nearest training image"),
+             "paired": (PAIRED, 0.7, "model A vs model B (same seed)")}
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(ns):
+            ax.set_visible(False)
+            continue
+        d = per_n[ns[i]]
+        for key in keys:
+            color, alpha, label = style[key]
+            ax.hist(d[key], bins=bins, color=color, alpha=alpha, density=True, label=label)
+        ax.set_title(f"N = {ns[i]}", fontsize=10)
         ax.set_xlabel("cosine similarity")
-        ax.set_yticks([])
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+        if i % cols == 0:
+            ax.set_ylabel("density")
+        ax.grid(alpha=0.25)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.08 / rows, 1, 1))
     return fig
 
 
 def median_curves(ns, paired, nearest, baseline):
-    """Median similarities against training-set size N (log axis)."""
-    fig, ax = plt.subplots(figsize=(4.8, 3.2))
+    """Median similarities against training-set size N (log axis, ticks at the N values)."""
+    fig, ax = plt.subplots(figsize=(PAGE_WIDTH * 0.7, 3.4))
     ax.plot(ns, paired, "o-", color=PAIRED, label="model A vs model B")
-    ax.plot(ns, nearest, "s-", color=NEAREST, label="sample vs nearest training")
+    ax.plot(ns, nearest, "s-", color=NEAREST, label="sample vs nearest training image")
     ax.plot(ns, baseline, "^--", color=BASELINE, label="closest S1–S2 pair")
     ax.set_xscale("log")
+    ax.set_xticks(list(ns))
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("training-set size N")
     ax.set_ylabel("median cosine similarity")
     ax.set_ylim(top=1.02)
@@ -57,10 +76,15 @@ def median_curves(ns, paired, nearest, baseline):
     return fig
 
 
-def image_grid(rows: list[tuple[str, np.ndarray]], title: str | None = None):
-    """Rows of images [K, C, H, W] in [-1, 1], one labelled row each."""
+def image_grid(rows: list[tuple[str, np.ndarray]], title: str | None = None,
+               notes: list[list[str] | None] | None = None):
+    """Rows of images [K, C, H, W] in [-1, 1], one labelled row each; ``notes``: per row,
+    a short text under each image (e.g. its cosine), or None."""
     k = max(len(imgs) for _, imgs in rows)
-    fig, axes = plt.subplots(len(rows), k, figsize=(0.9 * k + 1.2, 0.95 * len(rows)),
+    cell = min(0.9, (PAGE_WIDTH - 1.2) / k)
+    height = cell * 1.05 + (0.18 if notes else 0)
+    fig, axes = plt.subplots(len(rows), k, figsize=(cell * k + 1.2, height * len(rows)
+                                                     + (0.35 if title else 0)),
                              squeeze=False)
     for r, (label, imgs) in enumerate(rows):
         for c in range(k):
@@ -69,10 +93,12 @@ def image_grid(rows: list[tuple[str, np.ndarray]], title: str | None = None):
             if c < len(imgs):
                 ax.imshow(_to_display(imgs[c]), cmap="gray", vmin=0, vmax=1,
                           interpolation="nearest")
+            if notes and notes[r] and c < len(notes[r]):
+                ax.set_xlabel(notes[r][c], fontsize=6, labelpad=1)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title, fontsize=11, fontweight="bold")
+    fig.tight_layout(pad=0.3, h_pad=0.2, w_pad=0.1)
     return fig
 
 

@@ -16,11 +16,11 @@ from .html import Report  # noqa: E402
 
 REGIME_COLORS = {"low": "#d6eaf8", "intermediate": "#fdebd0", "high": "#e8f8f5"}
 PAIRS = {
-    "net-G": ("network vs Gaussian D_G", "#c0392b", "-"),
-    "net-L": ("network vs linear D_L", "#8e44ad", "-"),
-    "L-G": ("D_L vs D_G", "#27ae60", "--"),
-    "net-M": ("network vs empirical D_M", "#2c3e50", "-"),
-    "G-M": ("D_G vs D_M", "#7f8c8d", ":"),
+    "net-G": (r"network vs Gaussian $D_G$", "#c0392b", "-"),
+    "net-L": (r"network vs linear $D_L$", "#8e44ad", "-"),
+    "L-G": (r"$D_L$ vs $D_G$", "#27ae60", "--"),
+    "net-M": (r"network vs empirical $D_M$", "#2c3e50", "-"),
+    "G-M": (r"$D_G$ vs $D_M$", "#7f8c8d", ":"),
 }
 
 
@@ -98,8 +98,8 @@ def sweep_curves(panels):
             ax.plot(s, r, "o-", ms=2.5, color=cmap(i / max(1, len(curves) - 1)), label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("σ")
-        ax.set_ylabel("RMSE(network, D_G)")
+        ax.set_xlabel(r"$\sigma$")
+        ax.set_ylabel(r"RMSE(network, $D_G$)")
         ax.set_title(title, fontsize=10)
         ax.legend(fontsize=7)
     fig.tight_layout()

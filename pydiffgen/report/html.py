@@ -10,13 +10,17 @@ from pathlib import Path
 from ..io import atomic_path
 
 _STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+  color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; }
-figure { margin: 1em 0; } figcaption { color: #555; font-size: .9em; }
-img { max-width: 100%; }
-table { border-collapse: collapse; font-size: .9em; }
+figure { margin: 1.2em 0 2.4em; } figcaption { color: #555; font-size: .9em; margin-top: .4em; }
+img { max-width: 100%; height: auto; }
+table { border-collapse: collapse; font-size: .9em; display: block; overflow-x: auto; }
 td, th { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+.headline { font-size: 1.15em; font-weight: 600; background: #fdf6e3;
+  border-left: 4px solid #b58900; padding: .6em 1em; }
+.note { color: #555; font-size: .9em; }
 .verdict { background: #f7f7fb; border-left: 4px solid #557; padding: .6em 1em; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; }
 """
@@ -68,6 +72,7 @@ class Report:
     def save(self, name: str = "report.html") -> Path:
         doc = (
             "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
             f"<title>{html.escape(self.title)}</title><style>{_STYLE}</style></head><body>"
             f"<h1>{html.escape(self.title)}</h1>" + "\n".join(self._parts) + "</body></html>"
         )

@@ -76,7 +76,7 @@ def spectra_vs_n(per_n: dict):
 
 def _spectrum_axes(ax):
     ax.set_xlabel("k")
-    ax.set_ylabel("eigenvalue λ_k")
+    ax.set_ylabel(r"eigenvalue $\lambda_k$")
     lines = [ln.get_ydata() for ln in ax.get_lines()]
     if lines and all(np.all(np.asarray(y) > 0) for y in lines):
         ax.set_yscale("log")
@@ -103,13 +103,17 @@ def eigenvector_grid(rows: list, title: str | None = None):
             v = vecs[c]
             v = v[0] if v.shape[0] == 1 else v.mean(0)  # colour: the channel mean
             scale = float(np.abs(v).max()) or 1.0
-            ax.imshow(v / scale, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+            shown = ax.imshow(v / scale, cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
             if lams is not None:
                 ax.set_title(f"{float(lams[c]):.3g}", fontsize=7)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.02, pad=0.01,
+                       ticks=[-1, 0, 1])
+    bar.set_label("value / max |value|", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     return fig
 
 
@@ -382,17 +386,19 @@ def sweep_section(rep: Report, per_n: dict) -> None:
     rep.figure(effective_dimension({
         f"N = {n}": (per_n[n]["sigmas"], [per_n[n]["A"]["trace"][s] for s in sig]) for n in ns}),
         "jacobian_effective_dimension", "Effective dimension tr J of model A against σ, per N.")
-    s_mid = sig[len(sig) // 2]
+    s_low = sig[0]  # the smallest σ, where the README quotes the A–B agreement
     rows = [("image", [first["image"]], None)]
     for n in ns:
         for m in ("A", "B"):
-            rows.append((f"N = {n} {m}", per_n[n][m]["eigenvectors"][s_mid],
-                         per_n[n][m]["eigenvalues"][s_mid][: len(per_n[n][m]["eigenvectors"]
-                                                                  [s_mid])]))
+            rows.append((f"N = {n} {m}", per_n[n][m]["eigenvectors"][s_low],
+                         per_n[n][m]["eigenvalues"][s_low][: len(per_n[n][m]["eigenvectors"]
+                                                                  [s_low])]))
     rep.figure(eigenvector_grid(rows), "jacobian_eigenvectors",
-               f"Top Jacobian eigenvectors of both models per N at σ = {s_mid} for the first "
-               "held-out image (titles: eigenvalues): memorizing models keep directions of "
-               "their own training images, generalizing ones share an adaptive basis.")
+               f"Top Jacobian eigenvectors of both models per N at σ = {s_low} (the σ of the "
+               f"first agreement column above) for the first held-out image; titles: "
+               "eigenvalues; each eigenvector scaled to its largest |value| (white +, black −, "
+               "the sign is arbitrary). Memorizing models keep directions of their own "
+               "training images, generalizing ones share an adaptive basis.")
 
 
 def _mean(values) -> float:

@@ -8,7 +8,10 @@ from pathlib import Path
 from . import figures
 from .html import Report
 
-_GRID_COLUMNS = 10
+_GRID_COLUMNS = 16  # samples per grid: 16 fit the page width with their cosines
+# below this lead of the paired median over the closer of the nearest-training median and
+# the S1–S2 baseline, the largest N is reported as weak evidence, not as a clear verdict
+WEAK_MARGIN = 0.02
 
 
 def verdict_sentence(n: int, s: dict) -> str:
@@ -32,17 +35,52 @@ def verdict_sentence(n: int, s: dict) -> str:
     )
 
 
-def sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
+def headline(summaries: dict) -> str:
+    """One sentence: where the transition lies, from the verdicts per N ({N: summary}),
+    and whether the largest N's evidence is weak."""
+    ns = sorted(summaries)
+    mem = [n for n in ns if summaries[n]["verdict"] == "memorizing"]
+    gen = [n for n in ns if summaries[n]["verdict"] == "generalizing"]
+    if mem and gen:
+        where = (f"the models memorize up to N = {max(mem)} and generalize from N = "
+                 f"{min(gen)}: the transition lies between them")
+    elif mem:
+        where = f"the models memorize up to N = {max(mem)}; no size here generalizes"
+    elif gen:
+        where = f"the models generalize from N = {min(gen)}; no size here memorizes"
+    else:
+        where = "no size here is clearly memorizing or generalizing"
+    top = summaries[ns[-1]]
+    rival = max(top["nearest_median"], top["baseline_median"])
+    margin = top["paired_median"] - rival
+    if margin < WEAK_MARGIN:
+        lead = (f"only {margin:.3f} more than" if margin > 0 else
+                f"no more than ({margin:+.3f})")
+        return (f"Weak evidence: {where}, but at the largest N = {ns[-1]} the two models' "
+                f"samples agree (median cosine {top['paired_median']:.3f}) {lead} the closer "
+                f"of the nearest-training median ({top['nearest_median']:.3f}) and the S1–S2 "
+                f"baseline ({top['baseline_median']:.3f}); a clear result needs a lead of "
+                f"{WEAK_MARGIN} or more.")
+    return (f"{where[0].upper()}{where[1:]}. At the largest N = {ns[-1]} the two models' "
+            f"samples agree (median cosine {top['paired_median']:.3f}) {margin:.3f} more than "
+            "the closer of the nearest-training median and the S1–S2 baseline.")
+
+
+def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | None = None
+                 ) -> Path:
     """report.html of a sweep: verdicts per N, similarity histograms and curves, samples,
-    PSNR curves and, where the run has them, the Gaussian and Jacobian sections."""
+    PSNR curves and, where the run has them, the Gaussian and Jacobian sections. ``about``:
+    the run's metadata (version, git, date, machine, threads, stage seconds) if recorded."""
     from ..config import to_dict
 
     out = Path(out)
     ns = sorted(per_n)
+    summaries = {n: metrics["sizes"][str(n)] for n in ns}
     rep = Report(f"Memorization → generalization: {config.name}", out)
+    rep.paragraph(headline(summaries), css_class="headline")
     _verdicts(rep, config, ns, metrics)
-    _similarities(rep, ns, per_n, {n: metrics["sizes"][str(n)] for n in ns})
-    _samples(rep, out, ns)
+    _similarities(rep, ns, per_n, summaries)
+    _samples(rep, out, ns, per_n)
     rep.heading("Denoising PSNR: training vs held-out images")
     rep.figure(
         figures.psnr_curves({n: per_n[n]["psnr"] for n in ns}), "psnr_curves",
@@ -55,9 +93,30 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict) -> Path:
         from .jacobian import sweep_section
 
         sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
+    _about(rep, about or {}, metrics.get("seconds"))
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
     return rep.save()
+
+
+def _about(rep: Report, about: dict, seconds: float | None) -> None:
+    """The run's metadata: what made it, where, when, and how long each stage took."""
+    rep.heading("Run")
+    if not about:
+        rep.paragraph("This run did not record its version, machine or times (made before "
+                      "pydiffgen recorded them).")
+        return
+    git = f" (git {about['git']})" if about.get("git") else ""
+    rows = [["pydiffgen", f"{about.get('version', '?')}{git}"],
+            ["date", about.get("date", "?")], ["machine", about.get("machine", "?")],
+            ["threads", f"{about.get('threads', '?')} of {about.get('cores', '?')} usable cores"]]
+    if about.get("data_seconds") is not None:
+        rows.append(["loading + de-duplicating the data", f"{about['data_seconds']:.1f} s"])
+    for n, sec in sorted(about.get("size_seconds", {}).items()):
+        rows.append([f"N = {n}: train A and B, sample, evaluate", f"{sec:.1f} s"])
+    if seconds is not None:
+        rows.append(["wall time of the last (re)run", f"{seconds:.1f} s"])
+    rep.table(["", ""], rows)
 
 
 def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
@@ -75,11 +134,20 @@ def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
         ["N", "verdict", "paired median", "nearest median", "S1–S2 baseline",
          "memorized", "PSNR gap (dB)", "gen. score", "I(sample; set) ≥ (bits)"],
         [[n, s["verdict"], s["paired_median"], s["nearest_median"], s["baseline_median"],
-          "n/a" if s["memorized_fraction"] is None else s["memorized_fraction"],
+          "n/a" if s["memorized_fraction"] is None else f"{100 * s['memorized_fraction']:.0f}%",
           s["psnr_gap_db"], s["generalization_score"],
           "n/a" if s.get("identification_bits") is None else s["identification_bits"]]
          for n, s in summaries.items()],
     )
+    rep.paragraph(
+        "Medians are cosine similarities. Memorized: the share of samples whose nearest / "
+        "second-nearest training distance is below 1/3. PSNR gap: denoising PSNR on the "
+        "models' own training images minus on held-out images. Gen. score (Li, Dai & Qu "
+        "2024): the mean distance of a sample to its nearest training image relative to "
+        "the sample's norm, ‖x − NN(x)‖ / ‖x‖; near 0 the samples are training images, above "
+        "about 0.6 the model generalizes. I(sample; set): a lower bound on the information "
+        "a sample carries about which training set made it (1 bit: always identifiable).",
+        css_class="note")
 
 
 def _similarities(rep: Report, ns: list, per_n: dict, summaries: dict) -> None:
@@ -88,33 +156,40 @@ def _similarities(rep: Report, ns: list, per_n: dict, summaries: dict) -> None:
         figures.similarity_histograms({n: per_n[n] for n in ns}), "similarity_histograms",
         "Red: model A vs model B from the same initial and injected noise. Dark: each sample "
         "vs its nearest image in its own training set. Grey: each S1 image vs its closest "
-        "S2 image. Memorization puts dark at 1; generalization puts red above dark.",
+        "S2 image. Memorization puts dark at 1; generalization puts red to the right of dark "
+        "(and of grey). One x-range for every panel, fitted to the data; y: density.",
     )
     rep.heading("Median similarity vs training-set size")
     rep.figure(
         figures.median_curves(ns, [summaries[n]["paired_median"] for n in ns],
                               [summaries[n]["nearest_median"] for n in ns],
                               [summaries[n]["baseline_median"] for n in ns]),
-        "median_similarity", "The phase transition: where the red curve crosses the dark one.",
+        "median_similarity", "The phase transition: where the red curve (model A vs B) rises "
+        "above the dark one (nearest training image).",
     )
 
 
-def _samples(rep: Report, out: Path, ns: list) -> None:
+def _samples(rep: Report, out: Path, ns: list, per_n: dict) -> None:
     from safetensors.torch import load_file
 
     rep.heading("Samples")
     for n in ns:
         s = load_file(str(out / f"n{n}" / "samples.safetensors"))
-        k = min(_GRID_COLUMNS, len(s["A"]))
+        m = len(s["A"])
+        k = min(_GRID_COLUMNS, m)
+        paired, nearest = per_n[n]["paired"], per_n[n]["nearest"]
         rows = [
             ("model A", s["A"][:k].numpy()),
             ("nearest in S1", s["nearest_A"][:k].numpy()),
             ("model B", s["B"][:k].numpy()),
             ("nearest in S2", s["nearest_B"][:k].numpy()),
         ]
-        rep.figure(figures.image_grid(rows), f"samples_n{n}",
-                   f"N = {n}: samples of both models from the same seeds, each above its "
-                   "nearest training image.")
+        notes = [None, [f"{c:.2f}" for c in nearest[:k]],
+                 [f"A·B {c:.2f}" for c in paired[:k]], [f"{c:.2f}" for c in nearest[m:m + k]]]
+        rep.figure(figures.image_grid(rows, title=f"N = {n}", notes=notes), f"samples_n{n}",
+                   f"N = {n}: the first {k} of {m} samples of each model, from the same seeds, "
+                   "each above its nearest training image; numbers: the cosine of the image "
+                   "above to its nearest training image, and (A·B) of the two models' samples.")
 
 
 def _gaussian_section(rep: Report, ns: list, per_n: dict) -> None:
@@ -127,6 +202,9 @@ def _gaussian_section(rep: Report, ns: list, per_n: dict) -> None:
             for n in ns})]),
         "gaussian_rmse",
         "RMSE between model A and the Gaussian denoiser D_G of S1 (its training set's "
-        "mean and covariance) on held-out noisy images, per N (Li, Dai & Qu 2024): a "
-        "generalizing model is close to D_G at intermediate σ.",
+        "mean and covariance) on held-out noisy images, per N (Li, Dai & Qu 2024). At low σ "
+        "every denoiser is close to the identity and at high σ to the mean, so the curves "
+        "meet there; the distance peaks at intermediate σ, where the models differ most "
+        "from D_G: the lower that peak, the more of the model is its training set's "
+        "Gaussian structure.",
     )
