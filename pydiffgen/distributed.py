@@ -12,14 +12,13 @@ Dataset-scale search shards the *training set* across ranks (rank r holds rows
   their scores in float64, the [M, k] lists are all_gathered (16 bytes per query and
   neighbour per rank), and ``ops.topk_merge`` picks the best k, ties to the lower global
   index: the same neighbours, in the same order, as ``ops.knn`` over the whole set.
-- ``empirical_denoiser``: each rank reduces its shard to the online log-sum-exp state
-  (m = max logit, s = Σ exp(l − m), a = Σ exp(l − m) x_i) of ``ops.lse``; an
-  all_reduce MAX gives the global m*, and an all_reduce SUM of the partials rescaled by
-  exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows whose float32 logits
-  could move D_M by more than ``lse.TOL`` relative are recomputed exactly as in
-  ``ops.empirical_denoiser`` (the bound in ``ops.lse``): at small σ from float64 direct
-  logits of each shard's 64 nearest points, certified when every other point of every
-  shard lies more than 40 below the global max logit, else by a float64 pass.
+- ``empirical_denoiser``: the reduction of ``ops.empirical_denoiser`` (``ops.lse.denoise``)
+  with the merges across ranks: each rank's exact float64 softmax over the candidates of
+  its bf16 pass, as the online log-sum-exp state (m = max logit, s = Σ exp(l − m),
+  a = Σ exp(l − m) x_i); an all_reduce MAX gives the global m*, and an all_reduce SUM of
+  the states rescaled by exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows
+  any rank leaves dense (σ comparable to the data's spread) or that the bound of
+  ``ops.lse`` does not certify take every shard's float64 pass, merged the same way.
 """
 
 from __future__ import annotations
@@ -350,37 +349,20 @@ def _merge(m, s, a, group):
 
 
 def _sharded_denoise(y, x, sig, group):
-    """D_M [M, D] float64 for rows y [M, D] over every rank's shard x, certified as in
-    ``ops.empirical_denoiser`` (``ops.lse``): fast rows whose output error bound, with the
-    largest logit error and spread bound of any shard, exceeds lse.TOL are recomputed on
-    every shard, from the candidates where the float32 logits are hopeless (certified when
-    every other point of every shard lies MARGIN below the global max logit), else by a
-    float64 pass."""
+    """D_M [M, D] float64 for rows y [M, D] over every rank's shard x, by the reduction of
+    ``ops.empirical_denoiser`` (``ops.lse.denoise``): each rank's exact softmax over its
+    bf16 pass's candidates (every point a shard omits lies MARGIN + log N_r below its own
+    largest kept logit, hence below the global one), merged; rows any rank leaves dense or
+    uncertified by the float64 pass of every shard, merged."""
     from .ops import lse
-    from .ops.exact import centre, radius
 
-    MAX = torch.distributed.ReduceOp.MAX
-    m, s, a, err = lse.partials(y, x, sig)
-    out = _merge(m, s, a, group)
-    mu = centre(x).double() if len(x) else out.new_zeros(out.shape[1])
-    spread = radius(x, mu) + (out - mu).norm(dim=1) if len(x) else torch.zeros_like(sig)
-    err, spread = _all_reduce(torch.stack([err, spread]), MAX, group)
-    u32 = torch.finfo(torch.float32).eps / 2  # bound 3 of ops.lse, the weighted sum
-    bad = torch.expm1(2 * err) * spread + u32 * len(x) ** 0.5 * spread > lse.TOL * out.norm(dim=1)
-    if not bool(bad.any()):
-        return out
-    rows = bad.nonzero().squeeze(1)
-    m, s, a = (t[rows] for t in lse.empty(len(y), y.shape[1], y.device))
-    small = err[rows] > lse.LOGIT_TOL  # the same on every rank (err is all-reduced)
-    dense = ~small
-    if bool(small.any()):
-        mc, sc, ac, c = lse.candidate_partials(y[rows[small]], x, sig[rows[small]])
-        m_star = _all_reduce(mc, MAX, group)
-        dense[small] = _all_reduce(lse.uncertified(m_star, c).to(torch.float64), MAX,
-                                   group).bool()
-        m[small], s[small], a[small] = mc, sc, ac
-    if bool(dense.any()):
-        sel = rows[dense]
-        m[dense], s[dense], a[dense], _ = lse.partials(y[sel], x, sig[sel], torch.float64)
-    out[rows] = _merge(m, s, a, group)
-    return out
+    def merge(m, s, a):
+        return _merge(m, s, a, group)
+
+    def agree(t):
+        return _all_reduce(t, torch.distributed.ReduceOp.MAX, group)
+
+    def dense(y, x, sig):
+        return merge(*lse.partials(y, x, sig, torch.float64)[:3])
+
+    return lse.denoise(y, x, sig, dense, merge, agree, parts=world_size(group))

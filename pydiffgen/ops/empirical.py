@@ -191,50 +191,22 @@ def _register_fast(name):
     return register(name, fake=fake, setup_context=setup_context, backward=_backward)
 
 
-def exact_rows(y, x, sig, err, dense64):
-    """D_M float64 [M, D] for rows whose fast result is not certified (``lse``): where the
-    float32 logits are hopeless (err > lse.LOGIT_TOL, small σ), the softmax over the
-    lse.CANDIDATES nearest points; the other rows, and those the candidates do not certify
-    (many near ties at that σ), by ``dense64`` (y, x, σ) -> D, a float64 pass.
-    Differentiable in y."""
-    out = torch.empty(y.shape, dtype=torch.float64, device=y.device)
-    dense = err <= lse.LOGIT_TOL
-    small = (~dense).nonzero().squeeze(1)
-    if len(small):
-        m, s, a, c = lse.candidate_partials(y[small], x, sig[small])
-        out[small] = a / s[:, None]
-        dense[small[lse.uncertified(m, c)]] = True
-    if bool(dense.any()):
-        out[dense] = dense64(y[dense].double(), x.double(), sig[dense]).double()
-    return out
+def _certified(dense64):
+    """A backend's forward (y, x, σ) -> D_M in y's dtype (``lse.denoise``): each row's exact
+    softmax over the candidates of the bf16 pass where it certifies the row, the float64
+    pass ``dense64`` (y, x, σ) -> D elsewhere."""
 
+    def dense(y, x, sig):
+        return dense64(y.double(), x.double(), sig)
 
-def _corrected(fast, dense64):
-    """A fast backend's forward: rows whose output error bound exceeds lse.TOL relative
-    (``lse.certified``) are replaced by ``exact_rows``. Rows that cannot be certified even
-    if D were the training centre (the large-σ limit) skip the fast pass."""
-
-    def forward(y, x, sig):
-        err = lse.fast_error(y, x, sig)  # [M], the kernels' estimate, before the pass
-        mu = centre(x).to(y.dtype).expand(y.shape)
-        bad = ~lse.certified(err, mu, x)
-        out = torch.empty_like(y)
-        if not bool(bad.all()):
-            ok = ~bad
-            out[ok], err[ok] = fast(y[ok], x, sig[ok])
-            bad[ok] = ~lse.certified(err[ok], out[ok], x)
-        if bool(bad.any()):
-            out[bad] = exact_rows(y[bad], x, sig[bad], err[bad], dense64).to(out.dtype)
-        return out
-
-    return forward
+    return lambda y, x, sig: lse.denoise(y, x, sig, dense).to(y.dtype)
 
 
 _CPP_WHY_NOT = _native.cpu_why_not("empirical_denoiser")
 if _CPP_WHY_NOT is None:
     _cpp_fast = _register_fast("empirical_denoiser")
-    # the C++ kernel in float64 costs about its float32 pass: the dense exact fallback
-    _cpp = _corrected(_cpp_fast, lambda y, x, sig: _cpp_fast(y, x, sig)[0])
+    # the C++ kernel in float64: the dense pass
+    _cpp = _certified(lambda y, x, sig: _cpp_fast(y, x, sig)[0])
 
 if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
@@ -248,23 +220,19 @@ if TRITON_WHY_NOT is None:
 
         return launch(y, train, sigma)
 
-    _triton = _corrected(_register_fast("empirical_denoiser_triton"), _reference)
+    _triton_fast = _register_fast("empirical_denoiser_triton")
+    _triton = _certified(lambda y, x, sig: _triton_fast(y, x, sig)[0])
 
 
 _op = dispatch.op("empirical_denoiser")
 _op.register("triton", ("cuda",), lambda *a: _triton(*a), cuda_why_not)
 _op.register("cpp", ("cpu",), lambda *a: _cpp(*a), lambda: _CPP_WHY_NOT)
+
+
 def _reference_checked(y, x, sig):
-    """The reference backend: float64, with the rows whose float64 logits could still move
-    the output by lse.TOL (tiny σ on large-norm data) taken from the candidates."""
-    out = _reference(y, x, sig)
-    err = lse.fast_error(y, x, sig, torch.float64)
-    bad = ~lse.certified(err, out, x, torch.float64)
-    if bool(bad.any()):
-        out = out.clone()
-        out[bad] = exact_rows(y[bad], x, sig[bad], err[bad] + lse.LOGIT_TOL,
-                              _reference).to(out.dtype)
-    return out
+    """The reference backend: float64 throughout (no candidate pass), with the rows whose
+    float64 logits could still move the output by lse.TOL taken from the candidates."""
+    return lse.denoise(y, x, sig, _reference, candidates=False).to(y.dtype)
 
 
 _op.register("reference", ("cpu", "cuda"), _reference_checked)

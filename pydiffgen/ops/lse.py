@@ -1,5 +1,6 @@
-"""The online log-sum-exp state of the empirical denoiser, shared by the one-process op
-(``pydiffgen.ops.empirical_denoiser``) and the sharded one (``pydiffgen.distributed``).
+"""The online log-sum-exp state of the empirical denoiser and its exact reduction, shared
+by the one-process op (``pydiffgen.ops.empirical_denoiser``) and the sharded one
+(``pydiffgen.distributed``): ``denoise``.
 
 For rows y [M, D] and training points x_i with logits l_i = −‖y − x_i‖²/(2σ²), the state
 is (m [M] = max_i l_i, s [M] = Σ_i exp(l_i − m), a [M, D] = Σ_i exp(l_i − m) x_i), and
@@ -7,52 +8,60 @@ D_M = a / s. States of disjoint sets merge by rescaling each to the larger m
 (flash-decoding; docs/design.md#numerics).
 
 Exactness (docs/science.md#empirical-optimum-numerics). Target: ‖D̂ − D‖ ≤ 1e-6·‖D‖ per
-row, D the float64 softmax, D̂ the float32 output.
+row, D the float64 softmax, D̂ the float32 output; TOL = 1e-7 below leaves the rest of
+the budget to the output's float32 rounding. Float32 logits cannot meet it: their error
+(~u·√D·‖y − μ‖·R/σ², bound 1) moves D by ~1e-5 relative even at σ = 80, and the float32
+weighted sum of N rows errs by ~u·√N relative (1.3e-6 measured on digits), so every
+number a user sees comes from float64 arithmetic, and low precision only *prunes*:
 
-1. Logit errors. If every logit carries an error |δ_i| ≤ Δ, the computed weights are
-   ŵ_i = w_i·e^(δ_i)/Σ_j w_j e^(δ_j), so e^(−2Δ) ≤ ŵ_i/w_i ≤ e^(2Δ), and since
-   Σ_i (ŵ_i − w_i) = 0,
-       ‖D̂ − D‖ = ‖Σ_i (ŵ_i − w_i)(x_i − D)‖ ≤ (e^(2Δ) − 1)·Σ_i w_i‖x_i − D‖
-                ≤ (e^(2Δ) − 1)·B,   B = R + ‖D − μ‖ ≥ max_i ‖x_i − D‖,
-   R = max_i ‖x_i − μ‖ for any point μ. A fast (float32) row is kept only when
-   (e^(2Δ) − 1)·B ≤ TOL·‖D̂‖ (``certified``); Δ is the backend's logit-error estimate
-   (``exact.logit_error``). The worst case ignores the averaging of independent
-   rounding errors, so float32 rows pass only at large σ (σ ≳ 30 on [-1, 1] digits);
-   the rest are recomputed in float64 (Δ ~ 1e-16·R²/σ²), which the fast backends do at
-   about the float32 cost on the CPU.
-2. Omitted points. Where the float32 logits are hopeless (Δ > LOGIT_TOL, small σ), the
-   state over the CANDIDATES nearest points (``knn``, direct float64 logits) replaces
-   the full one. Every other point has a logit ≤ c (the smallest candidate logit), so
-   the omitted weight fraction is ε ≤ (N − C)·e^(c − m) (s ≥ 1), and
-       ‖D_C − D‖ = ε‖D_rest − D_C‖ ≤ ε·B.
-   Rows are certified when c < m − MARGIN: ε·B ≤ N·e^−40·B ≤ TOL·‖D‖ whenever
-   N·B/‖D‖ ≤ 2·10^10; ``uncertified`` names the other rows (many near-ties), which are
-   recomputed by a float64 pass.
-3. Rounding of the weighted sum Σ p_i x_i of the raw rows (kept raw so that a lone
-   dominant point returns x_i exactly): about u·√N·max_i‖x_i‖ (the probabilistic √N
-   growth of a length-N sum, as ``exact.logit_error``), with max_i‖x_i‖ ≤ R + ‖μ‖; added
-   to bound 1 in ``certified``. In float32 it exceeds TOL·‖D‖ beyond a few hundred rows,
-   so the fast backends keep float32 rows only for small training sets; float32 rows
-   measured up to 1.3e-6 at σ = 80 on digits without it.
-TOL = 1e-7 leaves the rest of the 1e-6 budget to the rounding of the float32 output.
+4. Candidates (``candidate_pass``, any σ). One bfloat16 GEMM scores every pair,
+   G' = ⟨y − μ, x_i − μ⟩ − ‖x_i − μ‖²/2 (the logit is G'/σ² plus a per-row constant),
+   with a rigorous bound E ≥ |G̃' − G'| (``pair_error``, the derivation of
+   csrc/cpu/knn.cpp). With L = max_i G̃'_i − E ≤ max_i G'_i, every point with
+   G̃'_i + E < L − σ²·(MARGIN + log N) has a logit below the largest minus MARGIN + log N,
+   so the omitted points carry a weight fraction ε ≤ N·e^−(MARGIN + log N) = e^−MARGIN
+   and ‖D_C − D‖ = ε‖D_rest − D_C‖ ≤ ε·B, B = R + ‖D_C − μ‖ ≥ max_i ‖x_i − D_C‖
+   (R = max_i ‖x_i − μ‖). The kept points get direct float64 logits (``sparse_partials``);
+   rows are certified when e^−MARGIN·B ≤ TOL·‖D_C‖ (``omission_certified``). Rows that
+   keep more than CAP points (σ comparable to the data's spread: the softmax is dense)
+   take the dense float64 pass instead.
+1. Logit errors of the dense float64 pass. If every logit carries an error |δ_i| ≤ Δ, the
+   weights satisfy e^(−2Δ) ≤ ŵ_i/w_i ≤ e^(2Δ), and since Σ_i (ŵ_i − w_i) = 0,
+       ‖D̂ − D‖ = ‖Σ_i (ŵ_i − w_i)(x_i − D)‖ ≤ (e^(2Δ) − 1)·B.
+   Δ is ``exact.logit_error`` in float64 (~1e-16·√D·‖y − μ‖·R/σ²).
+2. Where bound 1 fails (tiny σ on large-norm data, rows the candidate pass left dense:
+   many near-ties), the state over the CANDIDATES nearest points (``knn``, direct float64
+   logits) replaces the full one when every other point's logit is ≤ c < m − MARGIN (c the
+   smallest candidate logit, ``uncertified``): the omitted fraction is ≤ N·e^−MARGIN.
+   Rows neither certifies keep the float64 pass (its error is then ~Δ·B, far below
+   float32's).
+3. Rounding of the float64 weighted sum of the raw rows: about u·√N·(R + ‖μ‖), added to
+   bound 1 (``dense_exact``).
 """
 
 from __future__ import annotations
 
 import torch
 
+import math
+
 from .exact import centre, logit_error, radius, softmax_gather64
 from .knn import search
+from .knn_certified import U32, U_ACC_TC
 
 # The relative output error allotted to logit errors and omitted points (bound above).
 TOL = 1e-7
-# Above this logit error the float32 weights are meaningless (small σ): such rows take the
-# candidates' exact softmax rather than a dense float64 pass.
-LOGIT_TOL = 1e-2
 # Candidates per exact row, and the logit margin that certifies them: every training point
 # outside the candidates has a logit below max − MARGIN (weight < e^-40).
 CANDIDATES = 64
 MARGIN = 40.0
+# bfloat16 unit roundoff (round to nearest), and 2^-8 for the rounding of a bf16 GEMM's
+# output (as csrc/cpu/knn.cpp: a conservative factor 2)
+U_BF16 = 2.0**-9
+U_OUT = 2.0**-8
+# The candidate pass keeps at most this many points per row (and at most N/16: beyond
+# that, gathering the candidates in float64 costs more than the dense float64 pass).
+CAP = 256
 
 
 def empty(M: int, D: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -117,29 +126,193 @@ def candidate_partials(y, x, sig, C: int = CANDIDATES):
     return m, s, a, c
 
 
-def certified(err, out, x, dtype=torch.float32):
-    """Rows of a result out [M, D] computed in ``dtype`` (logit error bound err [M]) over
-    x [N, D] whose output error, (e^(2·err) − 1)·B with B = R + ‖out − μ‖ ≥ max_i ‖x_i − D‖
-    (bound 1 above) plus u·√N·(R + ‖μ‖) for the rounding of the weighted sum of the raw
-    rows (bound 3), is at most TOL·‖out‖. Bool [M]."""
-    mu = centre(x).double()  # [D]
-    R = radius(x, mu)
-    dev = (out.double() - mu).norm(dim=1)  # [M]
-    u = torch.finfo(dtype).eps / 2
-    bound = torch.expm1(2 * err.double()) * (R + dev) + u * x.shape[0] ** 0.5 * (
-        R + float(mu.norm()))
-    return bound <= TOL * out.double().norm(dim=1)
-
-
-def fast_error(y, x, sig, dtype=torch.float32):
-    """The logit-error estimate of logits computed in ``dtype`` (``exact.logit_error``,
-    centred on ``exact.centre``) for rows y [M, D] over x [N, D], before any pass. [M]."""
-    mu = centre(x).double()  # [D]
-    R = radius(x, mu)
-    return logit_error((y.double() - mu).norm(dim=1), R * R, x.shape[1], dtype, sig)
-
-
 def uncertified(m_star, c):
     """Rows whose candidates do not certify the state: some point outside them may have a
     logit within MARGIN of the largest, m_star [M]. Bool [M]."""
     return c >= m_star - MARGIN
+
+
+def sparse_partials(y, x, sig, cap: int | None = None):
+    """The exact float64 state (m, s, a) of each row over its certified candidates (bound 4
+    above: ``candidate_pass``, then direct float64 logits), dense [M] bool, the rows with
+    more than ``cap`` candidates (default: min(CAP, N/16)), whose state is left empty
+    (−inf, 0, 0) for a dense pass, and R ≥ max_i ‖x_i − μ‖ (μ = ``exact.centre(x)``)."""
+    M, D = y.shape
+    N = x.shape[0]
+    m, s, a = empty(M, D, y.device)
+    if N == 0 or M == 0:
+        return m, s, a, torch.zeros(M, dtype=torch.bool, device=y.device), 0.0
+    cap = cap or max(1, min(CAP, N // 16))
+    rows, cols, dense, R = candidate_pass(y, x, sig, cap)
+    sparse = (~dense).nonzero().squeeze(1)
+    if len(sparse):
+        count = torch.bincount(rows, minlength=M)
+        order = torch.argsort(rows, stable=True)
+        rows, cols = rows[order], cols[order]
+        pos = torch.arange(len(rows), device=y.device) - (count.cumsum(0) - count)[rows]
+        idx = torch.full((M, int(count.max())), -1, dtype=torch.int64, device=y.device)
+        idx[rows, pos] = cols
+        m[sparse], s[sparse], a[sparse], _ = softmax_gather64(y[sparse], x, idx[sparse],
+                                                              sig[sparse])
+    return m, s, a, dense, R
+
+
+def candidate_pass(y, x, sig, cap: int):
+    """Bound 4's bfloat16 pass over x [N, D] for rows y [M, D], σ [M]: (rows, cols) int64,
+    the kept pairs (every point a row may not omit, plus some it may), dense [M] bool (rows
+    that kept more than ``cap`` points, whose pairs are dropped) and R ≥ max_i ‖x_i − μ‖.
+    Scores G' = ⟨y − μ, x − μ⟩ − ‖x − μ‖²/2 (larger is nearer; the logit is G'/σ² up to a
+    per-row constant) come from one bf16 GEMM of augmented rows [y − μ, −½, −½] and
+    [x − μ, a_hi, a_lo] (a = ‖x − μ‖² split into two bf16 parts): E [M] bounds their error."""
+    M, D = y.shape
+    N = x.shape[0]
+    dev = y.device
+    mu = centre(x)  # float32 [D]
+    q = y.float() - mu  # [M, D]
+    nq = q.square().sum(1).double().sqrt() * (1 + (D + 2) * U32)  # ≥ ‖y − μ‖ (float32)
+    qa = torch.empty(M, D + 2, dtype=torch.bfloat16, device=dev)
+    qa[:, :D], qa[:, D:] = q, -0.5
+    slack = sig.double().square() * (MARGIN + math.log(N))  # [M], in units of G'
+    lower = torch.full((M,), float("-inf"), dtype=torch.float64, device=dev)  # ≤ max_i G'_i
+    dense = torch.zeros(M, dtype=torch.bool, device=dev)
+    kept_r, kept_c, kept_hi = [], [], []
+    n_tile = min(N, max(64, (1 << 22) // D))
+    m_chunk = max(1, min(M, (1 << 22) // n_tile))
+    A_max = 0.0
+    for n0 in range(0, N, n_tile):
+        xc = x[n0 : n0 + n_tile].float() - mu  # [t, D]
+        sq = torch.linalg.vector_norm(xc, dim=1).square_()  # [t]
+        xa = torch.empty(len(xc), D + 2, dtype=torch.bfloat16, device=dev)
+        xa[:, :D] = xc
+        xa[:, D] = sq
+        xa[:, D + 1] = sq - xa[:, D].float()
+        A = float(sq.max()) * (1 + 2 * (D + 2) * U32)  # ≥ max ‖x − μ‖² of the tile
+        A_max = max(A_max, A)
+        E = pair_error(nq, A, D)  # [M]
+        for r in (~dense).nonzero().squeeze(1).split(m_chunk):
+            G = qa[r] @ xa.T  # [m, t] bf16
+            i, j, hi = _keep(G, r, lower, slack, E, cap, dense, first=n0 == 0)
+            kept_r.append(r[i])
+            kept_c.append(j + n0)
+            kept_hi.append(hi)
+    rows, cols, hi = torch.cat(kept_r), torch.cat(kept_c), torch.cat(kept_hi)
+    # the final cut: a point kept against an early, lower bound may fall below the last one
+    ok = (hi >= (lower - slack)[rows]) & ~dense[rows]
+    rows, cols = rows[ok], cols[ok]
+    dense |= torch.bincount(rows, minlength=M) > cap
+    ok = ~dense[rows]
+    return rows[ok], cols[ok], dense, A_max**0.5
+
+
+def _keep(G, r, lower, slack, E, cap, dense, first):
+    """One block G [m, t] (bf16 scores G̃' of rows r): (i, j, G̃' + E) of the pairs with
+    G̃' + E ≥ lower − slack, lower [M] raised in place to this block's max G̃' − E. The
+    threshold is the one before this block (a superset of the pairs to keep, without a
+    pass for the block's max) unless that keeps more than ``cap`` points of a row; rows
+    that keep more than ``cap`` against their own max are marked dense, in place."""
+    rows = torch.arange(len(r), device=G.device)
+    if first:
+        lower[r] = torch.maximum(lower[r], G.amax(1).double() - E[r])
+    i, j = _above(G, lower[r] - slack[r] - E[r])
+    count = torch.bincount(i, minlength=len(r))
+    over = rows[count > cap]
+    if len(over) and not first:  # recount those rows against this block's own max
+        lower[r[over]] = torch.maximum(lower[r[over]], G[over].amax(1).double() - E[r[over]])
+        i2, j2 = _above(G[over], (lower - slack - E)[r[over]])
+        drop = torch.isin(i, over)
+        i, j = torch.cat([i[~drop], over[i2]]), torch.cat([j[~drop], j2])
+        count = torch.bincount(i, minlength=len(r))
+        over = rows[count > cap]
+    hi = G[i, j].double() + E[r[i]]
+    if not first and len(i):  # the block's max among the kept pairs raises lower
+        top = torch.full((len(r),), float("-inf"), dtype=torch.float64, device=G.device)
+        top.scatter_reduce_(0, i, hi - 2 * E[r[i]], "amax")
+        lower[r] = torch.maximum(lower[r], top)
+    if len(over):
+        dense[r[over]] = True
+        ok = ~torch.isin(i, over)
+        i, j, hi = i[ok], j[ok], hi[ok]
+    return i, j, hi
+
+
+def _above(G, thr):
+    """(i, j) where G [m, t] (bf16) ≥ thr [m] (float64), comparing with thr rounded down
+    to bf16 (so no pair at or above thr is missed)."""
+    thr = (thr - thr.abs() * 2.0**-7 - 1e-30).to(torch.bfloat16)
+    return (G >= thr[:, None]).nonzero(as_tuple=True)
+
+
+def pair_error(nq, A: float, D: int):
+    """E [M] ≥ |G̃' − G'| for every pair of rows of norm ≤ nq [M] (float32 y − μ) and
+    points with ‖x − μ‖² ≤ A, G̃' from ``candidate_pass``'s bf16 GEMM (bound 4). float64."""
+    nx = A**0.5
+    rho = U_BF16 + 1.01 * U32  # ‖v* − ṽ‖ ≤ rho·‖v_p‖: float32 centring, then bf16
+    gamma = (D + 4) * U_ACC_TC / (1 - (D + 4) * U_ACC_TC)
+    nqt, nxt = (1 + U_BF16) * nq, (1 + U_BF16) * nx  # the bf16 rows' norms
+    terms = nqt * nxt + A * (1 + 2 * U_BF16) / 2  # Σ |products| of the augmented dot
+    dot = rho * nq * (nxt + rho * nx) + nqt * rho * nx  # rounding of the operands
+    # ‖x − μ‖² in float32 and split into bf16 parts: γ_D + two roundings + 2^-18
+    sq = ((D + 4) * 1.01 * U32 + 2.02 * U32 + 2.0**-17) * A / 2
+    return (1 + 2.0**-10) * (dot + gamma * terms + U_OUT * (1 + gamma) * terms + sq)
+
+
+def omission_certified(out, spread, parts: int = 1):
+    """Rows of D out [M, D] (float64) from candidate states whose omitted points cannot move
+    it by TOL relative: their weight fraction is ≤ parts·e^−MARGIN (``parts`` sets of
+    candidates, each omitting points MARGIN + log N below its largest logit), so the error
+    is ≤ parts·e^−MARGIN·spread, spread [M] ≥ max_i ‖x_i − D‖. Bool [M]."""
+    return parts * math.exp(-MARGIN) * spread <= TOL * out.norm(dim=1)
+
+
+def denoise(y, x, sig, dense, merge=None, agree=None, parts: int = 1, candidates=True):
+    """D_M float64 [M, D] for rows y [M, D] and σ [M] over x [N, D], certified (module doc):
+    the candidate pass (bound 4) where it certifies a row, else the float64 pass
+    ``dense`` (y, x, σ) -> D (bounds 1–3, ``dense_exact``). Sharded use: x is this rank's
+    shard, ``merge`` (m, s, a) -> D merges every rank's states, ``agree`` (t) -> the
+    elementwise max of t [M] over the ranks, ``parts`` the number of ranks, and ``dense``
+    runs on every rank; defaults: one process. ``candidates=False`` skips the pass."""
+    merge = merge or (lambda m, s, a: a / s[:, None])
+    agree = agree or (lambda t: t)
+    M, D = y.shape
+    out = torch.zeros(M, D, dtype=torch.float64, device=y.device)
+    dense_rows = torch.ones(M, dtype=torch.bool, device=y.device)
+    if candidates:
+        m, s, a, dense_rows, R = sparse_partials(y, x, sig)
+        dense_rows = agree(dense_rows.double()).bool()  # a row dense on one rank: on all
+        m[dense_rows], s[dense_rows], a[dense_rows] = float("-inf"), 0.0, 0.0
+        out = merge(m, s, a).nan_to_num_(0.0)  # 0/0 on dense rows
+        spread = agree(R + (out - _centre64(x, D, y.device)).norm(dim=1))
+        dense_rows |= ~omission_certified(out, spread, parts)
+    rows = dense_rows.nonzero().squeeze(1)
+    if len(rows):
+        out[rows] = dense_exact(y[rows], x, sig[rows], dense, merge, agree)
+    return out
+
+
+def dense_exact(y, x, sig, dense, merge, agree):
+    """D_M float64 [M, D] by the float64 pass ``dense`` (y, x, σ) -> D, with the rows whose
+    logit error (bound 1) and rounding (bound 3) could move D by TOL taken from the
+    CANDIDATES nearest points where those certify it (bound 2); ``merge`` and ``agree`` as
+    in ``denoise``."""
+    M, D = y.shape
+    out = dense(y, x, sig).double()
+    mu = _centre64(x, D, y.device)
+    R = radius(x, mu) if len(x) else 0.0
+    u = torch.finfo(torch.float64).eps / 2
+    err = agree(logit_error((y.double() - mu).norm(dim=1), R * R, D, torch.float64, sig))
+    spread = agree(R + (out - mu).norm(dim=1))
+    rounding = agree(torch.full_like(err, u * len(x) ** 0.5 * (R + float(mu.norm()))))
+    bad = (torch.expm1(2 * err) * spread + rounding > TOL * out.norm(dim=1)).nonzero()
+    bad = bad.squeeze(1)
+    if len(bad):
+        m, s, a, c = candidate_partials(y[bad], x, sig[bad])
+        ok = ~agree(uncertified(agree(m), c).double()).bool()
+        out[bad[ok]] = merge(m, s, a)[ok]
+    return out
+
+
+def _centre64(x, D: int, device):
+    """``exact.centre`` in float64; zeros for an empty shard."""
+    if len(x) == 0:
+        return torch.zeros(D, dtype=torch.float64, device=device)
+    return centre(x).double()
