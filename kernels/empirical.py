@@ -9,20 +9,23 @@ training block of BLOCK_N rows:
   2. online softmax within the split: m' = max(m, max_j S), α = exp(m − m'),
      p = exp(S − m'), l = α·l + Σ p;
   3. accumulate over d: for each BLOCK_D chunk, acc[:, chunk] = α·acc[:, chunk] + p·x[:, chunk]
-     (read-modify-write of the split's partial accumulator, float32 [S, M, D], which stays
+     (read-modify-write of the split's partial accumulator, [S, M, D] in the inputs'
+     dtype, which stays
      in L2 for one program's rows).
 The launcher merges the splits in float64 (flash-decoding reduction):
   m* = max_s m_s, w_s = exp(m_s − m*), D = Σ_s w_s·acc_s / Σ_s w_s·l_s.
 
 Numerics:
-- float32 inputs; tl.dot with input_precision="ieee" (true fp32, never TF32: the logit
-  error is the distance error / 2σ²).
+- the inputs' dtype, float32 or float64: pydiffgen.ops.empirical runs this kernel in
+  float64 only, as the dense pass of rows its bf16 candidate pass leaves dense (σ
+  comparable to the data's spread); float32 logits and sums cannot be certified to 1e-6
+  relative (docs/science.md#empirical-optimum-numerics). tl.dot with
+  input_precision="ieee" (never TF32).
 - μ (the mean of ≤ 8192 strided training rows) is subtracted inside the logit dot, and
-  ‖x − μ‖² is computed once per call by the launcher (float32, chunked).
+  ‖x − μ‖² is computed once per call by the launcher (chunked).
 - the weighted sum uses the raw x, so a lone dominant point returns x_i exactly.
-- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖), the
-  float32 logit-error estimate; pydiffgen.ops.empirical recomputes rows above its
-  tolerance exactly (small σ).
+- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖, u the
+  unit roundoff of the dtype), the logit-error estimate.
 - masked loads fill 0; masked training columns get logit −inf.
 
 The launcher takes torch tensors on a CUDA device, or on the CPU when TRITON_INTERPRET=1

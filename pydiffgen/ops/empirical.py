@@ -4,20 +4,22 @@ The exact posterior mean E[x | y] when x is drawn uniformly from the training se
 y = x + σ·n (docs/science.md#empirical-optimum). Its Jacobian is Cov_w[y_i]/σ² (the softmax-weighted
 covariance of the training points), which gives the VJP used by autograd.
 
-Numerics (docs/design.md#numerics): training tiles are streamed with a flash-decoding-style online
-merge of (max, sum, weighted sum); no [M, N] matrix is ever held. The training mean is
-subtracted before the ‖y‖² + ‖x‖² − 2⟨y, x⟩ expansion. A logit's error is the distance
-error / 2σ², so every backend bounds it, and rows whose bound could move the output by
-more than ``lse.TOL`` relative (bound in ``ops.lse``) are recomputed exactly
-(``exact_rows``): every backend is within 1e-6 relative of the float64 softmax at every
-σ, and σ = 0.002 on [-1, 1] data returns the nearest training image, never NaN.
+Numerics (docs/science.md#empirical-optimum-numerics; the one reduction is ``lse.denoise``,
+shared with ``distributed.empirical_denoiser``): no [M, N] matrix is ever held. Low
+precision only prunes: a bf16 GEMM with a rigorous per-pair error bound keeps, per row,
+every training point whose logit may lie within MARGIN + log N of the largest, and those
+get float64 logits from direct differences and an exact softmax; rows with too many
+candidates (σ comparable to the data's spread: a dense softmax) take a float64 streamed
+pass. Every row is certified within ``lse.TOL`` relative of the float64 softmax (bounds
+in ``ops.lse``): every backend is within 1e-6 relative at every σ, and σ = 0.002 on
+[-1, 1] data returns the nearest training image, never NaN.
 
-Backends in priority order:
-  CUDA: triton (pydiffgen.kernels.empirical, custom op pydiffgen::empirical_denoiser_triton)
-        → reference;
-  CPU:  cpp (pydiffgen._C, ATen GEMMs per tile + a fused OpenMP exp/merge pass, op
-        pydiffgen::empirical_denoiser) → reference (pydiffgen::empirical_denoiser_ref,
-        float64 throughout).
+Backends in priority order (each the candidate pass, then its own float64 dense pass):
+  CUDA: triton (pydiffgen.kernels.empirical in float64, custom op
+        pydiffgen::empirical_denoiser_triton) → reference;
+  CPU:  cpp (pydiffgen._C in float64, ATen GEMMs per tile + a fused OpenMP exp/merge
+        pass, op pydiffgen::empirical_denoiser) → reference
+        (pydiffgen::empirical_denoiser_ref, float64 throughout, no candidate pass).
 Each backend is a custom op registered once (``ops._register``) with a fake kernel and
 autograd (VJP by recomputation, ``pydiffgen::empirical_denoiser_vjp``, float64; the
 Jacobian Cov_w/σ² is symmetric, so the JVP is the same product); the reference and the
@@ -34,7 +36,7 @@ from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import dispatch, lse, reference
 from ._register import register, transformed
-from .exact import centre, check_finite, softmax_gather64
+from .exact import check_finite, softmax_gather64
 from .knn import search
 
 
@@ -179,7 +181,7 @@ def _reference(y, x, sig):
 
 def _register_fast(name):
     """A fast backend's op ``name`` (y, train, sigma) -> (out, err [M] float64, the
-    estimated logit error; not differentiable)."""
+    estimated logit error; not differentiable): the dense pass, run in float64."""
 
     def fake(y, train, sigma):
         return _fake(y, train, sigma), y.new_empty(y.shape[0], dtype=torch.float64)

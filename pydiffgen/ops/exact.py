@@ -111,24 +111,22 @@ def score64(q: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, metric: str) ->
 def softmax_gather64(y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor,
                      sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The softmax of logits −‖y − x_i‖²/(2σ²) over the training points idx [M, k] of
-    each row (−1: padding, no point; each row holds at least one), from direct float64
-    differences, in the online-merge form (m [M] largest logit, s [M] = Σ exp(l − m),
-    a [M, D] = Σ exp(l − m) x_i) plus c [M], the smallest of the row's logits; D = a / s.
-    Differentiable in y and σ."""
+    each row, from direct float64 differences, in the online-merge form
+    (m [M] largest logit, s [M] = Σ exp(l − m), a [M, D] = Σ exp(l − m) x_i) plus
+    c [M], the smallest of the k logits; D = a / s. Differentiable in y and σ."""
     ms, ss, as_, cs = [], [], [], []
     rows = _rows_per_chunk(idx.shape[1], y.shape[1])
     for r0 in range(0, y.shape[0], rows):
         r = slice(r0, r0 + rows)
-        valid = idx[r] >= 0  # [r, k]
-        cand = x[idx[r].clamp_min(0)].double()  # [r, k, D]
+        cand = x[idx[r]].double()  # [r, k, D]
         d2 = (y[r].double()[:, None, :] - cand).square().sum(-1)  # [r, k]
         logits = -d2 / (2 * sigma[r].double()[:, None] ** 2)
-        m = logits.masked_fill(~valid, float("-inf")).max(1).values
-        p = torch.exp(logits - m[:, None]) * valid  # [r, k]
+        m = logits.max(1).values
+        p = torch.exp(logits - m[:, None])  # [r, k]
         ms.append(m)
         ss.append(p.sum(1))
         as_.append((p[:, :, None] * cand).sum(1))
-        cs.append(logits.masked_fill(~valid, float("inf")).min(1).values)
+        cs.append(logits.min(1).values)
     if not ms:
         f64 = dict(dtype=torch.float64, device=y.device)
         return (torch.empty(0, **f64), torch.empty(0, **f64),

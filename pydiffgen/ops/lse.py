@@ -41,11 +41,11 @@ number a user sees comes from float64 arithmetic, and low precision only *prunes
 
 from __future__ import annotations
 
-import torch
-
 import math
 
-from .exact import centre, logit_error, radius, softmax_gather64
+import torch
+
+from .exact import GATHER_ELEMS, centre, logit_error, radius, softmax_gather64
 from .knn import search
 from .knn_certified import U32, U_ACC_TC
 
@@ -136,62 +136,86 @@ def sparse_partials(y, x, sig, cap: int | None = None):
     """The exact float64 state (m, s, a) of each row over its certified candidates (bound 4
     above: ``candidate_pass``, then direct float64 logits), dense [M] bool, the rows with
     more than ``cap`` candidates (default: min(CAP, N/16)), whose state is left empty
-    (−inf, 0, 0) for a dense pass, and R ≥ max_i ‖x_i − μ‖ (μ = ``exact.centre(x)``)."""
+    (−inf, 0, 0) for a dense pass, and (μ [D] float64, R): every x_i lies within R of μ."""
     M, D = y.shape
     N = x.shape[0]
     m, s, a = empty(M, D, y.device)
     if N == 0 or M == 0:
-        return m, s, a, torch.zeros(M, dtype=torch.bool, device=y.device), 0.0
+        return m, s, a, torch.zeros(M, dtype=torch.bool, device=y.device), (
+            _centre64(x, D, y.device), 0.0)
     cap = cap or max(1, min(CAP, N // 16))
-    rows, cols, dense, R = candidate_pass(y, x, sig, cap)
-    sparse = (~dense).nonzero().squeeze(1)
-    if len(sparse):
-        count = torch.bincount(rows, minlength=M)
-        order = torch.argsort(rows, stable=True)
-        rows, cols = rows[order], cols[order]
-        pos = torch.arange(len(rows), device=y.device) - (count.cumsum(0) - count)[rows]
-        idx = torch.full((M, int(count.max())), -1, dtype=torch.int64, device=y.device)
-        idx[rows, pos] = cols
-        m[sparse], s[sparse], a[sparse], _ = softmax_gather64(y[sparse], x, idx[sparse],
-                                                              sig[sparse])
-    return m, s, a, dense, R
+    rows, cols, dense, mu, R = candidate_pass(y, x, sig, cap)
+    if len(rows):
+        m, s, a = pair_partials(y, x, sig, rows, cols)
+    return m, s, a, dense, (mu.double(), R)
+
+
+def pair_partials(y, x, sig, rows, cols):
+    """The state (m, s, a) of rows y [M, D] over the pairs (rows [P], cols [P]) of rows and
+    points of x, from direct float64 differences (rows without a pair: (−inf, 0, 0)).
+    Work ∝ P·D, in chunks of ≤ exact.GATHER_ELEMS elements."""
+    M, D = y.shape
+    m, s, a = empty(M, D, y.device)
+    step = max(1, GATHER_ELEMS // D)
+    logits = torch.cat([
+        (y[rows[p0 : p0 + step]].double() - x[cols[p0 : p0 + step]].double()).square().sum(1)
+        for p0 in range(0, len(rows), step)]) / (-2 * sig.double()[rows].square())  # [P]
+    m.scatter_reduce_(0, rows, logits, "amax")
+    p = torch.exp(logits - m[rows])  # [P]
+    s.index_add_(0, rows, p)
+    for p0 in range(0, len(rows), step):
+        r = slice(p0, p0 + step)
+        a.index_add_(0, rows[r], p[r, None] * x[cols[r]].double())
+    return m, s, a
 
 
 def candidate_pass(y, x, sig, cap: int):
     """Bound 4's bfloat16 pass over x [N, D] for rows y [M, D], σ [M]: (rows, cols) int64,
     the kept pairs (every point a row may not omit, plus some it may), dense [M] bool (rows
-    that kept more than ``cap`` points, whose pairs are dropped) and R ≥ max_i ‖x_i − μ‖.
+    that kept more than ``cap`` points, whose pairs are dropped, and rows whose slack covers
+    the spread of the scores of ≤ 256 strided points: they would keep about every point,
+    so they are never scanned), μ [D] and
+    R ≥ max_i ‖x_i − μ‖.
     Scores G' = ⟨y − μ, x − μ⟩ − ‖x − μ‖²/2 (larger is nearer; the logit is G'/σ² up to a
     per-row constant) come from one bf16 GEMM of augmented rows [y − μ, −½, −½] and
     [x − μ, a_hi, a_lo] (a = ‖x − μ‖² split into two bf16 parts): E [M] bounds their error."""
     M, D = y.shape
     N = x.shape[0]
     dev = y.device
-    mu = centre(x)  # float32 [D]
+    mu, sample = _shift(x)  # float32 [D], [s, D] (centred)
     q = y.float() - mu  # [M, D]
-    nq = q.square().sum(1).double().sqrt() * (1 + (D + 2) * U32)  # ≥ ‖y − μ‖ (float32)
+    nq = torch.linalg.vector_norm(q, dim=1).double() * (1 + (D + 2) * U32)  # ≥ ‖y − μ‖
     qa = torch.empty(M, D + 2, dtype=torch.bfloat16, device=dev)
     qa[:, :D], qa[:, D:] = q, -0.5
     slack = sig.double().square() * (MARGIN + math.log(N))  # [M], in units of G'
     lower = torch.full((M,), float("-inf"), dtype=torch.float64, device=dev)  # ≤ max_i G'_i
-    dense = torch.zeros(M, dtype=torch.bool, device=dev)
-    kept_r, kept_c, kept_hi = [], [], []
+    # the sample's scores in float32: where the slack covers their spread, the softmax is
+    # dense (a row that keeps every point): the float64 pass takes it at once
+    S = torch.addmm(sample.square().sum(1).mul(-0.5), q, sample.T)  # [M, s]
+    dense = slack >= (S.amax(1) - S.amin(1)).double()
+    none = torch.empty(0, dtype=torch.int64, device=dev)
+    kept_r, kept_c, kept_hi = [none], [none], [none.double()]
     n_tile = min(N, max(64, (1 << 22) // D))
     m_chunk = max(1, min(M, (1 << 22) // n_tile))
     A_max = 0.0
     for n0 in range(0, N, n_tile):
-        xc = x[n0 : n0 + n_tile].float() - mu  # [t, D]
+        xc = x[n0 : n0 + n_tile].float()  # [t, D]
+        xc = xc - mu if bool(mu.any()) else xc
         sq = torch.linalg.vector_norm(xc, dim=1).square_()  # [t]
+        A = float(sq.max()) * (1 + 2 * (D + 2) * U32)  # ≥ max ‖x − μ‖² of the tile
+        A_max = max(A_max, A)
+        active = (~dense).nonzero().squeeze(1)
+        if len(active) == 0:
+            continue
         xa = torch.empty(len(xc), D + 2, dtype=torch.bfloat16, device=dev)
         xa[:, :D] = xc
         xa[:, D] = sq
         xa[:, D + 1] = sq - xa[:, D].float()
-        A = float(sq.max()) * (1 + 2 * (D + 2) * U32)  # ≥ max ‖x − μ‖² of the tile
-        A_max = max(A_max, A)
         E = pair_error(nq, A, D)  # [M]
-        for r in (~dense).nonzero().squeeze(1).split(m_chunk):
-            G = qa[r] @ xa.T  # [m, t] bf16
-            i, j, hi = _keep(G, r, lower, slack, E, cap, dense, first=n0 == 0)
+        for c0 in range(0, len(active), m_chunk):
+            r = active[c0 : c0 + m_chunk]
+            G = (qa[c0 : c0 + m_chunk] if len(active) == M else qa[r]) @ xa.T  # [m, t] bf16
+            i, j, hi = _keep(G, r, lower, slack, E, cap, dense, n0 == 0)
             kept_r.append(r[i])
             kept_c.append(j + n0)
             kept_hi.append(hi)
@@ -201,33 +225,34 @@ def candidate_pass(y, x, sig, cap: int):
     rows, cols = rows[ok], cols[ok]
     dense |= torch.bincount(rows, minlength=M) > cap
     ok = ~dense[rows]
-    return rows[ok], cols[ok], dense, A_max**0.5
+    return rows[ok], cols[ok], dense, mu, A_max**0.5
 
 
 def _keep(G, r, lower, slack, E, cap, dense, first):
     """One block G [m, t] (bf16 scores G̃' of rows r): (i, j, G̃' + E) of the pairs with
-    G̃' + E ≥ lower − slack, lower [M] raised in place to this block's max G̃' − E. The
-    threshold is the one before this block (a superset of the pairs to keep, without a
-    pass for the block's max) unless that keeps more than ``cap`` points of a row; rows
-    that keep more than ``cap`` against their own max are marked dense, in place."""
+    G̃' + E ≥ lower − slack, lower [M] raised in place to the block's max G̃' − E. The
+    first block sets lower from its row maxima; later blocks are cut at the threshold
+    before them (a superset, without a pass for the maxima), then at the one their kept
+    pairs give. Rows that keep more than ``cap`` points against their own block maximum are
+    marked dense (in place) and keep none."""
     rows = torch.arange(len(r), device=G.device)
     if first:
         lower[r] = torch.maximum(lower[r], G.amax(1).double() - E[r])
     i, j = _above(G, lower[r] - slack[r] - E[r])
-    count = torch.bincount(i, minlength=len(r))
-    over = rows[count > cap]
-    if len(over) and not first:  # recount those rows against this block's own max
+    over = rows[torch.bincount(i, minlength=len(r)) > cap]
+    if len(over) and not first:  # those rows against their own block maximum
         lower[r[over]] = torch.maximum(lower[r[over]], G[over].amax(1).double() - E[r[over]])
         i2, j2 = _above(G[over], (lower - slack - E)[r[over]])
         drop = torch.isin(i, over)
         i, j = torch.cat([i[~drop], over[i2]]), torch.cat([j[~drop], j2])
-        count = torch.bincount(i, minlength=len(r))
-        over = rows[count > cap]
+        over = rows[torch.bincount(i, minlength=len(r)) > cap]
     hi = G[i, j].double() + E[r[i]]
-    if not first and len(i):  # the block's max among the kept pairs raises lower
+    if not first and len(i):  # the kept pairs' maximum raises lower: cut again
         top = torch.full((len(r),), float("-inf"), dtype=torch.float64, device=G.device)
         top.scatter_reduce_(0, i, hi - 2 * E[r[i]], "amax")
         lower[r] = torch.maximum(lower[r], top)
+        ok = hi >= (lower - slack)[r[i]]
+        i, j, hi = i[ok], j[ok], hi[ok]
     if len(over):
         dense[r[over]] = True
         ok = ~torch.isin(i, over)
@@ -240,6 +265,19 @@ def _above(G, thr):
     to bf16 (so no pair at or above thr is missed)."""
     thr = (thr - thr.abs() * 2.0**-7 - 1e-30).to(torch.bfloat16)
     return (G >= thr[:, None]).nonzero(as_tuple=True)
+
+
+def _shift(x):
+    """The point μ subtracted before the bf16 pass, and ≤ 256 evenly strided rows of x minus
+    μ: μ = ``exact.centre`` where it shrinks the rows (data far from the origin, whose bf16
+    scores would lose the differences), else 0 (one pass less over x; the bound uses the
+    norms either way)."""
+    mu = centre(x)  # float32 [D]
+    sample = x[:: max(1, x.shape[0] // 256)].float()
+    spread = float(torch.linalg.vector_norm(sample - mu, dim=1).max())
+    if float(mu.norm()) <= spread / 4:
+        mu = torch.zeros_like(mu)
+    return mu, sample - mu
 
 
 def pair_error(nq, A: float, D: int):
@@ -276,28 +314,33 @@ def denoise(y, x, sig, dense, merge=None, agree=None, parts: int = 1, candidates
     M, D = y.shape
     out = torch.zeros(M, D, dtype=torch.float64, device=y.device)
     dense_rows = torch.ones(M, dtype=torch.bool, device=y.device)
+    ball = None
     if candidates:
-        m, s, a, dense_rows, R = sparse_partials(y, x, sig)
+        m, s, a, dense_rows, ball = sparse_partials(y, x, sig)
+        mu, R = ball
         dense_rows = agree(dense_rows.double()).bool()  # a row dense on one rank: on all
         m[dense_rows], s[dense_rows], a[dense_rows] = float("-inf"), 0.0, 0.0
         out = merge(m, s, a).nan_to_num_(0.0)  # 0/0 on dense rows
-        spread = agree(R + (out - _centre64(x, D, y.device)).norm(dim=1))
+        spread = agree(R + (out - mu).norm(dim=1))
         dense_rows |= ~omission_certified(out, spread, parts)
     rows = dense_rows.nonzero().squeeze(1)
     if len(rows):
-        out[rows] = dense_exact(y[rows], x, sig[rows], dense, merge, agree)
+        out[rows] = dense_exact(y[rows], x, sig[rows], dense, merge, agree, ball)
     return out
 
 
-def dense_exact(y, x, sig, dense, merge, agree):
+def dense_exact(y, x, sig, dense, merge, agree, ball=None):
     """D_M float64 [M, D] by the float64 pass ``dense`` (y, x, σ) -> D, with the rows whose
     logit error (bound 1) and rounding (bound 3) could move D by TOL taken from the
     CANDIDATES nearest points where those certify it (bound 2); ``merge`` and ``agree`` as
-    in ``denoise``."""
+    in ``denoise``; ball (μ [D] float64, R) with every x_i within R of μ (default: the
+    centre and radius of x)."""
     M, D = y.shape
     out = dense(y, x, sig).double()
-    mu = _centre64(x, D, y.device)
-    R = radius(x, mu) if len(x) else 0.0
+    if ball is None:
+        mu = _centre64(x, D, y.device)
+        ball = mu, (radius(x, mu) if len(x) else 0.0)
+    mu, R = ball
     u = torch.finfo(torch.float64).eps / 2
     err = agree(logit_error((y.double() - mu).norm(dim=1), R * R, D, torch.float64, sig))
     spread = agree(R + (out - mu).norm(dim=1))

@@ -12,7 +12,7 @@ from pydiffgen import _native, distributed
 from pydiffgen.data.builtin import digits
 from pydiffgen.kernels import TRITON_WHY_NOT, interpreted
 from pydiffgen.ops import empirical as E
-from pydiffgen.ops import empirical_denoiser
+from pydiffgen.ops import empirical_denoiser, lse
 
 SIGMAS = torch.logspace(math.log10(0.002), math.log10(80), 64, dtype=torch.float64)
 TOL = 1e-6
@@ -98,3 +98,21 @@ def test_sharded_reduction_is_exact(tmp_path):
             assert rel_error(got, softmax64(y, train, sig)) <= TOL, name
     finally:
         torch.distributed.destroy_process_group()
+
+
+def test_candidate_pass_keeps_every_point_that_may_carry_weight():
+    """Bound 4 of ops.lse: every point the bf16 pass omits from a row it does not leave
+    dense has a float64 logit below the row's largest minus MARGIN + log N; R bounds
+    every ‖x_i − μ‖."""
+    for name, y, train, sig in _cases(_digits()):
+        rows, cols, dense, mu, R = lse.candidate_pass(y, train, sig, cap=len(train))
+        d2 = ((y.double()[:, None] - train.double()[None]) ** 2).sum(-1)  # [M, N]
+        logit = -d2 / (2 * sig[:, None] ** 2)
+        kept = torch.zeros_like(logit, dtype=torch.bool)
+        kept[rows, cols] = True
+        gap = logit.max(1, keepdim=True).values - logit
+        safe = kept | (gap > lse.MARGIN + math.log(len(train))) | dense[:, None]
+        assert bool(safe.all()), name
+        small = sig < 50 * sig.min()  # σ ≤ 0.1 on [-1, 1] digits (×100 on the scaled case)
+        assert not bool(dense[small].any()), name  # a sparse softmax: no dense pass
+        assert R >= float((train.double() - mu.double()).norm(dim=1).max()), name
