@@ -25,6 +25,7 @@ import torch
 from .._checks import check_positive_int
 from ..ops.exact import score64
 from ..ops.knn import search
+from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 
 # Scores held at once by the ball queries: rows × k ≤ this.
@@ -79,13 +80,18 @@ def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor
     return counts, inside
 
 
-def prdc(real, fake, k: int = 5) -> PRDC:
+def prdc(real, fake, k: int = 5, *, ci: float | None = None, n_boot: int = 100,
+         seed: int = 0) -> PRDC:
     """Precision, recall, density, coverage of fake [M, F] against real [N, F] with k-NN
     balls (Naeem et al. 2020; k=5 as in the paper). Both sets need at least k+1 rows.
 
     Same numbers as ``prdc.compute_prdc(real, fake, k)`` where no distance equals a
-    radius; closed balls where one does (see the module docstring).
+    radius; closed balls where one does (see the module docstring). ``ci``: a level (e.g.
+    0.95) makes each number an ``Estimate`` with its interval (``confidence_interval``,
+    ``n_boot`` half-samples seeded with ``seed``).
     """
+    if ci is not None:
+        return confidence_interval(prdc, real, fake, k=k, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(k, "k")
     real = as_features(real, "real", min_rows=k + 1)
     fake = as_features(fake, "fake", min_rows=k + 1)
