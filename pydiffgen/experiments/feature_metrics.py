@@ -78,12 +78,15 @@ def parse_metrics(text) -> tuple[str, ...]:
 
 
 def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float = 0.95,
-            seed: int = 0) -> tuple[dict, dict]:
+            seed: int = 0, options: dict | None = None,
+            skip_small: bool = False) -> tuple[dict, dict]:
     """Each metric of ``metrics`` on ``features`` (set name -> [N, F]), with its
     confidence interval at level ``ci`` over ``n_boot`` half-samples. Returns (rows,
     skipped): rows ``{"prdc.precision": {"value", "low", "high", "ci"}, "fd": {...}, ...}``
     and skipped ``{metric: why}`` for a metric whose sets are not all given. ``k``: PRDC's
-    neighbours."""
+    neighbours; ``options``: keyword arguments of a metric by name (``{"ct": {"tau":
+    0.05}}``); ``skip_small``: a metric whose sets (or half-samples) are too small for it
+    is skipped with the reason, not an error (a sweep's smallest N)."""
     check_positive_int(k, "k")
     rows, skipped = {}, {}
     for name in parse_metrics(",".join(metrics)):
@@ -93,8 +96,15 @@ def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float
             skipped[name] = f"needs --{' and --'.join(missing)}"
             continue
         kwargs = {"prdc": {"k": k}, "kid": {"subsets": 10}}.get(name, {})
-        est = spec.fn(*(features[s] for s in spec.sets), ci=ci, n_boot=n_boot, seed=seed,
-                      **kwargs)
+        kwargs.update((options or {}).get(name, {}))
+        try:
+            est = spec.fn(*(features[s] for s in spec.sets), ci=ci, n_boot=n_boot, seed=seed,
+                          **kwargs)
+        except InputError as err:
+            if not skip_small:
+                raise
+            skipped[name] = str(err)
+            continue
         parts = {name: est} if spec.fields is None else \
             {f"{name}.{f}": getattr(est, f) for f in spec.fields}
         rows.update({row: {"value": e.value, "low": e.low, "high": e.high, "ci": e.ci}
