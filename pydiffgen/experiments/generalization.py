@@ -295,9 +295,11 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
     return metrics
 
 
-# the feature-space section: half-sample replicates per interval, and C_T's cell threshold
-# (dgm-eval's 20/m assumes m ≥ 10⁴ samples; a sweep draws n_samples ≈ 64 per model)
-FEATURE_N_BOOT = 50
+# the feature-space section: half-sample replicates per interval; the rows every set needs
+# (half-samples of k+1 = 6 for PRDC; below, each metric would be noise, or refused); C_T's
+# cell threshold (dgm-eval's 20/m assumes m ≥ 10⁴ samples; a sweep draws n_samples ≈ 64)
+FEATURE_N_BOOT = 30
+FEATURE_MIN_ROWS = 12
 FEATURE_OPTIONS = {"ct": {"tau": 0.05}}
 
 
@@ -314,7 +316,8 @@ def _feature_sizes(config: SweepConfig, run: RunDir, encoder, sizes) -> None:
     (:data:`~pydiffgen.experiments.feature_metrics.METRICS`) of model A's samples (fake,
     clipped to [-1, 1]) against S1 (its training set) and S2 (held out: the test set, and
     the real set of PRDC, FD and KID), on ``encoder``'s features, each with its interval;
-    a metric the sizes are too small for is listed as skipped."""
+    a metric the sizes are too small for is listed as skipped (all of them below
+    ``FEATURE_MIN_ROWS`` samples or training images)."""
     from safetensors.torch import load_file
 
     from .feature_metrics import METRICS, encode_sets, measure
@@ -322,8 +325,13 @@ def _feature_sizes(config: SweepConfig, run: RunDir, encoder, sizes) -> None:
     for n in sizes:
         if (run.path / f"n{n}" / "features.json").exists():
             continue
-        run.log(f"N={n}: feature-space metrics ({encoder.name})")
         s = load_file(str(run.path / f"n{n}" / "samples.safetensors"))
+        if min(len(s["A"]), n) < FEATURE_MIN_ROWS:
+            run.write_json(f"n{n}/features.json", {
+                "encoder": encoder.name, "feature_dim": None, "metrics": {}, "skipped": {
+                    "all": f"needs {FEATURE_MIN_ROWS} samples and training images"}})
+            continue
+        run.log(f"N={n}: feature-space metrics ({encoder.name})")
         sets = encode_sets({"fake": s["A"].clamp(-1, 1), "train": s["S1"], "test": s["S2"]},
                            encoder, progress=False)
         rows, skipped = measure({**sets, "real": sets["test"]}, METRICS,

@@ -28,8 +28,9 @@ def sweep_feature_section(rep: Report, per_n: dict) -> None:
     per_n: {N: {"encoder", "feature_dim", "metrics": {row: {"value", "low", "high",
     "ci"}}, "skipped": {metric: why}}} (``n<N>/features.json`` of the sweep)."""
     ns = sorted(per_n)
-    first = per_n[ns[0]]
-    rep.heading(f"Feature space: {first['encoder']} ({first['feature_dim']} features)")
+    top = per_n[ns[-1]]  # the smallest N may have been too small to encode
+    dim = f" ({top['feature_dim']} features)" if top["feature_dim"] else ""
+    rep.heading(f"Feature space: {top['encoder']}{dim}")
     rep.paragraph(
         "The field's metrics of model A's samples (clipped to [-1, 1]) on the encoder's "
         "features: against S1, its training set (AuthPct, C_T, FLD, extraction, copy score), "
