@@ -68,6 +68,9 @@ class SweepConfig:
         default=2, metadata={"help": "held-out images per N for Jacobian spectra (0: skip)"})
     jacobian_sigmas: tuple[float, ...] = field(
         default=(0.1, 0.5, 2.0), metadata={"help": "noise levels of the Jacobian spectra"})
+    encoder: str = field(default="pixel", metadata={
+        "help": "encoder of the feature-space section (pixel, dinov2:DIR, clip:DIR, "
+                "inception:FILE; local weights)"})
     device: str = "cpu"
 
     def __post_init__(self):
@@ -218,6 +221,7 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         progress = progress and rank == 0
         t_start = time.perf_counter()
         x, groups, n_raw = _data(config, run.log)
+        encoder = _feature_encoder(config)
         t_data = time.perf_counter() - t_start
         heldout = _heldout(config, run, x, groups)
         dist.barrier()  # every rank lists the unfinished work before any rank adds to it
@@ -241,6 +245,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
             run.write_json(f"n{n}/time.json", {"seconds": time.perf_counter() - t0})
         for n in sorted(set(config.sizes) - set(todo)):
             run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
+        dist.barrier()
+        _feature_sizes(config, run, encoder, sorted(config.sizes)[rank::world])
         dist.barrier()
 
         def report():
@@ -281,11 +287,69 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
         "dataset": read_json(out / "dataset.json"),
         "sizes": {str(n): _summary(per_n[n]) for n in per_n},
     }
+    _attach_features(out, per_n, metrics)
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)
     sweep_report(out, config, per_n, metrics, about={**about, "size_seconds": times})
     return metrics
+
+
+# the feature-space section: half-sample replicates per interval; the rows every set needs
+# (half-samples of k+1 = 6 for PRDC; below, each metric would be noise, or refused); C_T's
+# cell threshold (dgm-eval's 20/m assumes m ≥ 10⁴ samples; a sweep draws n_samples ≈ 64)
+FEATURE_N_BOOT = 30
+FEATURE_MIN_ROWS = 12
+FEATURE_OPTIONS = {"ct": {"tau": 0.05}}
+
+
+def _feature_encoder(config: SweepConfig):
+    """The feature-space section's encoder, loaded before any training: a bad
+    ``--encoder`` fails first."""
+    from ..features import load_encoder
+
+    return load_encoder(config.encoder, device=config.device)
+
+
+def _feature_sizes(config: SweepConfig, run: RunDir, encoder, sizes) -> None:
+    """``n<N>/features.json`` for each N of ``sizes`` that lacks it: the field's metrics
+    (:data:`~pydiffgen.experiments.feature_metrics.METRICS`) of model A's samples (fake,
+    clipped to [-1, 1]) against S1 (its training set) and S2 (held out: the test set, and
+    the real set of PRDC, FD and KID), on ``encoder``'s features, each with its interval;
+    a metric the sizes are too small for is listed as skipped (all of them below
+    ``FEATURE_MIN_ROWS`` samples or training images)."""
+    from safetensors.torch import load_file
+
+    from .feature_metrics import METRICS, encode_sets, measure
+
+    for n in sizes:
+        if (run.path / f"n{n}" / "features.json").exists():
+            continue
+        s = load_file(str(run.path / f"n{n}" / "samples.safetensors"))
+        if min(len(s["A"]), n) < FEATURE_MIN_ROWS:
+            run.write_json(f"n{n}/features.json", {
+                "encoder": encoder.name, "feature_dim": None, "metrics": {}, "skipped": {
+                    "all": f"needs {FEATURE_MIN_ROWS} samples and training images"}})
+            continue
+        run.log(f"N={n}: feature-space metrics ({encoder.name})")
+        sets = encode_sets({"fake": s["A"].clamp(-1, 1), "train": s["S1"], "test": s["S2"]},
+                           encoder, progress=False)
+        rows, skipped = measure({**sets, "real": sets["test"]}, METRICS,
+                                n_boot=FEATURE_N_BOOT, seed=config.seed,
+                                options=FEATURE_OPTIONS, skip_small=True)
+        run.write_json(f"n{n}/features.json", {
+            "encoder": encoder.name, "feature_dim": int(sets["train"].shape[1]),
+            "metrics": rows, "skipped": skipped})
+
+
+def _attach_features(out: Path, per_n: dict, metrics: dict) -> None:
+    """Each N's feature-space rows into ``per_n[N]["features"]`` and ``metrics["features"]``
+    (runs made before the section have no ``features.json``: nothing is added)."""
+    if not all((out / f"n{n}" / "features.json").exists() for n in per_n):
+        return
+    for n in per_n:
+        per_n[n]["features"] = read_json(out / f"n{n}" / "features.json")
+    metrics["features"] = {str(n): per_n[n]["features"] for n in per_n}
 
 
 def _data(config: SweepConfig, log):

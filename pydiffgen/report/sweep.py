@@ -69,8 +69,9 @@ def headline(summaries: dict) -> str:
 def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | None = None
                  ) -> Path:
     """report.html of a sweep: verdicts per N, similarity histograms and curves, samples,
-    PSNR curves and, where the run has them, the Gaussian and Jacobian sections. ``about``:
-    the run's metadata (version, git, date, machine, threads, stage seconds) if recorded."""
+    PSNR curves and, where the run has them, the Gaussian, Jacobian and feature-space
+    sections. ``about``: the run's metadata (version, git, date, machine, threads, stage
+    seconds) if recorded."""
     from ..config import to_dict
 
     out = Path(out)
@@ -93,6 +94,10 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | No
         from .jacobian import sweep_section
 
         sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
+    if all(per_n[n].get("features") for n in ns):  # runs before this section lack it
+        from .sweep_features import sweep_feature_section
+
+        sweep_feature_section(rep, {n: per_n[n]["features"] for n in ns})
     _about(rep, about or {}, metrics.get("seconds"))
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
