@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, QUICK, metadata, write_json  # noqa: E402
+from _common import QUICK, ROOT, metadata, write_json  # noqa: E402
 
 TARGET_RATIO = 2.5
 COMPETITORS = 2
