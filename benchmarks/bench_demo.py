@@ -69,7 +69,12 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a shortened demo sweep")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="the demo is a CPU run: only auto and cpu measure it")
     args = p.parse_args()
+    if args.device == "cuda":  # run_all.py --device cuda: nothing of this bench runs there
+        print("bench_demo times the CPU demo; nothing to measure with --device cuda")
+        return
     quick = args.quick or QUICK
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_demo_") as tmp:
