@@ -18,9 +18,10 @@ TORCH_LIBRARY(pydiffgen, m) {
   m.def("knn_candidates(Tensor queries, Tensor key_gemm, Tensor key_norm, Tensor key_delta,"
         " Tensor key_add, Tensor key_scale, Tensor centre, int k, int metric, int precision,"
         " int tile_elems, int capacity, int offset) -> (Tensor, Tensor, Tensor, Tensor)");
-  // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices).
-  m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric)"
-        " -> (Tensor, Tensor)");
+  // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices);
+  // with the candidates' lower bounds [M, C] f64 (and the l2 centre) it stops early.
+  m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric,"
+        " Tensor? lower=None, Tensor? centre=None) -> (Tensor, Tensor)");
   // Batched symmetric eigendecomposition (pydiffgen.ops.eigh), CUDA only (cuSOLVER):
   // A [B, n, n] -> (eigenvalues [B, n] ascending, eigenvectors [B, n, n] as columns).
   m.def("eigh(Tensor A) -> (Tensor, Tensor)");

@@ -810,9 +810,17 @@ double score_of(const double* q, double qn, const T* x, int64_t D, int64_t metri
   return metric == kCosine ? dot / (qn * std::max(std::sqrt(n2), 1e-300)) : dot;
 }
 
+// With the candidates' certified lower bounds (knn_candidates' lo, in its score units s:
+// l2 ‖q − x‖² − ‖q − μ‖², cosine −cos) the re-rank scores the candidates of a row in
+// order of lower bound and stops at the first whose bound exceeds the k-th exact score T
+// so far (plus its float64 rounding): that key and all after it have s > T ≥ the true k-th
+// best, so none can be in the top k, even on ties. Candidates must be distinct per row.
+// ip keeps every candidate (its rounding is relative to ‖q‖‖x‖, not to the scores).
 std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
                                                   const at::Tensor& keys, const at::Tensor& cand,
-                                                  int64_t k, int64_t metric) {
+                                                  int64_t k, int64_t metric,
+                                                  const std::optional<at::Tensor>& lower,
+                                                  const std::optional<at::Tensor>& centre) {
   TORCH_CHECK(queries.dim() == 2 && keys.dim() == 2 && cand.dim() == 2,
               "knn_rerank: queries [M, D], keys [U, D], cand [M, C] expected");
   TORCH_CHECK(queries.size(1) == keys.size(1) && cand.size(0) == queries.size(0),
@@ -820,6 +828,17 @@ std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
               ", cand ", cand.sizes());
   TORCH_CHECK(cand.scalar_type() == at::kLong, "knn_rerank: cand must be int64");
   TORCH_CHECK(metric >= kL2 && metric <= kCosine, "knn_rerank: bad metric code ", metric);
+  const bool early = lower.has_value() && metric != kIP;
+  TORCH_CHECK(!lower.has_value() || (lower->sizes() == cand.sizes() &&
+                                     lower->scalar_type() == at::kDouble),
+              "knn_rerank: lower must be float64 shaped like cand");
+  TORCH_CHECK(!early || metric != kL2 || (centre.has_value() && centre->numel() == queries.size(1)),
+              "knn_rerank: lower bounds of l2 need the centre they were computed with");
+  const at::Tensor lo_t = early ? lower->contiguous() : at::Tensor();
+  const at::Tensor mu_t = early && metric == kL2 ? centre->to(at::kFloat).to(at::kDouble).contiguous()
+                                                 : at::Tensor();
+  const double* LO = early ? lo_t.const_data_ptr<double>() : nullptr;
+  const double* MU = mu_t.defined() ? mu_t.const_data_ptr<double>() : nullptr;
   const auto kt = keys.scalar_type();
   TORCH_CHECK(kt == at::kFloat || kt == at::kDouble || kt == at::kByte,
               "knn_rerank: keys must be float32, float64 or uint8, got ", kt);
@@ -838,27 +857,53 @@ std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
   std::atomic<bool> bad_index{false};
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(C * D, 1));
   at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
-    std::vector<std::pair<double, int64_t>> scored;
+    std::vector<std::pair<double, int64_t>> scored, order;
+    std::vector<double> heap;  // max-heap of the k smallest exact s so far (early stop)
     for (int64_t r = b; r < e; ++r) {
       const double* q = Q + r * D;
-      double qn = 0;
+      double qn = 0, qq = 0;  // ‖q‖ (cosine), ‖q − μ‖² (l2 with bounds)
       if (metric == kCosine) {
         for (int64_t c = 0; c < D; ++c) qn += q[c] * q[c];
         qn = std::max(std::sqrt(qn), 1e-300);
       }
-      scored.clear();
+      if (MU != nullptr) {
+        for (int64_t c = 0; c < D; ++c) qq += (q[c] - MU[c]) * (q[c] - MU[c]);
+      }
+      // the candidates in the order they are scored: by lower bound, or as given
+      order.clear();
       for (int64_t j = 0; j < C; ++j) {
-        const int64_t i = I[r * C + j];
-        if (i < 0) continue;
+        if (I[r * C + j] >= 0) order.emplace_back(early ? LO[r * C + j] : 0.0, I[r * C + j]);
+      }
+      if (early) std::sort(order.begin(), order.end());
+      scored.clear();
+      heap.clear();
+      for (const auto& [lo, i] : order) {
         if (i >= U) {
           bad_index = true;
           continue;
+        }
+        if (early && static_cast<int64_t>(heap.size()) == k) {
+          const double T = heap.front();
+          // float64 rounding of s: (D + 2)·2^-53 of the magnitudes it is formed from
+          const double err = (D + 8) * 0x1p-52 * (metric == kL2 ? std::abs(T) + 2 * qq : 2.0);
+          if (lo > T + err) break;
         }
         const double sc =
             kt == at::kFloat    ? score_of(q, qn, static_cast<const float*>(X) + i * D, D, metric)
             : kt == at::kDouble ? score_of(q, qn, static_cast<const double*>(X) + i * D, D, metric)
                                 : score_of(q, qn, static_cast<const uint8_t*>(X) + i * D, D, metric);
         scored.emplace_back(sc, i);
+        if (early) {
+          const double s_exact = metric == kL2 ? sc - qq : -sc;
+          if (static_cast<int64_t>(heap.size()) < k) {
+            heap.push_back(s_exact);
+            std::push_heap(heap.begin(), heap.end());
+          } else if (s_exact < heap.front()) {
+            std::pop_heap(heap.begin(), heap.end());
+            heap.back() = s_exact;
+            std::push_heap(heap.begin(), heap.end());
+          }
+        }
       }
       std::sort(scored.begin(), scored.end(), [largest](const auto& a, const auto& b2) {
         if (a.first != b2.first) return largest ? a.first > b2.first : a.first < b2.first;

@@ -436,11 +436,14 @@ class CppKeys:
         rows = torch.arange(M)
         for p in _passes(q, self.x, self.metric, self.precision):
             qr = q[rows]
-            cand, _, _, over = torch.ops.pydiffgen.knn_candidates(
+            cand, lower, _, over = torch.ops.pydiffgen.knn_candidates(
                 qr, *self.pass_keys(p), self.mu, k, code, _PRECISION_CODE[p], tile_elems,
                 _capacity(k, N, p), 0)
             done = ~over
-            v, i = torch.ops.pydiffgen.knn_rerank(qr[done], self.x, cand[done], k, code)
+            # the bounds let the re-rank stop early; they are relative to the pass's centre
+            mu = torch.full_like(self.mu, 128.0) if p == "int8" else self.mu
+            v, i = torch.ops.pydiffgen.knn_rerank(qr[done], self.x, cand[done], k, code,
+                                                  lower[done], mu)
             values[rows[done]] = v.float()
             indices[rows[done]] = i
             rows = rows[over]
@@ -469,7 +472,7 @@ def _candidates_fake(queries, key_gemm, key_norm, key_delta, key_add, key_scale,
             queries.new_empty(M, dtype=torch.bool))
 
 
-def _rerank_fake(queries, keys, cand, k, metric):
+def _rerank_fake(queries, keys, cand, k, metric, lower=None, centre=None):
     torch._check(cand.shape[0] == queries.shape[0])
     M = queries.shape[0]
     return (queries.new_empty(M, k, dtype=torch.float64),
