@@ -5,21 +5,29 @@ Numerics (docs/design.md#numerics): keys' mean is subtracted before the ‖q‖�
 matters), which only ranks candidates; the final k are recomputed directly as ‖q−x‖² in
 float64, so near-duplicate keys (memorization) are ordered exactly.
 
-The ``cpp`` backend is certified: a low-precision candidate pass (bfloat16 GEMM on CPUs
-with AVX-512 BF16 / AMX, else float32; an exact int8 GEMM for uint8 data) keeps, per query,
-every key whose score is within a rigorous error bound of the k-th best (the bound and why
-it holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64. A query whose
-candidate set outgrows its budget is redone at the next precision (bf16 → fp32 → fp64), so
-results equal the float64 brute force except for exact ties, for any data.
+The ``cpp`` backend is certified: a low-precision candidate pass keeps, per query, every
+key whose score is within a rigorous error bound of the k-th best (the bound and why it
+holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64 (in order of
+their lower bounds, stopping past the k-th exact score). The first pass: q8 (keys and
+queries quantized to int8 with one scale per row, an exact int32 GEMM) on CPUs with int8
+dot products (VNNI / AMX), else bfloat16 on CPUs with AVX-512 BF16 / AMX, else float32;
+an exact int8 GEMM for uint8 data. A query whose candidate set outgrows its budget is
+redone at the next precision (q8 → bf16 → fp32 → fp64), so results equal the float64
+brute force except for exact ties, for any data.
 The ``triton`` backend runs the same certified algorithm with a Triton bf16 tile kernel,
 and ``reference`` with torch matmuls (pydiffgen.ops.knn_certified).
+
+Keys are prepared (centred, rounded, their bound terms computed) once per key set by
+``KnnIndex``, which each backend fills on first use (``CppKeys``, ``CertifiedKeys``);
+``knn`` is ``KnnIndex(keys).search(queries)``, so there is one search path.
 
 Backends in priority order:
   CUDA: triton (bf16 bound tiles, int8 for uint8 data, by pydiffgen.kernels.knn_bound_tile,
         custom op ``pydiffgen::knn_bound_tile``; running sets by topk_merge's CUDA kernel)
         → reference;
-  CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_candidates`` does the whole tile loop, ATen GEMM
-        + fused OpenMP certified selection; ``pydiffgen::knn_rerank`` the float64 re-rank)
+  CPU:  cpp (pydiffgen._C: ``pydiffgen::knn_prepare`` the keys, ``pydiffgen::knn_candidates``
+        the whole tile loop, ATen GEMM + fused OpenMP certified selection;
+        ``pydiffgen::knn_rerank`` the float64 re-rank)
         → reference (torch matmul tiles + topk_merge, the same certified algorithm).
 ``search`` is the search without argument checks, for callers whose inputs are checked
 (``knn_stream``, ``distributed``, ``metrics``, the empirical denoiser's exact rows).
@@ -102,7 +110,7 @@ class KnnIndex:
         check_options(metric, precision)
         check_rows(keys, "keys")
         amax = check_finite(keys, "keys")
-        self.setup(keys.reshape(len(keys), -1), tuple(keys.shape[1:]), metric, backend,
+        self._setup(keys.reshape(len(keys), -1), tuple(keys.shape[1:]), metric, backend,
                    precision, amax)
 
     @classmethod
@@ -112,10 +120,10 @@ class KnnIndex:
         uint8, N ≥ 1). amax: the largest |entry| of x (data beyond the fast passes' range
         is rescaled, see ``rescaled``); None: the caller knows it is in range."""
         index = cls.__new__(cls)
-        index.setup(x, tuple(x.shape[1:]), metric, backend, precision, amax)
+        index._setup(x, tuple(x.shape[1:]), metric, backend, precision, amax)
         return index
 
-    def setup(self, x, feature_shape, metric, backend, precision, amax) -> None:
+    def _setup(self, x, feature_shape, metric, backend, precision, amax) -> None:
         self.rows, self.feature_shape, self.metric = x, feature_shape, metric
         self.precision, self.amax = precision, amax
         self.backend = dispatch.op("knn").select(x.device.type, backend).name
