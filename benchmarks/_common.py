@@ -1,9 +1,17 @@
 """Shared benchmark helpers: metadata, timing, machine ceilings, JSON rows, tables.
 
-Timing: CPU with ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks),
-GPU with ``triton.testing.do_bench`` (median, L2 flushed between runs). Every result row
-carries the device, versions and git sha; ``write_json`` puts them in
-benchmarks/results/<name>.json (or $PYDIFFGEN_BENCH_OUT/<name>.json).
+Timing (``timed`` / ``bench``), the same rule for ours and for every peer: each callable is
+run the way its users run it (the caller builds indexes, moves data and sets the peer's
+own threads beforehand: ``peer_threads``), warmed up, then timed twice, independently:
+CPU with ``torch.utils.benchmark.Timer.blocked_autorange`` (median of blocks), GPU with
+``triton.testing.do_bench`` (median, L2 flushed between runs), and a bare
+``time.perf_counter`` loop (median of ``CHECK_RUNS`` calls, GPU synchronized). A figure
+is reported only when the two agree within ``CHECK_TOLERANCE`` (up to ``CHECK_ATTEMPTS``
+tries; a figure that never agrees is reported with ``agree: false``). Every try, the
+load average beside it, and the thread settings and versions of torch and the peers
+(``thread_info``) go into the JSON (``write_json``: meta ``timing_checks`` and
+``threads``). Every result row carries the device, versions and git sha; ``write_json``
+puts them in benchmarks/results/<name>.json (or $PYDIFFGEN_BENCH_OUT/<name>.json).
 """
 
 from __future__ import annotations
@@ -13,8 +21,10 @@ import datetime
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -88,17 +98,112 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def bench(fn, device: str, min_run_time: float = 0.3) -> float:
-    """Median seconds of one call of fn()."""
+# the second, bare timing must agree with the harness's median within this fraction
+CHECK_TOLERANCE = 0.10
+CHECK_RUNS = 3
+CHECK_ATTEMPTS = 3
+CHECKS: list[dict] = []  # every timing and its check, written into the JSON meta
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (``uptime``), None where the OS has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def harness_time(fn, device: str, min_run_time: float = 0.3) -> float:
+    """Median seconds of one call of fn() by the standard harness (fn warmed up already)."""
     if device == "cuda":
         from triton.testing import do_bench
 
         return do_bench(fn, return_mode="median") * 1e-3
     from torch.utils.benchmark import Timer
 
-    fn()  # warm-up (allocations, lazy init)
-    m = Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=min_run_time)
+    # Timer runs fn with num_threads threads, and defaults to 1 whatever torch is set to
+    # (and faiss shares torch's OpenMP runtime): pass the count everything else runs with
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
     return m.median
+
+
+def bare_time(fn, device: str, runs: int = CHECK_RUNS) -> float:
+    """Median seconds of ``runs`` calls of fn(), each timed by a bare perf_counter pair."""
+    times = []
+    for _ in range(runs):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def timed(fn, device: str, label: str = "", min_run_time: float = 0.3) -> dict:
+    """fn's time, checked (module doc): {"time_s": the harness median, "check_s": the bare
+    perf_counter median, "agree": within CHECK_TOLERANCE, "attempts", "load_before",
+    "load_after"}; also appended to CHECKS."""
+    fn()  # warm-up (allocations, lazy init, caches)
+    load_before = load_average()
+    attempt, agree = 0, False
+    while not agree and attempt < CHECK_ATTEMPTS:
+        attempt += 1
+        t = harness_time(fn, device, min_run_time)
+        c = bare_time(fn, device)
+        agree = abs(t - c) <= CHECK_TOLERANCE * min(t, c)
+    out = {"label": label, "time_s": t, "check_s": c, "agree": agree, "attempts": attempt,
+           "load_before": load_before, "load_after": load_average()}
+    CHECKS.append(out)
+    if not agree:
+        print(f"warning: {label or 'timing'}: harness {fmt_s(t)} and bare perf_counter "
+              f"{fmt_s(c)} disagree by more than {CHECK_TOLERANCE:.0%} after {attempt} tries "
+              f"(load {out['load_after']})", flush=True)
+    return out
+
+
+def bench(fn, device: str, min_run_time: float = 0.3, label: str = "") -> float:
+    """Median seconds of one call of fn(), checked as ``timed``."""
+    return timed(fn, device, label, min_run_time)["time_s"]
+
+
+def peer_threads(threads: int) -> dict:
+    """Give the peers' own thread pools ``threads`` threads (faiss's OpenMP; torch's), the
+    count ours runs with; returns what was set."""
+    torch.set_num_threads(threads)
+    out = {"torch": torch.get_num_threads()}
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+        out["faiss_omp"] = faiss.omp_get_max_threads()
+    except ImportError:
+        pass
+    return out
+
+
+def thread_info() -> dict:
+    """Thread settings and versions of torch and the peers, for the JSON."""
+    info = {"torch_threads": torch.get_num_threads(),
+            "torch_interop_threads": torch.get_num_interop_threads(),
+            "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                                   "PYDIFFGEN_BENCH_THREADS")},
+            "torch_parallel": torch.__config__.parallel_info().strip().splitlines()[:6],
+            "cpus": os.cpu_count()}
+    try:
+        import numpy
+
+        info["numpy"] = numpy.__version__
+    except ImportError:
+        pass
+    try:
+        import faiss
+
+        info["faiss"] = faiss.__version__
+        info["faiss_omp_threads"] = faiss.omp_get_max_threads()
+    except ImportError:
+        info["faiss"] = None
+    return info
 
 
 _CEILINGS: dict = {}
@@ -136,8 +241,11 @@ def ratio_rows(case: str, times: dict[str, float], ours: str) -> list[dict]:
 
 
 def write_json(name: str, rows: list[dict], meta: dict) -> Path:
+    """rows and meta (plus ``thread_info`` and every timing check of this run) as JSON."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
+    meta = {**meta, "threads": thread_info(), "timing_checks": CHECKS,
+            "check_tolerance": CHECK_TOLERANCE}
     path.write_text(json.dumps({"benchmark": name, "meta": meta, "rows": rows}, indent=1))
     return path
 

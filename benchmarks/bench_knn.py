@@ -1,16 +1,23 @@
-"""knn (exact, streamed) vs chunked torch.cdist + topk and faiss IndexFlatL2 (when importable).
+"""knn (exact) vs faiss IndexFlatL2 and chunked torch.cdist + topk, on Gaussian and image data.
 
 Correctness first: on a subset of queries, pydiffgen's neighbours must equal the float64
-exact answer; the recall of cdist + topk and of faiss against it is reported too. Then
-times, GFLOP/s of the 2·M·N·D distance work against this machine's measured fp32 (and
-bf16 / int8) GEMM rates, and speed ratios from this run. Data: image-like values in
-[-1, 1] with a 0.5 offset (not centred), and the same sizes as uint8 8-bit images.
+exact answer in order (ties to the lower index); the recall of the peers against it is
+reported too. Then times, each checked by a second, bare perf_counter timing
+(``_common.timed``), GFLOP/s of the 2·M·N·D distance work, and ratios from this run.
 
     python benchmarks/bench_knn.py [--device cpu|cuda] [--quick]
 
-CPU threads: torch's default (PYDIFFGEN_BENCH_THREADS overrides); faiss gets the same.
-The issue's CPU target: M=2000 N=50000 D=1024 k=10 at ≤ 0.5 × faiss IndexFlatL2 and ≥ 4×
-chunked cdist + topk; GPU: M=50000 N=1000000 D=3072 (≥ 3× fp32 GEMM + topk).
+How each is run (the way its users run it): faiss with its OpenMP threads set to ours
+(``_common.peer_threads``), the keys already added to its index, timed ``search`` only;
+ours as ``knn(queries, keys)`` (one call: keys prepared inside) and as
+``KnnIndex(keys).search(queries)`` (keys prepared once, outside the timing, as faiss's
+``add``); cdist + topk in query chunks. CPU threads: torch's default
+(PYDIFFGEN_BENCH_THREADS overrides); faiss gets the same. Data: Gaussian; grayscale
+32×32 photograph patches (scikit-image, d = 1024) and a CIFAR-sized d = 3072 made of three
+overlapping patches as channels (no CIFAR files are downloaded), float32 and 8-bit;
+index reuse: one key set, many query batches. Writes benchmarks/results/bench_knn.json
+and prints the RESULTS.md rows (also in the JSON's meta.markdown).
+The issue's CPU target: M=2000 N=50000 D=1024 k=10 at ≤ 0.5 × faiss IndexFlatL2 (aim 0.3).
 """
 
 from __future__ import annotations
@@ -23,16 +30,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    bench,
     ceilings,
+    fmt_s,
+    load_average,
     metadata,
     parse_args,
+    peer_threads,
     print_table,
-    ratio_rows,
+    timed,
     write_json,
 )
 
-from pydiffgen.ops import dispatch, knn  # noqa: E402
+from pydiffgen.ops import dispatch, knn, topk_merge  # noqa: E402
+from pydiffgen.ops.knn import KnnIndex  # noqa: E402
 
 
 def cdist_topk(q, x, k):
@@ -43,174 +53,224 @@ def cdist_topk(q, x, k):
     return torch.cat(out)
 
 
-def gemm_topk(q, x, k):
-    """fp32 GEMM + topk on ‖x‖² − 2⟨q, x⟩ (the GPU baseline: no exactness guarantees),
-    in query chunks whose [rows, N] scores stay ≤ 1 GB."""
-    rows = max(1, (1 << 28) // len(x))
-    xsq = x.square().sum(1)
-    out = [torch.addmm(xsq, q[i : i + rows], x.T, alpha=-2).topk(k, dim=1, largest=False).indices
-           for i in range(0, len(q), rows)]
-    return torch.cat(out)
-
-
 def exact_float64(q, x, k):
-    """float64 brute force (direct differences, no norm expansion), streamed over key
-    chunks of ≤ 16 M elements: no float64 copy of the whole key set (12 GB on the GPU)."""
+    """float64 brute force from direct differences (no norm expansion), ties to the lower
+    index (``topk_merge``), over key chunks of ≤ 16 M float64 differences."""
     qd = q.double()
-    best_v = torch.full((len(q), k), float("inf"), dtype=torch.float64, device=q.device)
-    best_i = torch.full((len(q), k), -1, dtype=torch.int64, device=q.device)
-    step = max(1, (1 << 24) // x.shape[1])
+    v = torch.full((len(q), k), float("inf"), dtype=torch.float64, device=q.device)
+    i = torch.full((len(q), k), -1, dtype=torch.int64, device=q.device)
+    step = max(1, (1 << 24) // (len(q) * x.shape[1]))
     for n0 in range(0, len(x), step):
-        xd = x[n0 : n0 + step].double()
-        d = torch.cdist(qd, xd, compute_mode="donot_use_mm_for_euclid_dist")  # [m, step]
-        v = torch.cat([best_v, d], 1)
-        i = torch.cat([best_i, torch.arange(n0, n0 + len(xd), device=q.device).expand_as(d)], 1)
-        order = v.topk(k, dim=1, largest=False).indices
-        best_v, best_i = v.gather(1, order), i.gather(1, order)
-    return best_i
+        d = (qd[:, None, :] - x[n0 : n0 + step].double()[None]).square().sum(-1)
+        v, i = topk_merge(v, i, d, n0)
+    return i
 
 
-def faiss_peer(q, x, k, device):
-    """(search fn, note) for faiss IndexFlatL2, or (None, reason)."""
+def faiss_index(x, device):
+    """(faiss IndexFlatL2 holding x, note) or (None, reason)."""
     try:
         import faiss
     except ImportError as err:
         return None, f"faiss not importable ({err})"
-    d = x.shape[1]
-    index = faiss.IndexFlatL2(d)
+    index = faiss.IndexFlatL2(x.shape[1])
     if device == "cuda":
         if not hasattr(faiss, "StandardGpuResources"):
             return None, "faiss has no GPU support (CPU wheel)"
-        res = faiss.StandardGpuResources()
-        index = faiss.index_cpu_to_gpu(res, torch.cuda.current_device(), index)
-    else:
-        faiss.omp_set_num_threads(torch.get_num_threads())
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(),
+                                       torch.cuda.current_device(), index)
     index.add(x.float().cpu().numpy())
-    qn = q.float().cpu().numpy()
-    return (lambda: index.search(qn, k)), f"faiss {faiss.__version__}"
+    threads = faiss.omp_get_max_threads()
+    return index, f"faiss {faiss.__version__} IndexFlatL2, {threads} OpenMP threads"
 
 
-def gemm_rates(device):
-    """This machine's bf16 and int8 GEMM rates (GFLOP/s, 2·m·n·k / s) at knn-like shapes."""
-    m, n, kk = (4096, 8192, 1024) if device == "cuda" else (2000, 4096, 1024)
-    a = torch.randn(m, kk, device=device)
-    b = torch.randn(n, kk, device=device)
-    ab, bb = a.bfloat16(), b.bfloat16()
-    out = {"gemm_bf16_gflops": 2 * m * n * kk / bench(lambda: ab @ bb.T, device) / 1e9}
-    a8 = torch.randint(-128, 127, (m, kk), dtype=torch.int8, device=device)
-    b8 = torch.randint(-128, 127, (kk, n), dtype=torch.int8, device=device)
-    try:
-        out["gemm_int8_gops"] = 2 * m * n * kk / bench(lambda: torch._int_mm(a8, b8), device) / 1e9
-    except RuntimeError as err:
-        out["gemm_int8_gops"] = None
-        print(f"note: int8 GEMM unavailable ({err})")
-    return out
+# ---- data ---------------------------------------------------------------------------------
+
+def gaussian(M, N, D, dev):
+    g = torch.Generator().manual_seed(0)
+    x, q = torch.randn(N, D, generator=g), torch.randn(M, D, generator=g)
+    return q.to(dev), x.to(dev)
+
+
+def image_rows(M, N, D, dev, eight_bit=False):
+    """Queries and keys from disjoint random patches of the bundled photographs: D = 1024
+    (one 32×32 patch) or 3072 (three patches offset by 4 pixels, as colour channels)."""
+    from pydiffgen.data.builtin import patches
+
+    x, _ = patches(size=36, stride=6)  # [P, 1, 36, 36] in [-1, 1]
+    x = x[:, 0]
+    if D == 1024:
+        rows = x[:, :32, :32].reshape(len(x), -1)
+    else:
+        rows = torch.stack([x[:, :32, :32], x[:, 4:, :32], x[:, :32, 4:]], 1).reshape(len(x), -1)
+    if M + N > len(rows):
+        raise SystemExit(f"only {len(rows)} patches, need {M + N}")
+    perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
+    rows = rows[perm[: M + N]].float()
+    if eight_bit:
+        rows = ((rows + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return rows[:M].to(dev), rows[M:].to(dev)
 
 
 def cases(device, quick):
-    """(M, N, D, k, data) with data 'float' or 'uint8'."""
+    """(name, M, N, D, data) with data gaussian / patches / patches-uint8."""
     if device == "cuda":
-        full = [(4096, 100_000, 768, 10, "float"), (50_000, 1_000_000, 3072, 10, "float"),
-                (50_000, 1_000_000, 3072, 10, "uint8")]
-        quick_c = [(4096, 100_000, 768, 10, "float")]
-    else:
-        full = [(2000, 50_000, 1024, 10, "float"), (2000, 50_000, 1024, 10, "uint8"),
-                (256, 16384, 256, 10, "float"), (64, 50_000, 3072, 10, "float")]
-        quick_c = [(500, 8192, 1024, 10, "float"), (500, 8192, 1024, 10, "uint8")]
-    return quick_c if quick else full
+        return [("gaussian", 4096, 100_000, 768, "gaussian")]
+    if quick:
+        return [("gaussian", 500, 8192, 1024, "gaussian"),
+                ("photo patches", 500, 8192, 1024, "patches")]
+    return [("gaussian (target)", 2000, 50_000, 1024, "gaussian"),
+            ("photo patches (target size)", 2000, 50_000, 1024, "patches"),
+            ("photo patches, 8-bit", 2000, 50_000, 1024, "patches-uint8"),
+            ("CIFAR-sized patches", 500, 50_000, 3072, "patches"),
+            ("gaussian small", 256, 16384, 256, "gaussian")]
 
 
-def make_data(dev, M, N, D, data):
-    g = torch.Generator(device=dev).manual_seed(0)
-    if data == "uint8":
-        x = torch.randint(0, 256, (N, D), device=dev, generator=g, dtype=torch.uint8)
-        q = torch.randint(0, 256, (M, D), device=dev, generator=g, dtype=torch.uint8)
-        return q, x, q.float(), x.float()
-    x = torch.rand(N, D, device=dev, generator=g) * 2 - 1 + 0.5
-    q = torch.rand(M, D, device=dev, generator=g) * 2 - 1 + 0.5
-    return q, x, q, x
+def make(M, N, D, data, dev):
+    if data == "gaussian":
+        return gaussian(M, N, D, dev)
+    return image_rows(M, N, D, dev, eight_bit=data == "patches-uint8")
 
 
-def run_case(dev, M, N, D, k, data, backends, ceil, rows, ratios, notes):
-    case = f"M={M} N={N} D={D} k={k} {data}"
-    q, x, qf, xf = make_data(dev, M, N, D, data)  # qf, xf: float32 for the peers
-    ours = f"knn[{backends[0]}]"
-    # the largest cases time only the first backend (the others are checked for correctness)
-    timed = backends if M * N * D <= 1e14 else backends[:1]
-    impls = {f"knn[{b}]": (lambda b=b: knn(q, x, k, backend=b)) for b in timed}
-    impls["cdist+topk"] = lambda: cdist_topk(qf, xf, k)
-    if dev == "cuda":
-        impls["fp32 GEMM+topk"] = lambda: gemm_topk(qf, xf, k)
-    fa, note = faiss_peer(qf, xf, k, dev)
-    if fa is not None:
-        impls["faiss.IndexFlatL2"] = fa
-    if note not in notes:
-        notes.append(note)
+# ---- one case -----------------------------------------------------------------------------
 
-    # correctness on a subset of queries: neighbour sets equal the float64 answer
-    sub = slice(0, min(M, 64))
+def check_exact(name, q, x, k, impls):
+    """Our neighbours equal the float64 ones in order on ≤ 64 queries; peers' recall."""
+    sub = slice(0, min(len(q), 64))
+    qf, xf = q.float(), x.float()
     want = exact_float64(qf[sub], xf, k).cpu()
     recall = {}
-    for b in backends:
-        got = knn(q[sub], x, k, backend=b)[1].cpu()
-        assert torch.equal(got.sort(1).values, want.sort(1).values), \
-            f"{case}: knn[{b}] differs from the float64 answer"
-        recall[f"knn[{b}]"] = 1.0
-    peers = {"cdist+topk": lambda: cdist_topk(qf[sub], xf, k).cpu()}
-    if fa is not None:
-        fq = qf[sub].cpu().numpy()
-        peers["faiss.IndexFlatL2"] = lambda: torch.from_numpy(_faiss_sub(xf, fq, k))
-    for name, fn in peers.items():
-        got = fn()
+    for label, fn in impls.items():
+        got = fn(q[sub]).cpu()
+        if label.startswith(("knn", "KnnIndex")):
+            assert torch.equal(got, want), f"{name}: {label} differs from the float64 answer"
         hits = sum(len(set(a.tolist()) & set(b.tolist())) for a, b in zip(got, want))
-        recall[name] = hits / want.numel()
+        recall[label] = hits / want.numel()
+    return recall
 
+
+def run_case(dev, name, M, N, D, data, k, rows):
+    q, x = make(M, N, D, data, dev)
+    qf, xf = q.float(), x.float()  # the peers get the same values as float32
+    index = KnnIndex(x)
+    fa, note = faiss_index(xf, dev)
+    searches = {  # label -> fn(queries) -> indices
+        "knn (one call)": lambda qq: knn(qq, x, k)[1],
+        "KnnIndex.search": lambda qq: index.search(qq, k)[1],
+        "cdist+topk": lambda qq: cdist_topk(qq.float(), xf, k),
+    }
+    if fa is not None:
+        searches["faiss.IndexFlatL2"] = lambda qq: torch.from_numpy(
+            fa.search(qq.float().cpu().numpy(), k)[1])
+    recall = check_exact(name, q, x, k, searches)
+    case = f"{name}: M={M} N={N} D={D} k={k} {x.dtype}".replace("torch.", "")
     times = {}
-    for name, fn in impls.items():
-        t = bench(fn, dev)
-        times[name] = t
-        gflops = 2 * M * N * D / t / 1e9
-        rows.append({"kind": "time", "case": case, "impl": name, "time_s": t,
-                     "gflops": gflops, "frac_fp32_gemm": gflops / ceil["gemm_fp32_gflops"],
-                     "frac_bf16_gemm": gflops / ceil["gemm_bf16_gflops"],
-                     "recall@k_vs_fp64": recall.get(name)})
-    ratios.extend(ratio_rows(case, times, ours))
+    for label, fn in searches.items():
+        qq = q if label.startswith(("knn", "KnnIndex")) else qf
+        r = timed(lambda fn=fn, qq=qq: fn(qq), dev, f"{case} | {label}")
+        times[label] = r["time_s"]
+        rows.append({"kind": "time", "case": case, "impl": label, **r,
+                     "gflops": 2 * M * N * D / r["time_s"] / 1e9,
+                     "recall@k_vs_fp64": recall[label], "peer_note": note})
+        print(f"  {label:<20} {fmt_s(r['time_s'])} (check {fmt_s(r['check_s'])}, "
+              f"agree {r['agree']}, load {r['load_after']})", flush=True)
+    return case, times
 
 
-def _faiss_sub(xf, fq, k):
-    import faiss
+def run_reuse(dev, quick, k, rows):
+    """One key set, many query batches: KnnIndex (prepared once) vs knn per batch vs faiss."""
+    M, N, D, batches = (100, 8192, 1024, 5) if quick else (200, 50_000, 1024, 10)
+    q, x = image_rows(M * batches, N, D, dev)
+    qs = q.split(M)
+    index = KnnIndex(x)
+    fa, note = faiss_index(x, dev)
+    impls = {"KnnIndex.search": lambda: [index.search(b, k) for b in qs],
+             "knn per batch": lambda: [knn(b, x, k) for b in qs]}
+    if fa is not None:
+        qn = [b.cpu().numpy() for b in qs]
+        impls["faiss.IndexFlatL2"] = lambda: [fa.search(b, k) for b in qn]
+    for b in qs[:2]:
+        want = exact_float64(b[:32], x, k).cpu()
+        assert torch.equal(index.search(b[:32], k)[1], want), "index reuse differs from float64"
+    case = f"index reuse (photo patches): {batches} batches of M={M}, N={N} D={D} k={k}"
+    times = {}
+    for label, fn in impls.items():
+        r = timed(fn, dev, f"{case} | {label}")
+        times[label] = r["time_s"]
+        rows.append({"kind": "time", "case": case, "impl": label, **r, "peer_note": note})
+        print(f"  {label:<20} {fmt_s(r['time_s'])} (check {fmt_s(r['check_s'])}, "
+              f"agree {r['agree']}, load {r['load_after']})", flush=True)
+    return case, times
 
-    index = faiss.IndexFlatL2(xf.shape[1])
-    index.add(xf.float().cpu().numpy())
-    return index.search(fq, k)[1]
+
+def ratios(case, times, ours_labels):
+    out = []
+    for ours in ours_labels:
+        for peer, t in times.items():
+            if peer not in ours_labels and ours in times:
+                out.append({"kind": "ratio", "case": case, "ours": ours, "peer": peer,
+                            "ours_s": times[ours], "peer_s": t,
+                            "ours_over_peer": times[ours] / t})
+    return out
+
+
+def markdown(results, rows):
+    """The RESULTS.md rows: times (⚠: the two timings disagreed), ours / faiss, cdist / ours."""
+    agree = {(r["case"], r["impl"]): r["agree"] for r in rows if r["kind"] == "time"}
+    lines = ["| case | knn (one call) | KnnIndex.search | faiss IndexFlatL2 | cdist + topk "
+             "| one call / faiss | index / faiss | cdist / index |",
+             "|---|---|---|---|---|---|---|---|"]
+    for case, t in results:
+        one_label = "knn (one call)" if "knn (one call)" in t else "knn per batch"
+
+        def cell(label, t=t, case=case):
+            if label not in t:
+                return "-"
+            return fmt_s(t[label]) + ("" if agree.get((case, label), True) else " ⚠")
+
+        def ratio(a, b, t=t, suffix=""):
+            return f"{t[a] / t[b]:.2f}{suffix}" if a in t and b in t else "-"
+
+        lines.append(" | ".join([
+            f"| {case}", cell(one_label), cell("KnnIndex.search"), cell("faiss.IndexFlatL2"),
+            cell("cdist+topk"), ratio(one_label, "faiss.IndexFlatL2"),
+            ratio("KnnIndex.search", "faiss.IndexFlatL2"),
+            ratio("cdist+topk", "KnnIndex.search", suffix="×")]) + " |")
+    return "\n".join(lines)
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
     dev = args.device
-    threads = os.environ.get("PYDIFFGEN_BENCH_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    ceil = {**ceilings(dev), **gemm_rates(dev)}
-    backends = [b for b, why in dispatch.op("knn").reasons(dev).items() if why == "ok"]
-    rows, ratios, notes = [], [], []
-    for M, N, D, k, data in cases(dev, args.quick):
-        run_case(dev, M, N, D, k, data, backends, ceil, rows, ratios, notes)
-    meta = {**metadata(dev), "ceilings": ceil, "notes": notes, "threads": torch.get_num_threads(),
-            "knn_backends": dispatch.op("knn").reasons(dev),
-            "topk_merge_backend": dispatch.op("topk_merge").select(dev).name}
-    path = write_json("bench_knn", rows + ratios, meta)
-    i8 = ceil.get("gemm_int8_gops")
-    print(f"knn on {meta['device_name']}: GEMM ceilings fp32 {ceil['gemm_fp32_gflops']:.0f}, "
-          f"bf16 {ceil['gemm_bf16_gflops']:.0f}, int8 {i8 and round(i8)} G(FL)OP/s; "
-          f"topk_merge backend: {meta['topk_merge_backend']}")
-    print_table(rows, ["case", "impl", "time_s", "gflops", "frac_fp32_gemm", "frac_bf16_gemm",
-                       "recall@k_vs_fp64"])
+    threads = int(os.environ.get("PYDIFFGEN_BENCH_THREADS") or torch.get_num_threads())
+    set_threads = peer_threads(threads)
+    ceil = ceilings(dev)
+    k = 10
+    rows, results, ratio_rows = [], [], []
+    for name, M, N, D, data in cases(dev, args.quick):
+        print(f"{name}: M={M} N={N} D={D} ({data}), load {load_average()}", flush=True)
+        case, times = run_case(dev, name, M, N, D, data, k, rows)
+        results.append((case, times))
+        ratio_rows += ratios(case, times, ["knn (one call)", "KnnIndex.search"])
+    if dev == "cpu":
+        print("index reuse:", flush=True)
+        case, times = run_reuse(dev, args.quick, k, rows)
+        results.append((case, times))
+        ratio_rows += ratios(case, times, ["KnnIndex.search", "knn per batch"])
+    meta = {**metadata(dev), "ceilings": ceil, "threads_set": set_threads,
+            "knn_backends": dispatch.op("knn").reasons(dev), "quick": args.quick}
+    table = markdown(results, rows)
+    header = (f"`python benchmarks/bench_knn.py{' --quick' if args.quick else ''}` "
+              f"({meta['time']}, git {meta['git_sha']}, {meta['device_name']}, torch "
+              f"{meta['torch']}, threads {set_threads}, load average after: {load_average()})")
+    path = write_json("bench_knn", rows + ratio_rows, {**meta, "markdown": f"{header}\n\n{table}"})
     print()
-    print_table(ratios, ["case", "ours", "peer", "speedup"])
-    for n in notes:
-        print(f"note: {n}")
-    print(f"wrote {path}")
+    print_table([r for r in rows if r["kind"] == "time"],
+                ["case", "impl", "time_s", "check_s", "agree", "load_after", "recall@k_vs_fp64"])
+    print()
+    print(header)
+    print()
+    print(table)
+    print(f"wrote {path} (its meta.markdown holds the table above)")
 
 
 if __name__ == "__main__":

@@ -9,14 +9,19 @@ TORCH_LIBRARY(pydiffgen, m) {
   // Empirical optimal denoiser (pydiffgen.ops.empirical_denoiser): y [M, D], train [N, D],
   // sigma [M] float64 -> (out [M, D], per-row logit error estimate [M] float64).
   m.def("empirical_denoiser(Tensor y, Tensor train, Tensor sigma) -> (Tensor, Tensor)");
-  // Exact knn (pydiffgen.ops.knn), certified candidate pass: queries [M, D], keys [N, D],
-  // centre [D] -> (candidates [M, C] int64, lower bounds [M, C] f64, tau [M] f64, overflow [M]).
-  m.def("knn_candidates(Tensor queries, Tensor keys, Tensor centre, int k, int metric,"
-        " int precision, int tile_elems, int capacity, int offset)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
-  // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices).
-  m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric)"
-        " -> (Tensor, Tensor)");
+  // Exact knn (pydiffgen.ops.knn), keys prepared once per pass: keys [N, D], centre [D]
+  // -> (x̃ [N, D] in the pass's GEMM dtype, ‖x̃‖ [N] f64, dx [N] f64, a [N] f64, s [N] f32 or []).
+  m.def("knn_prepare(Tensor keys, Tensor centre, int metric, int precision)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // ... its certified candidate pass: queries [M, D] against the prepared keys
+  // -> (candidates [M, C] int64, lower bounds [M, C] f64, tau [M] f64, overflow [M]).
+  m.def("knn_candidates(Tensor queries, Tensor key_gemm, Tensor key_norm, Tensor key_delta,"
+        " Tensor key_add, Tensor key_scale, Tensor centre, int k, int metric, int precision,"
+        " int tile_elems, int capacity, int offset) -> (Tensor, Tensor, Tensor, Tensor)");
+  // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices);
+  // with the candidates' lower bounds [M, C] f64 (and the l2 centre) it stops early.
+  m.def("knn_rerank(Tensor queries, Tensor keys, Tensor cand, int k, int metric,"
+        " Tensor? lower=None, Tensor? centre=None) -> (Tensor, Tensor)");
   // Batched symmetric eigendecomposition (pydiffgen.ops.eigh), CUDA only (cuSOLVER):
   // A [B, n, n] -> (eigenvalues [B, n] ascending, eigenvectors [B, n, n] as columns).
   m.def("eigh(Tensor A) -> (Tensor, Tensor)");

@@ -103,7 +103,8 @@ def case_knn_bound_tile(mod):
                 q, x = q / q.norm(dim=1, keepdim=True), x / x.norm(dim=1, keepdim=True)
             centre = x.mean(0) if metric == "l2" else x.new_zeros(0)
             gemm = torch.bfloat16
-        knn_certified.candidates(q, x, 2, metric, 1 << 16, 16, gemm, score_fn, centre)
+        keys = knn_certified.prepare_keys(x, centre, metric, gemm)
+        knn_certified.candidates(q, keys, 2, metric, 1 << 16, 16, gemm, score_fn, centre)
 
 
 def case_groupnorm_film_silu(mod):

@@ -6,10 +6,15 @@
 //   l2:          s(q, x) = ‖x*‖² − 2⟨q*, x*⟩   (= ‖q − x‖² − ‖q*‖², q* = q − μ, x* = x − μ)
 //   ip / cosine: s(q, x) = −⟨q*, x*⟩         (cosine: q* = q/‖q‖, x* = x/‖x‖; ip: q* = q)
 //
-// knn_candidates, per key tile x_t [t, D] (the whole loop is here, no Python per tile):
-//   1. prepare the tile: x_p = x* in float32 (float64 in the fp64 pass), x̃ = x_p rounded
-//      to the GEMM dtype (bfloat16 / float32 / float64; int8 = uint8 − 128 for 8-bit data);
-//   2. G̃ = q̃·x̃ᵀ for a chunk of queries (one ATen GEMM: oneDNN / MKL, multithreaded);
+// knn_prepare, once per key set and pass (pydiffgen.ops.KnnIndex keeps the result):
+//   x_p = x* in float32 (float64 in the fp64 pass), x̃ = x_p rounded to the GEMM dtype
+//   (bfloat16 / float32 / float64; int8 = uint8 − 128 for 8-bit data; q8: x̃ = s·ι with
+//   ι int8 and one float32 scale s per row, for float data on CPUs with int8 dot
+//   products), and the per-key terms of the bound (‖x̃‖, dx, a_j; s).
+// knn_candidates, per tile x̃_t [t, D] of the prepared keys (the whole loop is here):
+//   1. prepare the queries once, as the keys;
+//   2. G̃ = q̃·x̃ᵀ for a chunk of queries (one ATen GEMM: oneDNN / MKL, multithreaded; q8:
+//      the exact int32 GEMM of the ι's, scaled by s_q·s_x in float32);
 //   3. fused pass over the rows (at::parallel_for): s̃ = a_j − w·G̃ (a_j = ‖x_p‖², w = 2 for
 //      l2; a_j = 0, w = 1 otherwise), a rigorous bound e ≥ |s̃ − s| (below), and per row
 //        τ  = the k-th smallest upper bound s̃ + e seen so far (a k-heap of values),
@@ -46,6 +51,9 @@
 //   (1 − u)^12 > 1/(1 + 64u).
 //   int8 pass (uint8 inputs): int32 accumulation of |x'_i q'_i| ≤ 2^14 is exact for
 //   D < 2^17 and scores are formed in float64 (exact below 2^53), so e = 0.
+//   q8 pass (float inputs): x̃ = s·ι is exact in float64 (24-bit s times 7-bit ι), so dx
+//   and ‖x̃‖ are as above; the int32 dot of ι's is exact for D < 2^17 (γ = 0) and
+//   G̃ = s_q·(s_x·G) adds three float32 roundings (int → float, two products): u_out = 4u.
 //
 // knn_rerank: per row, every candidate's score is recomputed directly in float64
 // (l2: Σ(q_i − x_i)², not the expansion; cosine: ⟨q, x⟩/(‖q‖‖x‖); ip: ⟨q, x⟩); the best k
@@ -75,11 +83,13 @@
 #include <utility>
 #include <vector>
 
+#include "fast_math.h"
+
 namespace pydiffgen {
 namespace {
 
 enum Metric : int64_t { kL2 = 0, kIP = 1, kCosine = 2 };
-enum Precision : int64_t { kInt8 = 0, kBF16 = 1, kFP32 = 2, kFP64 = 3 };
+enum Precision : int64_t { kInt8 = 0, kBF16 = 1, kFP32 = 2, kFP64 = 3, kQ8 = 4 };
 
 constexpr double kU32 = 0x1p-24;
 constexpr double kU64 = 0x1p-53;
@@ -91,6 +101,7 @@ struct Prepared {
   at::Tensor norm;   // [n] float64 ‖x̃‖ (float modes)
   at::Tensor delta;  // [n] float64 dx = ‖x_p − x̃‖ + u_p‖x_p‖
   at::Tensor add;    // [n] float64 a_j (l2: ‖x_p‖²; int8 ip: −128·Σx'; else 0)
+  at::Tensor scale;  // [n] float32 s of the q8 pass (x̃ = s·ι, ι int8); empty otherwise
 };
 
 // Round-to-nearest-even float32 → bfloat16 on the bits (inputs are finite), vectorizable.
@@ -140,6 +151,22 @@ inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int6
   return static_cast<P>(v);
 }
 
+// x_p = x* of one row xi [D] rounded once to P, one loop per metric so each vectorizes.
+template <typename T, typename P>
+inline void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const P* mu_p,
+                     const double* mu_d, P* __restrict__ xp) {
+  if (metric == kL2) {
+    for (int64_t c = 0; c < D; ++c) xp[c] = prep_value<T, P>(xi[c], kL2, mu_p, mu_d, c, 1.0);
+  } else if (metric == kCosine) {
+    double ss = 0;
+    for (int64_t c = 0; c < D; ++c) ss += static_cast<double>(xi[c]) * xi[c];
+    const double scale = 1.0 / std::max(std::sqrt(ss), 1e-300);
+    for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(static_cast<double>(xi[c]) * scale);
+  } else {
+    for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(xi[c]);
+  }
+}
+
 // One fused pass per row (rows in parallel): x_p (x* rounded once to the preparation dtype
 // P), x̃ (x_p rounded to the GEMM dtype Gt), and the float64 sums ‖x̃‖², ‖x_p − x̃‖², ‖x_p‖²
 // of the bound, in 16 independent lanes so the loop vectorizes without reassociation.
@@ -152,19 +179,8 @@ void prepare_rows(const T* x, const P* mu_p, const double* mu_d, int64_t n, int6
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
     std::vector<P> buf(D);  // x_p of one row
     for (int64_t i = b; i < e; ++i) {
-      const T* __restrict__ xi = x + i * D;
       P* __restrict__ xp = buf.data();
-      // pass 1, one loop per metric so each vectorizes: x_p = x* rounded once to P
-      if (metric == kL2) {
-        for (int64_t c = 0; c < D; ++c) xp[c] = prep_value<T, P>(xi[c], kL2, mu_p, mu_d, c, 1.0);
-      } else if (metric == kCosine) {
-        double ss = 0;
-        for (int64_t c = 0; c < D; ++c) ss += static_cast<double>(xi[c]) * xi[c];
-        const double scale = 1.0 / std::max(std::sqrt(ss), 1e-300);
-        for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(static_cast<double>(xi[c]) * scale);
-      } else {
-        for (int64_t c = 0; c < D; ++c) xp[c] = static_cast<P>(xi[c]);
-      }
+      prep_row<T, P>(x + i * D, D, metric, mu_p, mu_d, xp);
       // pass 2: x̃ and the float64 sums in L independent lanes
       Gt* __restrict__ gi = out + i * D;
       double sg[L] = {}, sd[L] = {}, sp[L] = {};
@@ -201,6 +217,56 @@ void prepare_rows(const T* x, const P* mu_p, const double* mu_d, int64_t n, int6
         p2 += sp[l];
       }
       // float64 norms of float values err by ≤ (D+2)·2^-53 relatively: inflate by 1e-9
+      norm[i] = std::sqrt(g2) * (1 + 1e-9);
+      delta[i] = (std::sqrt(d2) + u_p * std::sqrt(p2)) * (1 + 1e-9);
+      add[i] = metric == kL2 ? p2 : 0.0;
+    }
+  });
+}
+
+// The q8 pass: x̃ = s·ι, ι ∈ [−127, 127]^D in int8 and one float32 s = max|x_p|/127 per
+// row. Any ι keeps the bound valid (it is computed from x̃ itself); rounding to nearest
+// makes it tight. s·ι_i is exact in float64 (24 × 7 bits), so ‖x̃‖ and dx are as exact as
+// in the float passes, and the int32 GEMM of ι's is exact for D < 2^17 (127²·D < 2^31).
+template <typename T>
+void prepare_rows_q8(const T* x, const float* mu_p, const double* mu_d, int64_t n, int64_t D,
+                     int64_t metric, double u_p, int8_t* out, float* scale, double* norm,
+                     double* delta, double* add) {
+  constexpr int64_t L = 16;
+  constexpr float kRound = 12582912.0f;  // 1.5·2^23: (v + R) − R rounds |v| < 2^22 to nearest
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1));
+  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
+    std::vector<float> buf(D);
+    for (int64_t i = b; i < e; ++i) {
+      float* __restrict__ xp = buf.data();
+      prep_row<T, float>(x + i * D, D, metric, mu_p, mu_d, xp);
+      float amax = 0;
+      for (int64_t c = 0; c < D; ++c) amax = std::max(amax, std::abs(xp[c]));
+      // a row too small for a normal s keeps ι = 0 (x̃ = 0, dx = ‖x_p‖: still a bound)
+      const float s = amax >= 127 * std::numeric_limits<float>::min() ? amax / 127 : 1.0f;
+      const float inv = 1.0f / s;
+      int8_t* __restrict__ oi = out + i * D;
+      double sg[L] = {}, sd[L] = {}, sp[L] = {};
+      auto step = [&](int64_t c, int64_t l) {
+        const float r = std::clamp((xp[c] * inv + kRound) - kRound, -127.0f, 127.0f);
+        oi[c] = static_cast<int8_t>(r);
+        const double xgd = static_cast<double>(r) * s, xpd = xp[c];
+        sg[l] += xgd * xgd;
+        sd[l] += (xpd - xgd) * (xpd - xgd);
+        sp[l] += xpd * xpd;
+      };
+      int64_t c = 0;
+      for (; c + L <= D; c += L) {
+        for (int64_t l = 0; l < L; ++l) step(c + l, l);
+      }
+      for (; c < D; ++c) step(c, 0);
+      double g2 = 0, d2 = 0, p2 = 0;
+      for (int64_t l = 0; l < L; ++l) {
+        g2 += sg[l];
+        d2 += sd[l];
+        p2 += sp[l];
+      }
+      scale[i] = s;
       norm[i] = std::sqrt(g2) * (1 + 1e-9);
       delta[i] = (std::sqrt(d2) + u_p * std::sqrt(p2)) * (1 + 1e-9);
       add[i] = metric == kL2 ? p2 : 0.0;
@@ -254,7 +320,8 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int6
     return p;
   }
   const double u_p = (precision == kFP64 ? 1.01 * kU64 : 1.01 * kU32) + (D + 4) * kU64;
-  const auto gemm_dtype = precision == kBF16 ? at::kBFloat16
+  const auto gemm_dtype = precision == kQ8     ? at::kChar
+                          : precision == kBF16 ? at::kBFloat16
                           : precision == kFP32 ? at::kFloat
                                                : at::kDouble;
   p.gemm = at::empty({n, D}, x.options().dtype(gemm_dtype));
@@ -262,7 +329,18 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int6
   p.delta = at::empty({n}, dopt);
   p.add = at::empty({n}, dopt);
   const bool in64 = x.scalar_type() == at::kDouble;
-  if (precision == kBF16) {
+  if (precision == kQ8) {
+    p.scale = at::empty({n}, x.options().dtype(at::kFloat));
+    const at::Tensor mu_p = mu.numel() ? mu.to(at::kFloat) : mu;
+    const float* mp = mu.numel() ? mu_p.const_data_ptr<float>() : nullptr;
+    const double* md = mu.numel() ? mu.const_data_ptr<double>() : nullptr;
+    auto run = [&](auto* xs) {
+      prepare_rows_q8(xs, mp, md, n, D, metric, u_p, p.gemm.mutable_data_ptr<int8_t>(),
+                      p.scale.mutable_data_ptr<float>(), p.norm.mutable_data_ptr<double>(),
+                      p.delta.mutable_data_ptr<double>(), p.add.mutable_data_ptr<double>());
+    };
+    in64 ? run(x.const_data_ptr<double>()) : run(x.const_data_ptr<float>());
+  } else if (precision == kBF16) {
     in64 ? prepare_typed<double, float, c10::BFloat16>(x, mu, metric, u_p, p)
          : prepare_typed<float, float, c10::BFloat16>(x, mu, metric, u_p, p);
   } else if (precision == kFP32) {
@@ -296,22 +374,93 @@ void prune(RowState<S>& st, S tau) {
           c.end());
 }
 
-// GEMM output element as the score type: exact (bf16 → float widens; int32 → double).
-template <typename S, typename O>
-inline S widen(O v) {
-  return static_cast<S>(v);
+// The hot loop of the selection, per block of nb ≤ 64 scores of one row: s_j = a_j −
+// w·(s_q·(c_j·G̃_j)) into out, and whether any is ≤ thr. Float scores (q8, bf16, fp32
+// passes) get AVX-512 / AVX2 clones (PDG_CLONES); the widening of G̃ is exact.
+template <typename O, typename S>
+inline bool block_scores_impl(const O* g, const S* add, const S* cs, S ws, S qs, S thr, S* out,
+                              int64_t nb) {
+  bool any = false;
+  for (int64_t j = 0; j < nb; ++j) {
+    S gj;
+    if constexpr (std::is_same_v<O, uint16_t>) {
+      const uint32_t b = static_cast<uint32_t>(g[j]) << 16;  // bfloat16 bits → float
+      float f;
+      std::memcpy(&f, &b, sizeof(f));
+      gj = f;
+    } else {
+      gj = static_cast<S>(g[j]);
+    }
+    out[j] = add[j] - ws * (qs * (cs[j] * gj));
+    any |= out[j] <= thr;
+  }
+  return any;
 }
-template <>
-inline float widen<float, c10::BFloat16>(c10::BFloat16 v) {
-  return static_cast<float>(v);
+PDG_CLONES bool block_scores(const int32_t* g, const float* add, const float* cs, float ws,
+                             float qs, float thr, float* out, int64_t nb) {
+  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
+}
+PDG_CLONES bool block_scores(const uint16_t* g, const float* add, const float* cs, float ws,
+                             float qs, float thr, float* out, int64_t nb) {
+  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
+}
+PDG_CLONES bool block_scores(const float* g, const float* add, const float* cs, float ws,
+                             float qs, float thr, float* out, int64_t nb) {
+  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
+}
+// ... and, for a block where some score passed, the bounds lo/hi = s ∓ e of every score,
+// e = safety·(A·p_j + B·dx_j + Cg·|G̃_j| + Ca·|a_j| + η) (the bound at the top of the file).
+template <typename O, typename S>
+inline void block_bounds_impl(const O* g, const S* add, const S* cs, const S* p, const S* d,
+                              S qs, S A, S B, S Cg, S Ca, S eta, S safety, const S* s, S* lo,
+                              S* hi, int64_t nb) {
+  for (int64_t j = 0; j < nb; ++j) {
+    S gj;
+    if constexpr (std::is_same_v<O, uint16_t>) {
+      const uint32_t b = static_cast<uint32_t>(g[j]) << 16;
+      float f;
+      std::memcpy(&f, &b, sizeof(f));
+      gj = f;
+    } else {
+      gj = static_cast<S>(g[j]);
+    }
+    const S ga = std::abs(qs * (cs[j] * gj));
+    const S err = safety * (A * p[j] + B * d[j] + Cg * ga + Ca * std::abs(add[j]) + eta);
+    lo[j] = s[j] - err;
+    hi[j] = s[j] + err;
+  }
+}
+#define PDG_BLOCK_BOUNDS(O)                                                                   \
+  PDG_CLONES void block_bounds(const O* g, const float* add, const float* cs, const float* p, \
+                               const float* d, float qs, float A, float B, float Cg, float Ca, \
+                               float eta, float safety, const float* s, float* lo, float* hi, \
+                               int64_t nb) {                                                  \
+    block_bounds_impl(g, add, cs, p, d, qs, A, B, Cg, Ca, eta, safety, s, lo, hi, nb);        \
+  }
+PDG_BLOCK_BOUNDS(int32_t)
+PDG_BLOCK_BOUNDS(uint16_t)
+PDG_BLOCK_BOUNDS(float)
+#undef PDG_BLOCK_BOUNDS
+template <typename O, typename S>
+void block_bounds(const O* g, const S* add, const S* cs, const S* p, const S* d, S qs, S A, S B,
+                  S Cg, S Ca, S eta, S safety, const S* s, S* lo, S* hi, int64_t nb) {
+  block_bounds_impl(g, add, cs, p, d, qs, A, B, Cg, Ca, eta, safety, s, lo, hi, nb);
 }
 
-// Score type S: float for the bf16/fp32 passes, double for fp64 and int8.
+// double scores (fp64 pass, exact int8 pass): the generic loop
+template <typename O, typename S>
+bool block_scores(const O* g, const S* add, const S* cs, S ws, S qs, S thr, S* out, int64_t nb) {
+  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
+}
+
+// Score type S: float for the q8/bf16/fp32 passes, double for fp64 and int8.
 template <typename O, typename S>
 void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int64_t k,
                  int64_t capacity, const double* add, const double* xnorm, const double* xdelta,
-                 const std::vector<double>& A, const std::vector<double>& B, double Cg,
-                 double Ca, double eta, double w, double g_grow, bool exact, std::vector<RowState<S>>& state) {
+                 const std::vector<double>& A, const std::vector<double>& B,
+                 const float* xscale, const std::vector<double>& qscale, double Cg, double Ca,
+                 double eta, double w, double g_grow, bool exact,
+                 std::vector<RowState<S>>& state) {
   // tile maxima for the block pre-check
   double p_max = 0, d_max = 0, a_max = 0, n_max = 0;
   for (int64_t j = 0; j < t; ++j) {
@@ -320,18 +469,30 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
     a_max = std::max(a_max, std::abs(add[j]));
     n_max = std::max(n_max, xnorm[j]);
   }
-  std::vector<S> add_s(add, add + t), p_s(t), d_s(xdelta, xdelta + t);
+  std::vector<S> add_s(add, add + t), p_s(t), d_s(xdelta, xdelta + t), cs(t, S(1));
   for (int64_t j = 0; j < t; ++j) p_s[j] = static_cast<S>(xnorm[j] + xdelta[j]);
+  // q8: G̃ = s_q·s_x·(ι_q·ι_x) (exact int32 dot, then ≤ 3 float32 roundings: u_out);
+  // the other passes multiply by 1 (exact)
+  if (xscale != nullptr) std::copy(xscale, xscale + t, cs.begin());
   const S inf = std::numeric_limits<S>::infinity();
   const S safety = static_cast<S>(1 + 64 * kU32);
   const S ws = static_cast<S>(w);
   at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / t), [&](int64_t b, int64_t e_) {
-    std::vector<S> s_blk(kBlock);
+    std::vector<S> s_blk(kBlock), lo_blk(kBlock), hi_blk(kBlock);
     for (int64_t r = b; r < e_; ++r) {
       RowState<S>& st = state[row0 + r];
       if (st.overflow) continue;
       const O* g = G + r * t;
+      // bfloat16 scores by their bits (the clones take plain integer types)
+      const auto* gbits = [&] {
+        if constexpr (std::is_same_v<O, c10::BFloat16>) {
+          return reinterpret_cast<const uint16_t*>(g);
+        } else {
+          return g;
+        }
+      }();
       const S Ar = static_cast<S>(A[row0 + r]), Br = static_cast<S>(B[row0 + r]);
+      const S qs = qscale.empty() ? S(1) : static_cast<S>(qscale[row0 + r]);
       // largest e of this row over the tile: |G̃| ≤ ‖q̃‖‖x̃‖(1 + γ)(1 + u_out) = B/w·n_max·g_grow
       const double e_max =
           exact ? 0.0
@@ -347,22 +508,24 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
         // lower bounds above τ + e_max (with margin for this sum's rounding) cannot qualify
         const S thr = tau == inf ? inf
                                  : static_cast<S>(tau + e_max * 1.0001 + std::abs(tau) * 1e-6);
-        bool any = false;
-        for (int64_t j = 0; j < nb; ++j) {
-          const S s = add_s[j0 + j] - ws * widen<S, O>(g[j0 + j]);  // w·G̃ exact (w = 1, 2)
-          s_blk[j] = s;
-          any |= s <= thr;
+        // w·G̃ exact (w = 1, 2)
+        if (!block_scores(gbits + j0, add_s.data() + j0, cs.data() + j0, ws, qs, thr,
+                          s_blk.data(), nb)) {
+          continue;
         }
-        if (!any) continue;
+        if (exact) {
+          std::copy(s_blk.begin(), s_blk.begin() + nb, lo_blk.begin());
+          std::copy(s_blk.begin(), s_blk.begin() + nb, hi_blk.begin());
+        } else {
+          block_bounds(gbits + j0, add_s.data() + j0, cs.data() + j0, p_s.data() + j0,
+                       d_s.data() + j0, qs, Ar, Br, static_cast<S>(Cg), static_cast<S>(Ca),
+                       static_cast<S>(eta), safety, s_blk.data(), lo_blk.data(), hi_blk.data(),
+                       nb);
+        }
         for (int64_t j = 0; j < nb; ++j) {
-          const S s = s_blk[j];
-          S err = 0;
-          if (!exact) {
-            const S ga = std::abs(widen<S, O>(g[j0 + j]));
-            err = safety * (Ar * p_s[j0 + j] + Br * d_s[j0 + j] + static_cast<S>(Cg) * ga +
-                            static_cast<S>(Ca) * std::abs(add_s[j0 + j]) + static_cast<S>(eta));
-          }
-          const S lo = s - err, hi = s + err;
+          const S lo = lo_blk[j], hi = hi_blk[j];
+          // lo > τ: hi ≥ lo > τ leaves the heap as it is, and the key is no candidate
+          if (lo > tau_of(st, k)) continue;
           auto& h = st.heap;
           if (static_cast<int64_t>(h.size()) < k) {
             h.push_back(hi);
@@ -388,30 +551,49 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
   });
 }
 
+// The point both sides subtract (l2 float passes), rounded to float32 first so that float32
+// and float64 rows (queries and keys of different dtypes) subtract the same point; any
+// point keeps the ranking. Empty otherwise.
+at::Tensor centre_point(const at::Tensor& centre, int64_t metric, int64_t precision) {
+  return metric == kL2 && precision != kInt8
+             ? centre.to(at::kFloat).to(at::kDouble).contiguous()
+             : centre.new_empty({0}, at::kDouble);
+}
+
+// float passes read float32 / float64 rows (half, bfloat16 and uint8 widen exactly to float32)
+at::Tensor rows_for(const at::Tensor& t, int64_t precision) {
+  return precision != kInt8 && t.scalar_type() != at::kDouble ? t.to(at::kFloat).contiguous()
+                                                              : t.contiguous();
+}
+
+void check_codes(const char* op, int64_t metric, int64_t precision) {
+  TORCH_CHECK(metric >= kL2 && metric <= kCosine, op, ": metric code ", metric,
+              " is not 0 (l2), 1 (ip) or 2 (cosine)");
+  TORCH_CHECK(precision >= kInt8 && precision <= kQ8, op, ": precision code ", precision,
+              " is not 0 (int8), 1 (bf16), 2 (fp32), 3 (fp64) or 4 (q8)");
+}
+
 template <typename S>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
-    const at::Tensor& q, const at::Tensor& x, const at::Tensor& centre, int64_t k,
-    int64_t metric, int64_t precision, int64_t tile_elems, int64_t capacity, int64_t offset) {
-  const int64_t M = q.size(0), D = q.size(1), N = x.size(0);
-  const bool exact = precision == kInt8;
+    const at::Tensor& q, const Prepared& keys, const at::Tensor& mu, int64_t k, int64_t metric,
+    int64_t precision, int64_t tile_elems, int64_t capacity, int64_t offset) {
+  const int64_t M = q.size(0), D = q.size(1), N = keys.gemm.size(0);
+  const bool exact = precision == kInt8, q8 = precision == kQ8;
   const double w = metric == kL2 ? 2.0 : 1.0;
   const double u_acc = precision == kFP64 ? kU64 : kU32;
   const double u_p = exact ? 0.0
                            : (precision == kFP64 ? 1.01 * kU64 : 1.01 * kU32) + (D + 4) * kU64;
-  const double gamma = exact ? 0.0 : (D + 2) * u_acc / (1 - (D + 2) * u_acc);
-  const double u_out = precision == kBF16 ? 0x1p-8 / (1 - 0x1p-8) : 0.0;
+  // q8: the int32 dot of ι's is exact (γ = 0); its three float32 scalings are u_out
+  const double gamma = exact || q8 ? 0.0 : (D + 2) * u_acc / (1 - (D + 2) * u_acc);
+  const double u_out = precision == kBF16 ? 0x1p-8 / (1 - 0x1p-8) : q8 ? 4 * kU32 : 0.0;
   const double Cg = exact ? 0.0 : w * u_out + 2 * w * u_acc;
   const double Ca = exact ? 0.0 : 3 * u_p + 4 * u_acc;
   const double eta = exact ? 0.0 : 0x1p-100;
   const double g_grow = (1 + gamma) * (1 + u_out) * (1 + 1e-6);
 
-  // queries once: q̃ and per-row coefficients A = w(dq + γ‖q̃‖), B = w‖q̃‖
-  // the centre rounded to float32 first, so that float32 and float64 rows (queries and
-  // keys of different dtypes) subtract the same point; any point keeps the ranking
-  const at::Tensor mu = metric == kL2 && !exact ? centre.to(at::kFloat).to(at::kDouble).contiguous()
-                                                 : centre.new_empty({0}, at::kDouble);
+  // queries once: q̃ and per-row coefficients A = w(dq + γ‖q̃‖), B = w‖q̃‖ (and s_q for q8)
   const Prepared pq = prepare(q, mu, metric, precision, true);
-  std::vector<double> A(M), B(M);
+  std::vector<double> A(M), B(M), qscale;
   {
     const double* qn = pq.norm.const_data_ptr<double>();
     const double* qd = pq.delta.const_data_ptr<double>();
@@ -419,46 +601,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
       A[r] = w * (qd[r] + gamma * qn[r]);
       B[r] = w * qn[r];
     }
+    if (q8) {
+      const float* sq = pq.scale.const_data_ptr<float>();
+      qscale.assign(sq, sq + M);
+    }
   }
   // tiles: ≈ 4 M key elements (GEMM-efficient), ≤ tile_elems scores per query chunk
   const int64_t t = std::min<int64_t>(N, std::clamp<int64_t>((int64_t{1} << 22) / D, 256, 8192));
   const int64_t m_chunk = std::min<int64_t>(M, std::max<int64_t>(1, tile_elems / t));
-  const auto out_dtype = precision == kInt8   ? at::kInt
+  const auto out_dtype = exact || q8          ? at::kInt
                          : precision == kBF16 ? at::kBFloat16
                          : precision == kFP32 ? at::kFloat
                                               : at::kDouble;
   auto G_buf = at::empty({m_chunk * t}, q.options().dtype(out_dtype));
   std::vector<RowState<S>> state(M);
   for (auto& st : state) st.heap.reserve(k);
+  const double* xn_all = keys.norm.const_data_ptr<double>();
+  const double* xd_all = keys.delta.const_data_ptr<double>();
+  const double* xa_all = keys.add.const_data_ptr<double>();
+  const float* xs_all = q8 ? keys.scale.const_data_ptr<float>() : nullptr;
 
   for (int64_t n0 = 0; n0 < N; n0 += t) {
     const int64_t tn = std::min(t, N - n0);
-    const Prepared px = prepare(x.narrow(0, n0, tn), mu, metric, precision, false);
-    const double* xn = px.norm.const_data_ptr<double>();
-    const double* xd = px.delta.const_data_ptr<double>();
-    const double* xa = px.add.const_data_ptr<double>();
+    const at::Tensor xg = keys.gemm.narrow(0, n0, tn);
+    const double *xn = xn_all + n0, *xd = xd_all + n0, *xa = xa_all + n0;
+    const float* xs = q8 ? xs_all + n0 : nullptr;
     for (int64_t m0 = 0; m0 < M; m0 += m_chunk) {
       const int64_t mm = std::min(m_chunk, M - m0);
       at::Tensor G = G_buf.narrow(0, 0, mm * tn).view({mm, tn});
       const at::Tensor qm = pq.gemm.narrow(0, m0, mm);
-      if (exact) {
-        at::_int_mm_out(G, qm, px.gemm.t());
+      if (exact || q8) {
+        at::_int_mm_out(G, qm, xg.t());
       } else {
-        at::mm_out(G, qm, px.gemm.t());
+        at::mm_out(G, qm, xg.t());
       }
       const int64_t off = offset + n0;
-      if (precision == kInt8) {
-        select_tile<int32_t, S>(G.const_data_ptr<int32_t>(), mm, tn, off, m0, k, capacity, xa, xn,
-                                xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+      auto select = [&](auto* g) {
+        using O = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
+        select_tile<O, S>(g, mm, tn, off, m0, k, capacity, xa, xn, xd, A, B, xs, qscale, Cg, Ca,
+                          eta, w, g_grow, exact, state);
+      };
+      if (exact || q8) {
+        select(G.const_data_ptr<int32_t>());
       } else if (precision == kBF16) {
-        select_tile<c10::BFloat16, S>(G.const_data_ptr<c10::BFloat16>(), mm, tn, off, m0, k,
-                                      capacity, xa, xn, xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+        select(G.const_data_ptr<c10::BFloat16>());
       } else if (precision == kFP32) {
-        select_tile<float, S>(G.const_data_ptr<float>(), mm, tn, off, m0, k, capacity, xa, xn,
-                              xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+        select(G.const_data_ptr<float>());
       } else {
-        select_tile<double, S>(G.const_data_ptr<double>(), mm, tn, off, m0, k, capacity, xa, xn,
-                               xd, A, B, Cg, Ca, eta, w, g_grow, exact, state);
+        select(G.const_data_ptr<double>());
       }
     }
   }
@@ -490,33 +680,67 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
   return {cand, lo, tau, over};
 }
 
+// Keys prepared once for a pass (the reusable part of a search: pydiffgen.ops.KnnIndex).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_prepare_cpu(
+    const at::Tensor& keys, const at::Tensor& centre, int64_t metric, int64_t precision) {
+  TORCH_CHECK(keys.dim() == 2, "knn_prepare: keys must be [N, D], got ", keys.sizes());
+  TORCH_CHECK(keys.device().is_cpu(), "knn_prepare (C++ CPU): keys must be on the CPU");
+  check_codes("knn_prepare", metric, precision);
+  TORCH_CHECK(precision != kInt8 || (keys.scalar_type() == at::kByte && metric != kCosine),
+              "knn_prepare: the int8 pass needs uint8 keys and metric l2 or ip");
+  TORCH_CHECK(precision == kInt8 || keys.is_floating_point() || keys.scalar_type() == at::kByte,
+              "knn_prepare: float passes need floating-point or uint8 keys, got ",
+              keys.scalar_type());
+  TORCH_CHECK(metric != kL2 || precision == kInt8 || centre.numel() == keys.size(1),
+              "knn_prepare: l2 needs a centre of D=", keys.size(1), " values");
+  TORCH_CHECK(precision != kInt8 && precision != kQ8 || keys.size(1) < int64_t{1} << 17,
+              "knn_prepare: the int8 passes are exact only for D < 2^17");
+  Prepared p = prepare(rows_for(keys, precision), centre_point(centre, metric, precision), metric,
+                       precision, false);
+  if (!p.scale.defined()) p.scale = keys.new_empty({0}, at::kFloat);
+  return {p.gemm, p.norm, p.delta, p.add, p.scale};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_candidates_cpu(
-    const at::Tensor& queries, const at::Tensor& keys, const at::Tensor& centre, int64_t k,
-    int64_t metric, int64_t precision, int64_t tile_elems, int64_t capacity, int64_t offset) {
-  TORCH_CHECK(queries.dim() == 2 && keys.dim() == 2,
-              "knn_candidates: queries and keys must be [M, D] and [N, D], got ",
-              queries.sizes(), " and ", keys.sizes());
-  TORCH_CHECK(queries.size(1) == keys.size(1), "knn_candidates: queries have D=",
-              queries.size(1), " but keys have D=", keys.size(1));
-  TORCH_CHECK(queries.device().is_cpu() && keys.device().is_cpu(),
+    const at::Tensor& queries, const at::Tensor& key_gemm, const at::Tensor& key_norm,
+    const at::Tensor& key_delta, const at::Tensor& key_add, const at::Tensor& key_scale,
+    const at::Tensor& centre, int64_t k, int64_t metric, int64_t precision, int64_t tile_elems,
+    int64_t capacity, int64_t offset) {
+  check_codes("knn_candidates", metric, precision);
+  const int64_t N = key_gemm.size(0);
+  TORCH_CHECK(queries.dim() == 2 && key_gemm.dim() == 2,
+              "knn_candidates: queries and prepared keys must be [M, D] and [N, D], got ",
+              queries.sizes(), " and ", key_gemm.sizes());
+  TORCH_CHECK(queries.size(1) == key_gemm.size(1), "knn_candidates: queries have D=",
+              queries.size(1), " but keys have D=", key_gemm.size(1));
+  TORCH_CHECK(queries.device().is_cpu() && key_gemm.device().is_cpu(),
               "knn_candidates (C++ CPU): inputs must be on the CPU");
-  TORCH_CHECK(metric >= kL2 && metric <= kCosine, "knn_candidates: metric code ", metric,
-              " is not 0 (l2), 1 (ip) or 2 (cosine)");
-  TORCH_CHECK(precision >= kInt8 && precision <= kFP64, "knn_candidates: precision code ",
-              precision, " is not 0 (int8), 1 (bf16), 2 (fp32) or 3 (fp64)");
+  const auto want = precision == kInt8 || precision == kQ8 ? at::kChar
+                    : precision == kBF16                  ? at::kBFloat16
+                    : precision == kFP32                  ? at::kFloat
+                                                          : at::kDouble;
+  TORCH_CHECK(key_gemm.scalar_type() == want && key_gemm.is_contiguous(),
+              "knn_candidates: prepared keys of this pass are contiguous ", want, ", got ",
+              key_gemm.scalar_type(), " (prepare them with knn_prepare)");
+  for (const at::Tensor* v : {&key_norm, &key_delta, &key_add}) {
+    TORCH_CHECK(v->scalar_type() == at::kDouble && v->dim() == 1 && v->size(0) == N &&
+                    v->is_contiguous(),
+                "knn_candidates: prepared norm / delta / add must be float64 [N]");
+  }
+  TORCH_CHECK(precision != kQ8 || (key_scale.scalar_type() == at::kFloat &&
+                                   key_scale.numel() == N && key_scale.is_contiguous()),
+              "knn_candidates: the q8 pass needs float32 key scales [N]");
   TORCH_CHECK(k >= 1 && capacity >= k, "knn_candidates: need 1 <= k <= capacity, got k=", k,
               " capacity=", capacity);
-  const bool u8 = queries.scalar_type() == at::kByte && keys.scalar_type() == at::kByte;
-  TORCH_CHECK(precision != kInt8 || (u8 && metric != kCosine),
-              "knn_candidates: the int8 pass needs uint8 queries and keys and metric l2 or ip");
-  TORCH_CHECK(precision == kInt8 || (queries.is_floating_point() && keys.is_floating_point()),
-              "knn_candidates: float passes need floating-point queries and keys, got ",
-              queries.scalar_type(), " and ", keys.scalar_type());
-  TORCH_CHECK(metric != kL2 || precision == kInt8 || centre.numel() == keys.size(1),
-              "knn_candidates: l2 needs a centre of D=", keys.size(1), " values");
-  TORCH_CHECK((precision == kInt8 ? int64_t{1} << 17 : int64_t{1} << 40) > keys.size(1),
-              "knn_candidates: the int8 pass is exact only for D < 2^17");
-  if (queries.size(0) == 0 || keys.size(0) == 0) {
+  TORCH_CHECK(precision != kInt8 || (queries.scalar_type() == at::kByte && metric != kCosine),
+              "knn_candidates: the int8 pass needs uint8 queries and metric l2 or ip");
+  TORCH_CHECK(precision == kInt8 || queries.is_floating_point() ||
+                  queries.scalar_type() == at::kByte,
+              "knn_candidates: float passes need floating-point or uint8 queries, got ",
+              queries.scalar_type());
+  TORCH_CHECK(metric != kL2 || precision == kInt8 || centre.numel() == key_gemm.size(1),
+              "knn_candidates: l2 needs a centre of D=", key_gemm.size(1), " values");
+  if (queries.size(0) == 0 || N == 0) {
     const auto o = queries.options();
     const int64_t M = queries.size(0);
     return {at::full({M, 1}, -1, o.dtype(at::kLong)),
@@ -524,18 +748,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_candidates_cpu(
             at::full({M}, std::numeric_limits<double>::infinity(), o.dtype(at::kDouble)),
             at::zeros({M}, o.dtype(at::kBool))};
   }
-  // float passes read float32 / float64 rows (half and bfloat16 widen exactly to float32)
-  const bool fl = precision != kInt8;
-  auto widen32 = [fl](const at::Tensor& t) {
-    return fl && t.scalar_type() != at::kDouble ? t.to(at::kFloat).contiguous() : t.contiguous();
-  };
-  const auto q = widen32(queries);
-  const auto x = widen32(keys);
+  const Prepared keys{key_gemm, key_norm, key_delta, key_add, key_scale};
+  const auto q = rows_for(queries, precision);
+  const auto mu = centre_point(centre, metric, precision);
   const int64_t te = std::max<int64_t>(tile_elems, 1);
   if (precision == kFP64 || precision == kInt8) {
-    return run_candidates<double>(q, x, centre, k, metric, precision, te, capacity, offset);
+    return run_candidates<double>(q, keys, mu, k, metric, precision, te, capacity, offset);
   }
-  return run_candidates<float>(q, x, centre, k, metric, precision, te, capacity, offset);
+  return run_candidates<float>(q, keys, mu, k, metric, precision, te, capacity, offset);
 }
 
 // Direct float64 score of one candidate row: l2 Σ(q − x)², else (⟨q, x⟩, ‖x‖²); 8 lanes
@@ -572,16 +792,35 @@ inline std::pair<double, double> direct(const double* q, const T* x, int64_t D) 
   return {s, n2};
 }
 
+// float32 / float64 keys (the common case) get AVX-512 / AVX2 clones of the same loop
+PDG_CLONES double direct_l2(const double* q, const float* x, int64_t D) {
+  return direct<float, true>(q, x, D).first;
+}
+PDG_CLONES double direct_l2(const double* q, const double* x, int64_t D) {
+  return direct<double, true>(q, x, D).first;
+}
+double direct_l2(const double* q, const uint8_t* x, int64_t D) {
+  return direct<uint8_t, true>(q, x, D).first;
+}
+
 template <typename T>
 double score_of(const double* q, double qn, const T* x, int64_t D, int64_t metric) {
-  if (metric == kL2) return direct<T, true>(q, x, D).first;
+  if (metric == kL2) return direct_l2(q, x, D);
   const auto [dot, n2] = direct<T, false>(q, x, D);
   return metric == kCosine ? dot / (qn * std::max(std::sqrt(n2), 1e-300)) : dot;
 }
 
+// With the candidates' certified lower bounds (knn_candidates' lo, in its score units s:
+// l2 ‖q − x‖² − ‖q − μ‖², cosine −cos) the re-rank scores the candidates of a row in
+// order of lower bound and stops at the first whose bound exceeds the k-th exact score T
+// so far (plus its float64 rounding): that key and all after it have s > T ≥ the true k-th
+// best, so none can be in the top k, even on ties. Candidates must be distinct per row.
+// ip keeps every candidate (its rounding is relative to ‖q‖‖x‖, not to the scores).
 std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
                                                   const at::Tensor& keys, const at::Tensor& cand,
-                                                  int64_t k, int64_t metric) {
+                                                  int64_t k, int64_t metric,
+                                                  const std::optional<at::Tensor>& lower,
+                                                  const std::optional<at::Tensor>& centre) {
   TORCH_CHECK(queries.dim() == 2 && keys.dim() == 2 && cand.dim() == 2,
               "knn_rerank: queries [M, D], keys [U, D], cand [M, C] expected");
   TORCH_CHECK(queries.size(1) == keys.size(1) && cand.size(0) == queries.size(0),
@@ -589,6 +828,17 @@ std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
               ", cand ", cand.sizes());
   TORCH_CHECK(cand.scalar_type() == at::kLong, "knn_rerank: cand must be int64");
   TORCH_CHECK(metric >= kL2 && metric <= kCosine, "knn_rerank: bad metric code ", metric);
+  const bool early = lower.has_value() && metric != kIP;
+  TORCH_CHECK(!lower.has_value() || (lower->sizes() == cand.sizes() &&
+                                     lower->scalar_type() == at::kDouble),
+              "knn_rerank: lower must be float64 shaped like cand");
+  TORCH_CHECK(!early || metric != kL2 || (centre.has_value() && centre->numel() == queries.size(1)),
+              "knn_rerank: lower bounds of l2 need the centre they were computed with");
+  const at::Tensor lo_t = early ? lower->contiguous() : at::Tensor();
+  const at::Tensor mu_t = early && metric == kL2 ? centre->to(at::kFloat).to(at::kDouble).contiguous()
+                                                 : at::Tensor();
+  const double* LO = early ? lo_t.const_data_ptr<double>() : nullptr;
+  const double* MU = mu_t.defined() ? mu_t.const_data_ptr<double>() : nullptr;
   const auto kt = keys.scalar_type();
   TORCH_CHECK(kt == at::kFloat || kt == at::kDouble || kt == at::kByte,
               "knn_rerank: keys must be float32, float64 or uint8, got ", kt);
@@ -607,27 +857,53 @@ std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
   std::atomic<bool> bad_index{false};
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(C * D, 1));
   at::parallel_for(0, M, grain, [&](int64_t b, int64_t e) {
-    std::vector<std::pair<double, int64_t>> scored;
+    std::vector<std::pair<double, int64_t>> scored, order;
+    std::vector<double> heap;  // max-heap of the k smallest exact s so far (early stop)
     for (int64_t r = b; r < e; ++r) {
       const double* q = Q + r * D;
-      double qn = 0;
+      double qn = 0, qq = 0;  // ‖q‖ (cosine), ‖q − μ‖² (l2 with bounds)
       if (metric == kCosine) {
         for (int64_t c = 0; c < D; ++c) qn += q[c] * q[c];
         qn = std::max(std::sqrt(qn), 1e-300);
       }
-      scored.clear();
+      if (MU != nullptr) {
+        for (int64_t c = 0; c < D; ++c) qq += (q[c] - MU[c]) * (q[c] - MU[c]);
+      }
+      // the candidates in the order they are scored: by lower bound, or as given
+      order.clear();
       for (int64_t j = 0; j < C; ++j) {
-        const int64_t i = I[r * C + j];
-        if (i < 0) continue;
+        if (I[r * C + j] >= 0) order.emplace_back(early ? LO[r * C + j] : 0.0, I[r * C + j]);
+      }
+      if (early) std::sort(order.begin(), order.end());
+      scored.clear();
+      heap.clear();
+      for (const auto& [lo, i] : order) {
         if (i >= U) {
           bad_index = true;
           continue;
+        }
+        if (early && static_cast<int64_t>(heap.size()) == k) {
+          const double T = heap.front();
+          // float64 rounding of s: (D + 2)·2^-53 of the magnitudes it is formed from
+          const double err = (D + 8) * 0x1p-52 * (metric == kL2 ? std::abs(T) + 2 * qq : 2.0);
+          if (lo > T + err) break;
         }
         const double sc =
             kt == at::kFloat    ? score_of(q, qn, static_cast<const float*>(X) + i * D, D, metric)
             : kt == at::kDouble ? score_of(q, qn, static_cast<const double*>(X) + i * D, D, metric)
                                 : score_of(q, qn, static_cast<const uint8_t*>(X) + i * D, D, metric);
         scored.emplace_back(sc, i);
+        if (early) {
+          const double s_exact = metric == kL2 ? sc - qq : -sc;
+          if (static_cast<int64_t>(heap.size()) < k) {
+            heap.push_back(s_exact);
+            std::push_heap(heap.begin(), heap.end());
+          } else if (s_exact < heap.front()) {
+            std::pop_heap(heap.begin(), heap.end());
+            heap.back() = s_exact;
+            std::push_heap(heap.begin(), heap.end());
+          }
+        }
       }
       std::sort(scored.begin(), scored.end(), [largest](const auto& a, const auto& b2) {
         if (a.first != b2.first) return largest ? a.first > b2.first : a.first < b2.first;
@@ -648,6 +924,7 @@ std::tuple<at::Tensor, at::Tensor> knn_rerank_cpu(const at::Tensor& queries,
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pydiffgen, CPU, m) {
+  m.impl("knn_prepare", &knn_prepare_cpu);
   m.impl("knn_candidates", &knn_candidates_cpu);
   m.impl("knn_rerank", &knn_rerank_cpu);
 }

@@ -59,6 +59,16 @@ def prepare(x, mu, metric, gemm_dtype):
     return xg, norm, dx, a
 
 
+def prepare_keys(x, centre, metric, gemm_dtype, rows_elems: int = 1 << 22):
+    """``prepare`` of a whole key set x [N, D], in row chunks of ≤ rows_elems entries so
+    the float64 temporaries stay small (a GPU key set may be 10⁹ entries); the tuple
+    (x̃ [N, D], ‖x̃‖ [N], dx [N], a [N]) that ``candidates`` searches."""
+    step = max(1, rows_elems // max(1, x.shape[1]))
+    parts = [prepare(x[n0 : n0 + step], centre, metric, gemm_dtype)
+             for n0 in range(0, x.shape[0], step)]
+    return tuple(torch.cat(col) for col in zip(*parts))
+
+
 def constants(metric, D, gemm_dtype):
     """(w, γ, cg, ca, eta, safety) of the bound for this pass."""
     w = 2.0 if metric == "l2" else 1.0
@@ -92,10 +102,13 @@ def torch_bound_tile(qg, xg, a, p, dx, A, B, w, cg, ca, eta, safety):
     return s - e, s.add_(e)
 
 
-def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, centre):
+def candidates(q, keys, k, metric, tile_elems, capacity, gemm_dtype, score_fn, centre):
     """Certified candidates cand [M, C ≤ capacity] (−1: none) and overflow [M] (see module
-    doc)."""
-    (M, D), N = q.shape, x.shape[0]
+    doc) of the queries q [M, D] against keys = ``prepare(x, centre, metric, gemm_dtype)``
+    of the whole key set [N, D] (prepared once: ``pydiffgen.ops.KnnIndex`` keeps it)."""
+    (M, D) = q.shape
+    xg_all, xn_all, dx_all, a_all = keys
+    N = xg_all.shape[0]
     w, gamma, cg, ca, eta, safety = constants(metric, D, gemm_dtype)
     qg, qn, dq, _ = prepare(q, centre, metric, gemm_dtype)  # (a of queries: constant per row)
     A = w * (dq + gamma * qn)  # [M] float64
@@ -110,8 +123,9 @@ def candidates(q, x, k, metric, tile_elems, capacity, gemm_dtype, score_fn, cent
     n_tile = max(1, min(N, max(256, (1 << 22) // max(1, D))))
     m_chunk = max(1, min(M, tile_elems // n_tile))
     for n0 in range(0, N, n_tile):
-        xg, xn, dx, a = prepare(x[n0 : n0 + n_tile], centre, metric, gemm_dtype)
-        p = xn + dx
+        t = slice(n0, n0 + n_tile)
+        xg, dx, a = xg_all[t], dx_all[t], a_all[t]
+        p = xn_all[t] + dx
         for m0 in range(0, M, m_chunk):
             r = slice(m0, m0 + m_chunk)
             lo, hi = score_fn(qg[r], xg, a, p, dx, A[r], B[r], w, cg, ca, eta, safety)

@@ -81,7 +81,8 @@ def test_triton_path_interpreted(metric):
     """The triton backend's code path (Triton tiles → topk_merge → float64 re-rank), with
     CPU tensors in the interpreter."""
     q, x = torch.randn(9, 65), torch.randn(200, 65) + 10.0
-    got = knn_mod._knn_triton(q, x, 5, metric, 9 * 64)
+    got = knn_mod.CertifiedKeys(x, metric, score_fn=knn_mod._triton_bound_tile).search(
+        q, 5, 9 * 64)
     _assert_knn(got, reference.knn_bruteforce(q, x, 5, metric), metric)
 
 
@@ -249,8 +250,12 @@ def test_cpp_k_equals_n_and_single_key():
 def test_cpp_opcheck():
     q, x = torch.randn(6, 10), torch.randn(50, 10)
     mu = x.mean(0)
-    torch.library.opcheck(torch.ops.pydiffgen.knn_candidates, (q, x, mu, 3, 0, 1, 64, 30, 0),
-                          test_utils=("test_schema", "test_faketensor"))
+    for precision in (1, 4):  # bf16, q8
+        prepared = torch.ops.pydiffgen.knn_prepare(x, mu, 0, precision)
+        torch.library.opcheck(torch.ops.pydiffgen.knn_prepare, (x, mu, 0, precision))
+        torch.library.opcheck(torch.ops.pydiffgen.knn_candidates,
+                              (q, *prepared, mu, 3, 0, precision, 64, 30, 0),
+                              test_utils=("test_schema", "test_faketensor"))
     cand = torch.randint(0, 50, (6, 8))
     torch.library.opcheck(torch.ops.pydiffgen.knn_rerank, (q, x, cand, 3, 0))
 
@@ -316,7 +321,7 @@ def test_certified_torch_twin_adversarial(metric):
     copies = [base * (1 + 1e-7 * torch.randn(base.shape, generator=g)) for _ in range(3)]
     keys = torch.cat([base, *copies])
     q = keys[[3, 90, 170, 319]] + 1e-7 * torch.randn(4, 96, generator=g)
-    got = knn_mod._knn_certified(q, keys, 5, metric, 1 << 12)
+    got = knn_mod.CertifiedKeys(keys, metric).search(q, 5, 1 << 12)
     _assert_knn(got, reference.knn_bruteforce(q, keys, 5, metric), metric)
 
 
@@ -325,7 +330,7 @@ def test_certified_overflow_falls_back_exactly():
     float64): bf16 and float64 passes overflow, the brute force returns the lowest indices."""
     x = torch.cat([torch.randn(50, 16), torch.ones(600, 16), torch.randn(50, 16)])
     q = torch.ones(2, 16) + 1e-3
-    v, i = knn_mod._knn_certified(q, x, 5, "l2", 1 << 12)
+    v, i = knn_mod.CertifiedKeys(x, "l2").search(q, 5, 1 << 12)
     assert i.tolist() == [[50, 51, 52, 53, 54]] * 2
     _assert_knn((v, i), reference.knn_bruteforce(q, x, 5), "l2")
 
@@ -342,11 +347,12 @@ def test_certified_uint8_int8_pass(triton):
     x = torch.cat([x, x[:20]])
     q = torch.cat([x[:3], torch.randint(0, 256, (4, 48), generator=g, dtype=torch.uint8)])
     for metric in ("l2", "ip", "cosine"):
-        got = knn_mod._knn_certified(q, x, 4, metric, 1 << 12, score_fn=fn)
+        got = knn_mod.CertifiedKeys(x, metric, score_fn=fn).search(q, 4, 1 << 12)
         want = reference.knn_bruteforce(q.double(), x.double(), 4, metric)
         _assert_knn_up_to_duplicates(got, want, x, metric)
     centre = torch.full((48,), 128.0)
-    cand, over = cert.candidates(q, x, 4, "l2", 1 << 12, 300, torch.int8,
+    keys = cert.prepare_keys(x, centre, "l2", torch.int8)
+    cand, over = cert.candidates(q, keys, 4, "l2", 1 << 12, 300, torch.int8,
                                  fn or cert.torch_bound_tile, centre)
     assert not bool(over.any()) and int((cand >= 0).sum(1).max()) <= 8
 
@@ -372,7 +378,8 @@ def test_triton_certified_near_duplicates_interpreted():
     base = torch.rand(40, 33, generator=g) * 2 - 1
     keys = torch.cat([base, base * (1 + 1e-7 * torch.randn(base.shape, generator=g))])
     q = keys[[1, 41, 79]].clone()
-    got = knn_mod._knn_triton(q, keys, 3, "l2", 1 << 12)
+    got = knn_mod.CertifiedKeys(keys, "l2", score_fn=knn_mod._triton_bound_tile).search(
+        q, 3, 1 << 12)
     _assert_knn(got, reference.knn_bruteforce(q, keys, 3), "l2")
 
 

@@ -80,8 +80,9 @@ def test_extreme_magnitudes_triton_interpreted(metric, scale, dtype):
     """The triton backend's path, as ``search`` runs it (``rescaled`` around the backend)."""
     q, x = _data(scale, dtype, metric)
     amax = max(float(q.abs().max()), float(x.abs().max()))
-    got = knn_mod.rescaled(lambda qs, xs: knn_mod._knn_triton(qs, xs, 4, metric, 512),
-                           q, x, metric, amax)
+    got = knn_mod.rescaled(
+        lambda qs, xs: knn_mod.CertifiedKeys(xs, metric, score_fn=knn_mod._triton_bound_tile)
+        .search(qs, 4, 512), q, x, metric, amax)
     _check(got, _want(q, x, 4, metric))
 
 
