@@ -290,6 +290,26 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def cmd_reproduce(args) -> int:
+    """Run one claim (or all) of the papers and print paper beside ours; --list shows the
+    table of claims with the last stored results."""
+    from .experiments import reproduce as rp
+
+    if args.list or args.claim is None:
+        for r in rp.claim_rows(args.out, args.scale):
+            print(f"{r['claim']:10s}  {r['paper']}: {r['paper_value']}\n"
+                  f"{'':10s}  ours ({r['scale']}): {r['ours'] or '—'}  [{r['verdict']}]")
+        return 0
+    names = [c.name for c in rp.CLAIMS] if args.claim == "all" else [rp.claim(args.claim).name]
+    with _hold(Path(args.out), "reproduction"):
+        for name in names:
+            row = rp.reproduce(name, scale=args.scale, out=args.out, progress=not args.quiet)
+            print(f"{name}: paper {row['paper_value']}; ours {row['ours']} [{row['verdict']}]")
+        report = rp.write_report(args.out, args.scale)
+    print(f"report: {report}")
+    return 0
+
+
 def cmd_backends(args) -> int:
     from . import available_backends
 
@@ -392,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jacobian(sub)
     _add_audit(sub)
     _add_metrics(sub)
+    _add_reproduce(sub)
     s = sub.add("backends", "what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
     s = sub.add("datasets", "list dataset names")
@@ -553,6 +574,19 @@ def _add_audit(sub: _Subcommands) -> None:
     s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
+
+
+def _add_reproduce(sub: _Subcommands) -> None:
+    from .experiments.reproduce import CLAIMS
+
+    s = sub.add("reproduce", "reproduce a claim of the papers: the paper's number beside ours")
+    s.add_argument("claim", nargs="?", help=f"all, or one of {', '.join(c.name for c in CLAIMS)}"
+                   " (none: the list)")
+    s.add_argument("--list", action="store_true", help="list the claims and stored results")
+    s.add_argument("--scale", default="cpu", choices=("cpu", "paper"),
+                   help="cpu: presets for a 2-core CPU; paper: the papers' settings (a GPU)")
+    s.add_argument("--out", default="runs/reproduce", help="output folder")
+    s.set_defaults(func=cmd_reproduce)
 
 
 def _add_metrics(sub: _Subcommands) -> None:
