@@ -77,6 +77,9 @@ class OptimalBasisConfig:
     steps: int = field(default=1000, metadata={"help": "training steps per model"})
     batch_size: int = 32
     lr: float = 1e-3
+    lr_halve_every: int | None = field(
+        default=None, metadata={"help": "halve the learning rate every this many steps "
+                                        "(none: constant)"})
     psnr_levels: tuple[float, ...] = field(
         default=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 27.0, 30.0),
         metadata={"help": "input PSNRs (dB) of the C^α curves"})
@@ -200,7 +203,8 @@ def _model(config: OptimalBasisConfig, run: RunDir, key: str, progress):
     from ..training import TrainConfig
 
     tc = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                     sigma_dist="kadkhodaie", sigma_max=2.0, seed=config.seed,
+                     lr_halve_every=config.lr_halve_every, sigma_dist="kadkhodaie",
+                     sigma_max=2.0, seed=config.seed,
                      device=config.device)
     return run.trained_model(f"models/{key}", "bf_unet",
                              {"levels": config.levels, "width": config.width},

@@ -206,7 +206,7 @@ CLAIMS: tuple[Claim, ...] = (
         _experiment_run("optimal-basis", {
             "cpu": _preset("optimal-basis", "quick", name="reproduce-calpha",
                            experiments=("calpha",), alphas=(1.0, 2.0, 3.0), n_train=4096,
-                           steps=4000, n_eval=128, lr=2e-3),
+                           steps=4000, n_eval=128, lr=2e-3, lr_halve_every=1000),
             "paper": _preset("optimal-basis", "paper", experiments=("calpha",),
                              alphas=(1.0, 2.0, 3.0))}),
         _measure_calpha),
@@ -218,6 +218,7 @@ CLAIMS: tuple[Claim, ...] = (
         _experiment_run("optimal-basis", {
             "cpu": _preset("optimal-basis", "quick", name="reproduce-disks",
                            experiments=("disks",), n_train=8192, steps=4000, lr=2e-3,
+                           lr_halve_every=1000,
                            sigmas=(0.05, 0.1, 0.2, 0.4), jacobian_images=4),
             "paper": _preset("optimal-basis", "paper", experiments=("disks",))}),
         _measure_manifold("disks", 5, 8.0)),
@@ -228,6 +229,7 @@ CLAIMS: tuple[Claim, ...] = (
         _experiment_run("optimal-basis", {
             "cpu": _preset("optimal-basis", "quick", name="reproduce-ray",
                            experiments=("ray",), n_train=4096, steps=4000, lr=2e-3,
+                           lr_halve_every=1000,
                            sigmas=(0.05, 0.1, 0.2, 0.4), jacobian_images=4),
             "paper": _preset("optimal-basis", "paper", experiments=("ray",))}),
         _measure_manifold("ray", 1, 2.0)),
