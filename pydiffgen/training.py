@@ -213,6 +213,10 @@ def train(
 ) -> TrainResult:
     """Train ``model`` (``model(y, sigma) -> D``) on ``data`` [N, *F] by denoising score matching.
 
+    data:     the images [N, *F], or the ``(images, info)`` pair of
+              ``pydiffgen.data.load(name, return_info=True)``, whose ``info["labels"]`` a
+              class-conditional model trains on when ``labels`` is not given.
+
     out_dir:  if given, checkpoints go to ``out_dir/checkpoint.{safetensors,json}`` every
               ``config.checkpoint_every`` steps and at the end, and the final weights (the
               EMA weights when EMA is on) to ``out_dir/model.{safetensors,json}``
@@ -224,10 +228,12 @@ def train(
     callback: called as ``callback(step, loss, model)`` after every step (and after that
               step's checkpoint); an exception it raises stops training.
     labels:   optional int [N] class labels of ``data`` for a class-conditional model
-              (called ``model(y, sigma, class_labels)``, e.g. ``UNet(num_classes=K)``);
-              each label is replaced by ``model.null_label`` with probability
-              ``config.label_dropout``, drawn from the generator after the noise.
-              Without labels the steps draw exactly what they always drew.
+              (called ``model(y, sigma, cond=labels)``, e.g. ``UNet(num_classes=K)``);
+              each label is replaced by the null label ``model.null_cond`` with
+              probability ``config.label_dropout`` (classifier-free guidance training),
+              drawn from the generator after the noise. Without labels the steps draw
+              exactly what they always drew. The model's config (``num_classes``) goes
+              into the checkpoints, so ``load_model`` rebuilds it conditional.
     distributed: data-parallel over the default process group (``torchrun``, see
               ``pydiffgen.distributed.init``) with DistributedDataParallel: every rank draws
               the whole global batch of ``config.batch_size`` from the same generator and
@@ -243,6 +249,7 @@ def train(
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("TrainConfig.device is 'cuda' but no CUDA device is available here")
+    data, labels = _with_dataset_labels(data, labels, model)
     x_all = _as_data(data).to(device)  # [N, *F]
     y_all = _as_labels(labels, model, len(x_all), device)  # [N] or None
     if config.label_dropout and y_all is None:
@@ -470,7 +477,8 @@ class _Run:
             labels = self.y_all[idx]  # [B]
             if config.label_dropout:  # classifier-free guidance (Ho & Salimans 2022)
                 drop = torch.rand(config.batch_size, generator=gen, device=device)
-                labels = torch.where(drop < config.label_dropout, self.model.null_label, labels)
+                null = self.model.null_cond.to(device)  # [1]
+                labels = torch.where(drop < config.label_dropout, null, labels)
             labels = labels[part]
         return _Batch(x, sigma, noise, labels)
 
@@ -587,13 +595,27 @@ def _as_data(data) -> torch.Tensor:
 
 
 class _Conditioned:
-    """``model(y, sigma, labels)`` seen by the losses as a plain ``denoiser(y, sigma)``."""
+    """``model(y, sigma, cond=labels)`` seen by the losses as a plain ``denoiser(y, sigma)``."""
 
     def __init__(self, model, labels):
         self.model, self.labels = model, labels
 
     def __call__(self, y, sigma):
-        return self.model(y, sigma, self.labels)
+        return self.model(y, sigma, cond=self.labels)
+
+
+def _with_dataset_labels(data, labels, model):
+    """``(images, labels)``: ``data`` may be ``data.load``'s ``(images, info)`` pair, whose
+    ``info["labels"]`` a conditional model takes when no ``labels`` were given."""
+    if not (isinstance(data, tuple) and len(data) == 2 and isinstance(data[1], dict)):
+        return data, labels
+    images, info = data
+    if labels is None and getattr(model, "conditional", False):
+        labels = info.get("labels")
+        if labels is None:
+            raise InputError("the model is class-conditional but the dataset has no labels; "
+                             "pass labels=... (int [N], one per image)")
+    return images, labels
 
 
 def _as_labels(labels, model, n: int, device):

@@ -298,10 +298,10 @@ def test_generalization_score_refuses_an_all_zero_sample():
 # --- the diffusers adapter reads only schedulers it can map exactly ------------------------
 
 
-@pytest.mark.parametrize("scheduler", ["EDMEulerScheduler", "ScoreSdeVeScheduler"])
+@pytest.mark.parametrize("scheduler", ["LCMScheduler", "FlowMatchEulerDiscreteScheduler"])
 def test_diffusers_adapter_refuses_non_ddpm_schedulers(tmp_path, scheduler):
     diffusers = pytest.importorskip("diffusers")
-    from pydiffgen.models.adapters import DiffusersDenoiser
+    from pydiffgen.models.adapters import load_diffusers
 
     diffusers.UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, layers_per_block=1,
@@ -310,4 +310,4 @@ def test_diffusers_adapter_refuses_non_ddpm_schedulers(tmp_path, scheduler):
     ).save_pretrained(tmp_path / "unet", safe_serialization=True)
     getattr(diffusers, scheduler)().save_pretrained(tmp_path / "scheduler")
     with pytest.raises(CheckpointError, match=f"scheduler {scheduler} cannot be mapped"):
-        DiffusersDenoiser.from_pretrained(tmp_path)
+        load_diffusers(tmp_path)

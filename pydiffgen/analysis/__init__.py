@@ -10,6 +10,13 @@ from .basis import (  # noqa: F401 - public API
     psnr_slope,
     spectral_gaps,
 )
+from .detect import (  # noqa: F401 - public API
+    CopyDetection,
+    WenScores,
+    copy_detection,
+    detector_auc,
+    wen_score,
+)
 from .distances import (  # noqa: F401 - public API
     denoiser_distance,
     denoiser_outputs,

@@ -4,9 +4,13 @@
                 Karras sampling schedule.
 - ``losses``:   blind (Kadkhodaie) and λ(σ)-weighted (EDM) denoising score matching.
 - ``sampling``: ``sample(denoiser, n, shape, method)`` with Kadkhodaie's Algorithm 1,
-                EDM Euler / Heun and DDPM ancestral sampling.
+                EDM Euler / Heun and DDPM ancestral sampling; ``cond=``, ``guidance=``,
+                ``x_init=``, ``sigmas=``.
+- ``guidance``: conditions (``expand_cond``, ``slice_cond``) and classifier-free
+                guidance (``guided(denoiser, cond, w)``, a plain ``D(y, σ)``).
 """
 
+from .guidance import Guided, expand_cond, guided, guided_call, slice_cond, take_cond
 from .losses import blind_loss, denoising_loss, edm_loss, edm_weight
 from .noise import karras_sigmas, sigma_edm, sigma_kadkhodaie
 from .sampling import (
@@ -20,6 +24,7 @@ from .sampling import (
 )
 
 __all__ = [
+    "Guided",
     "METHODS",
     "Trajectory",
     "blind_loss",
@@ -29,9 +34,14 @@ __all__ = [
     "edm_heun",
     "edm_loss",
     "edm_weight",
+    "expand_cond",
+    "guided",
+    "guided_call",
     "kadkhodaie_ascent",
     "karras_sigmas",
     "sample",
     "sigma_edm",
     "sigma_kadkhodaie",
+    "slice_cond",
+    "take_cond",
 ]

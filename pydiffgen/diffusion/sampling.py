@@ -5,6 +5,14 @@ Every sampler takes any callable ``denoiser(y [B, *shape], sigma [B]) -> [B, *sh
 runs under ``torch.no_grad()`` and puts an ``nn.Module`` in eval mode while it runs
 (restoring its mode afterwards).
 
+Every sampler also takes ``cond=`` (the condition of a conditional denoiser, batch 1 or
+n; the denoiser is then called ``denoiser(y, sigma, cond)``), ``guidance=w``
+(classifier-free guidance against ``denoiser.null_cond``, see ``diffusion.guidance``),
+``x_init=`` (the first state [n, *shape], already scaled by the first σ, used as given)
+and ``sigmas=`` (a decreasing σ schedule used as given instead of the sampler's own;
+the EDM and DDPM samplers). With ``cond=None`` the denoiser is called ``denoiser(y,
+sigma)`` exactly as before.
+
 ``sample(denoiser, n, shape, method)`` splits the n samples into batches and seeds batch
 b's generator with ``seed + b``; within a batch all randomness (initial noise, then
 per-step noise for the *whole* batch) comes from that generator in a fixed order. Hence
@@ -28,6 +36,7 @@ import torch
 
 from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
+from .guidance import check_guidance, expand_cond, guided, slice_cond, take_cond
 from .noise import karras_sigmas
 
 __all__ = [
@@ -104,6 +113,9 @@ def kadkhodaie_ascent(
     dtype: torch.dtype = torch.float32,
     x_init: torch.Tensor | None = None,
     return_trajectory: bool = False,
+    cond=None,
+    guidance: float | None = None,
+    sigmas=None,
 ):
     """Algorithm 1 of Kadkhodaie, Guth, Simoncelli & Mallat (ICLR 2024); ``[n, *shape]``.
 
@@ -138,9 +150,16 @@ def kadkhodaie_ascent(
     that already stopped), all from ``generator``; so with equal seeds two denoisers get
     the same x0 and the same z_t sequence. The denoiser is called on running samples only.
     ``x_init`` [n, *shape] replaces x0 (the generator still draws it, so z_t is unchanged).
+    ``cond`` (batch 1 or n) and ``guidance`` go with each sample to the denoiser. The
+    ascent measures its own noise levels, so it takes no ``sigmas`` (InputError).
     """
     n, shape = _check_n_shape(n, shape)
     h0, beta, sigma0, sigma_inf, max_steps = _check_ascent(h0, beta, sigma0, sigma_inf, max_steps)
+    if sigmas is not None:
+        raise InputError("kadkhodaie ascent measures its own noise levels and takes no sigmas=; "
+                         "use method 'euler', 'heun' or 'ddpm' for a given schedule")
+    check_guidance(denoiser, cond, guidance)
+    cond = expand_cond(cond, n)
     gen = _generator(generator, device)
     with _eval_mode(denoiser):
         x = _initial(x_init, n, shape, gen, device, dtype, sigma0, float(m))  # x0 ~ N(m, σ0² I)
@@ -150,9 +169,9 @@ def kadkhodaie_ascent(
             t += 1
             h = h0 * t / (1 + h0 * (t - 1))  # h_t, the growing step
             z = _randn(gen, n, shape, device, dtype)  # z_t for the whole batch
-            _ascent_step(denoiser, walk, h, z, beta, sigma_inf, dtype)
+            _ascent_step(denoiser, walk, h, z, beta, sigma_inf, dtype, cond, guidance)
         if walk.running():
-            _denoise_the_rest(denoiser, walk, sigma_inf, max_steps, dtype)
+            _denoise_the_rest(denoiser, walk, sigma_inf, max_steps, dtype, cond, guidance)
     if return_trajectory:
         return walk.x, walk.rec.result(dtype, walk.n_steps)
     return walk.x
@@ -196,12 +215,14 @@ class _Ascent:
 
 
 def _ascent_step(denoiser, walk: _Ascent, h: float, z: torch.Tensor, beta: float,
-                 sigma_inf: float, dtype) -> None:
+                 sigma_inf: float, dtype, cond, guidance) -> None:
     """Step t of Algorithm 1 for the running samples, with h = h_t and z = z_t [n, *shape];
-    a sample whose σ_t falls below σ_∞ takes the full denoising step x = f(x) and stops."""
+    a sample whose σ_t falls below σ_∞ takes the full denoising step x = f(x) and stops.
+    ``cond`` [n, ...] (or None) is the condition of every sample."""
     idx = walk.active.nonzero().squeeze(1)  # [A]
     x_a = walk.x[idx]
-    D_x = _call(denoiser, x_a, walk.sigma_in[idx], dtype)
+    f = guided(denoiser, take_cond(cond, idx), guidance)
+    D_x = _call(f, x_a, walk.sigma_in[idx], dtype)
     d = D_x - x_a  # d_t = f(x_{t-1}) - x_{t-1}
     sigma_t = d.flatten(1).norm(dim=1) / math.sqrt(math.prod(x_a.shape[1:]))  # ‖d_t‖/√d, [A]
     # γ_t² = ((1 − βh)² − (1 − h)²) σ_t²
@@ -215,7 +236,7 @@ def _ascent_step(denoiser, walk: _Ascent, h: float, z: torch.Tensor, beta: float
 
 
 def _denoise_the_rest(denoiser, walk: _Ascent, sigma_inf: float, max_steps: int,
-                      dtype) -> None:
+                      dtype, cond, guidance) -> None:
     """The samples still running after ``max_steps`` take the final step x = f(x), with a
     warning."""
     idx = walk.active.nonzero().squeeze(1)
@@ -226,7 +247,8 @@ def _denoise_the_rest(denoiser, walk: _Ascent, sigma_inf: float, max_steps: int,
         RuntimeWarning,
         stacklevel=3,  # past this helper and kadkhodaie_ascent
     )
-    D_x = _call(denoiser, walk.x[idx], walk.sigma_in[idx], dtype)
+    f = guided(denoiser, take_cond(cond, idx), guidance)
+    D_x = _call(f, walk.x[idx], walk.sigma_in[idx], dtype)
     walk.advance(idx, D_x, D_x, 0.0)
 
 
@@ -252,6 +274,9 @@ def edm_heun(
     return_trajectory: bool = False,
     second_order: bool = True,
     cuda_graph: bool = False,
+    cond=None,
+    guidance: float | None = None,
+    sigmas=None,
 ):
     """EDM's deterministic probability-flow ODE sampler (Karras et al. 2022); ``[n, *shape]``.
 
@@ -259,34 +284,37 @@ def edm_heun(
     x_0 = σ_0·z. dx/dσ = (x − D(x; σ))/σ (Eq. 3 with σ(t) = t); Euler steps with Heun's
     2nd-order correction except on the last step to σ = 0, where x_N = D(x_{N−1}; σ_{N−1}).
     ``2·steps − 1`` denoiser calls. Like NVlabs/edm, the ODE state is kept in float64;
-    the denoiser sees ``dtype``. ``x_init`` [n, *shape] replaces x_0 = σ_0·z.
+    the denoiser sees ``dtype``. ``x_init`` [n, *shape] replaces x_0 = σ_0·z; ``sigmas``
+    [N + 1] (decreasing, the last may be 0) replaces the Karras schedule (and steps,
+    sigma_min, sigma_max, rho); ``cond`` / ``guidance`` go to the denoiser (module docs).
     ``cuda_graph=True`` (CUDA only) captures the denoiser call once as a CUDA graph and
     replays it every step (static shapes; removes the per-kernel launch cost that
     dominates small batches); a denoiser that cannot be captured runs eagerly, with a
     warning.
     """
     n, shape = _check_n_shape(n, shape)
-    call = _maybe_graphed(denoiser, cuda_graph, device)
+    call = _maybe_graphed(guided(denoiser, expand_cond(cond, n), guidance), cuda_graph, device)
     gen = _generator(generator, device)
-    t_steps = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=device)
+    t_steps = _schedule(sigmas, steps, sigma_min, sigma_max, rho, device)
     with _eval_mode(denoiser):
         x_next = _initial(x_init, n, shape, gen, device, torch.float64, t_steps[0])
         rec = _Recorder(return_trajectory, x_next, t_steps[0].expand(n))
-        for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
+        for t_cur, t_next in zip(t_steps[:-1], t_steps[1:], strict=True):
             x_cur = x_next
             # Euler step (Alg. 2, lines 7-8): d_i = (x_i − D(x_i; t_i)) / t_i
             denoised = _call(call, x_cur, t_cur.expand(n), dtype, out=torch.float64)
             d_cur = (x_cur - denoised) / t_cur
             x_next = x_cur + (t_next - t_cur) * d_cur
             # 2nd-order correction (Alg. 2, lines 9-11), skipped on the step to σ = 0
-            if second_order and i < steps - 1:
+            if second_order and t_next > 0:
                 denoised_next = _call(call, x_next, t_next.expand(n), dtype, out=torch.float64)
                 d_prime = (x_next - denoised_next) / t_next
                 x_next = x_cur + (t_next - t_cur) * (0.5 * d_cur + 0.5 * d_prime)
             rec.step(denoised, x_next, t_next.expand(n))
     x = x_next.to(dtype)
     if return_trajectory:
-        return x, rec.result(dtype, torch.full((n,), steps, dtype=torch.long, device=device))
+        n_steps = torch.full((n,), len(t_steps) - 1, dtype=torch.long, device=device)
+        return x, rec.result(dtype, n_steps)
     return x
 
 
@@ -328,6 +356,9 @@ def ddpm_ancestral(
     x_init: torch.Tensor | None = None,
     return_trajectory: bool = False,
     cuda_graph: bool = False,
+    cond=None,
+    guidance: float | None = None,
+    sigmas=None,
 ):
     """Ancestral (stochastic) sampling with the DDPM posterior in VE form; ``[n, *shape]``.
 
@@ -340,12 +371,13 @@ def ddpm_ancestral(
     This is identical to the "ancestral Euler" split (k-diffusion, η = 1):
     σ_down = √(σ_{i+1}² − σ_up²) = σ_{i+1}²/σ_i and x_{i+1} = x_i + (σ_down − σ_i)(x_i − x̂)/σ_i
     + σ_up z. The last step (σ_N = 0) returns x̂. ``steps`` denoiser calls; stochastic
-    samplers need more steps than Heun (default 256). ``cuda_graph``: as in ``edm_heun``.
+    samplers need more steps than Heun (default 256). ``cuda_graph``, ``x_init``,
+    ``sigmas``, ``cond`` and ``guidance``: as in ``edm_heun``.
     """
     n, shape = _check_n_shape(n, shape)
-    call = _maybe_graphed(denoiser, cuda_graph, device)
+    call = _maybe_graphed(guided(denoiser, expand_cond(cond, n), guidance), cuda_graph, device)
     gen = _generator(generator, device)
-    t_steps = karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, device=device)
+    t_steps = _schedule(sigmas, steps, sigma_min, sigma_max, rho, device)
     with _eval_mode(denoiser):
         x = _initial(x_init, n, shape, gen, device, torch.float64, t_steps[0])
         rec = _Recorder(return_trajectory, x, t_steps[0].expand(n))
@@ -362,7 +394,8 @@ def ddpm_ancestral(
             rec.step(denoised, x, t_next.expand(n))
     out = x.to(dtype)
     if return_trajectory:
-        return out, rec.result(dtype, torch.full((n,), steps, dtype=torch.long, device=device))
+        n_steps = torch.full((n,), len(t_steps) - 1, dtype=torch.long, device=device)
+        return out, rec.result(dtype, n_steps)
     return out
 
 
@@ -389,17 +422,21 @@ def sample(
     batch_size: int = 256,
     progress: bool = False,
     return_trajectory: bool = False,
+    cond=None,
+    x_init: torch.Tensor | None = None,
     **kw,
 ):
     """Draw n samples of ``shape`` (e.g. ``(1, 32, 32)``) from ``denoiser``; ``[n, *shape]``.
 
     method: "kadkhodaie" (``kadkhodaie_ascent``), "euler" / "heun" (``edm_euler`` /
     ``edm_heun``) or "ddpm" (``ddpm_ancestral``); ``**kw`` go to that function (h0, beta,
-    sigma0, sigma_inf, m, max_steps / steps, sigma_min, sigma_max, rho / dtype).
-    Batch b (of ``batch_size`` samples) uses a generator seeded with ``seed + b``, so the
-    same seed gives two denoisers the same initial noise and step noise, and samples do
-    not depend on the other batches. With ``return_trajectory=True`` returns
-    ``(samples, Trajectory)``, trajectories padded in time with each sample's final state.
+    sigma0, sigma_inf, m, max_steps / steps, sigma_min, sigma_max, rho / dtype, and
+    ``guidance``, ``sigmas``). ``cond`` (batch 1 or n) and ``x_init`` [n, *shape] are cut
+    into the batches with the samples. Batch b (of ``batch_size`` samples) uses a
+    generator seeded with ``seed + b``, so the same seed gives two denoisers the same
+    initial noise and step noise, and samples do not depend on the other batches. With
+    ``return_trajectory=True`` returns ``(samples, Trajectory)``, trajectories padded in
+    time with each sample's final state.
     """
     check_method(method, kw)
     if not callable(denoiser):
@@ -412,6 +449,9 @@ def sample(
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     fn = METHODS[method]
     device = torch.device(device)
+    cond = expand_cond(cond, n)
+    if x_init is not None:
+        _check_x_init(x_init, n, shape)
     outs, trajs = [], []
     from tqdm.auto import tqdm
 
@@ -420,7 +460,9 @@ def sample(
             nb = min(batch_size, n - start)
             gen = torch.Generator(device=device).manual_seed(seed + b)
             res = fn(denoiser, nb, shape, generator=gen, device=device,
-                     return_trajectory=return_trajectory, **kw)
+                     return_trajectory=return_trajectory,
+                     cond=slice_cond(cond, start, start + nb),
+                     x_init=None if x_init is None else x_init[start:start + nb], **kw)
             if return_trajectory:
                 outs.append(res[0])
                 trajs.append(res[1])
@@ -443,7 +485,7 @@ def check_method(method: str, options: dict) -> None:
     if method not in METHODS:
         raise InputError(f"unknown sampling method {method!r}; choose one of {', '.join(METHODS)}")
     allowed = set(inspect.signature(METHODS[method]).parameters) - {
-        "denoiser", "n", "shape", "generator", "device", "x_init", "return_trajectory"
+        "denoiser", "n", "shape", "generator", "device", "x_init", "return_trajectory", "cond"
     }
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -487,6 +529,25 @@ def _check_n_shape(n, shape):
     return n, shape
 
 
+def _schedule(sigmas, steps, sigma_min, sigma_max, rho, device) -> torch.Tensor:
+    """The σ's a sampler visits, float64 [N + 1]: ``sigmas`` as given (checked: 1-d, at
+    least two, finite, strictly decreasing, positive but for a last 0), else Karras's."""
+    if sigmas is None:
+        return karras_sigmas(steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                             device=device)
+    try:
+        t = torch.as_tensor(sigmas, dtype=torch.float64, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise InputError(f"sigmas must be a 1-d tensor of noise levels, got "
+                         f"{type(sigmas).__name__}") from None
+    if (t.ndim != 1 or len(t) < 2 or not torch.isfinite(t).all() or not (t[:-1] > 0).all()
+            or t[-1] < 0 or not (t[1:] < t[:-1]).all()):
+        raise InputError(f"sigmas must be a 1-d strictly decreasing schedule of at least two "
+                         f"finite noise levels, positive but for a last 0; got "
+                         f"{t.tolist() if t.numel() <= 8 else tuple(t.shape)}")
+    return t
+
+
 def _generator(generator, device):
     if generator is None:
         return torch.Generator(device=device).manual_seed(0)
@@ -504,10 +565,14 @@ def _initial(x_init, n, shape, gen, device, dtype, scale, shift=0.0):
     z = torch.randn((n, *shape), generator=gen, device=device, dtype=torch.float32)
     if x_init is None:
         return z.to(dtype) * scale + shift
+    _check_x_init(x_init, n, shape)
+    return x_init.to(device=device, dtype=dtype).clone()
+
+
+def _check_x_init(x_init, n, shape) -> None:
     if not isinstance(x_init, torch.Tensor) or tuple(x_init.shape) != (n, *shape):
         got = tuple(x_init.shape) if isinstance(x_init, torch.Tensor) else type(x_init).__name__
         raise InputError(f"x_init must be a tensor of shape {(n, *shape)}, got {got}")
-    return x_init.to(device=device, dtype=dtype).clone()
 
 
 def _randn(gen, n, shape, device, dtype):

@@ -496,13 +496,13 @@ def load_features(path) -> dict:
 
 
 def load_denoiser(path, *, device="cpu"):
-    """A pydiffgen checkpoint (``load_model``) or a diffusers UNet2DModel folder
-    (:class:`pydiffgen.models.adapters.DiffusersDenoiser`)."""
+    """A pydiffgen checkpoint (``load_model``) or a diffusers folder
+    (:func:`pydiffgen.models.adapters.load_diffusers`)."""
     from ..checkpoint import load_model
-    from ..models.adapters import DiffusersDenoiser, is_diffusers_dir
+    from ..models.adapters import is_diffusers_dir, load_diffusers
 
     if is_diffusers_dir(path):
-        return DiffusersDenoiser.from_pretrained(path, device=device)
+        return load_diffusers(path, device=device)
     return load_model(path, device=device)
 
 
@@ -514,8 +514,9 @@ def default_method(model) -> str:
 def sample_model(model, n: int, shape, *, method: str | None = None, seed: int = 0,
                  device="cpu", progress: bool = False, cache: Path | None = None,
                  **options) -> torch.Tensor:
-    """``n`` samples [n, *shape] from ``model``; blind models default to the Kadkhodaie
-    ascent, conditioned ones to EDM Heun (within a diffusers schedule's σ range).
+    """``n`` samples [n, *shape] from ``model`` (decoded to images for a latent model);
+    blind models default to the Kadkhodaie ascent, conditioned ones to EDM Heun (within a
+    diffusers schedule's σ range).
 
     ``cache``: a folder; samples are stored there (``samples.npy`` + ``samples.json``
     describing the request) and reused by a rerun with the same request.
@@ -539,6 +540,8 @@ def sample_model(model, n: int, shape, *, method: str | None = None, seed: int =
                 return torch.from_numpy(np.load(fh, allow_pickle=False))
     x = sample(model, n, tuple(shape), method=method, seed=seed, device=device,
                progress=progress, **options).cpu().float()
+    if getattr(model, "latent", False):  # a latent model's samples are audited as images
+        x = model.decode(x.to(device)).cpu().float()
     if cache is not None:
         with atomic_path(npy) as tmp, open(tmp, "wb") as fh:
             np.save(fh, x.numpy())

@@ -1,18 +1,22 @@
 """The denoiser interface every model, analytic or trained, follows.
 
 A denoiser maps noisy images and their noise levels to clean estimates:
-``D(y [B, *F], sigma [B]) -> [B, *F]`` (σ may also be a float). Models remember the
+``D(y [B, *F], sigma [B], cond=None) -> [B, *F]`` (σ may also be a float). ``cond`` is
+the condition of a conditional model: class labels int64 ``[B]``, text embeddings
+``[B, L, E]`` or a dict of such tensors; ``null_cond`` is its "no condition" (batch one),
+used by classifier-free guidance (``pydiffgen.diffusion.guidance``). Models remember the
 keyword arguments they were built with (``.config``) so checkpoints can rebuild them.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 
 MODELS: dict[str, type[Denoiser]] = {}
 
@@ -33,7 +37,14 @@ def check_at_most(value: int, name: str, limit: int) -> int:
 
 
 class Denoiser(nn.Module):
-    """Base class: subclasses set ``name`` and call ``super().__init__(**their_kwargs)``."""
+    """Base class: subclasses set ``name`` and call ``super().__init__(**their_kwargs)``.
+
+    ``conditional``: the model takes ``cond`` (then ``null_cond`` is its "no condition",
+    a batch of one); ``latent``: it denoises latents (``encode`` / ``decode`` map pixels
+    to them and back). A subclass whose ``forward(y, sigma)`` has no ``cond`` is
+    unconditional: its forward is wrapped to take ``cond`` and refuse anything but None,
+    so every denoiser answers ``D(y, σ, cond=None)``.
+    """
 
     name: ClassVar[str] = ""
     blind: ClassVar[bool] = False  # True: σ is accepted and ignored (Kadkhodaie et al.)
@@ -41,18 +52,41 @@ class Denoiser(nn.Module):
     # nn.ReLU modules, so J(y) is the network with y's ReLU masks frozen
     # (models.piecewise.frozen_relus; analysis.jacobian(method="frozen"))
     piecewise_linear: ClassVar[bool] = False
+    conditional: bool = False
+    latent: bool = False
+    null_cond = None
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
         if cls.name:
             MODELS[cls.name] = cls
+        forward = cls.__dict__.get("forward")
+        if forward is not None and "cond" not in inspect.signature(forward).parameters:
+            cls.forward = _refusing_cond(forward)
 
     def __init__(self, **config):
         super().__init__()
         self.config = {"name": self.name, **config}
 
-    def forward(self, y: torch.Tensor, sigma) -> torch.Tensor:  # pragma: no cover
+    def forward(self, y: torch.Tensor, sigma, cond=None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+
+def _refusing_cond(forward):
+    """``forward(self, y, sigma)`` of an unconditional model as ``forward(self, y, sigma,
+    cond=None)`` that refuses a condition (also given positionally, ``D(y, σ, cond)``)."""
+
+    def forward_without_cond(self, y, *args, cond=None, **kw):
+        if len(args) == 2:
+            args, cond = args[:1], args[1]
+        if cond is not None:
+            raise InputError(f"{type(self).__name__} is unconditional: it takes no cond "
+                             f"(got {type(cond).__name__}); pass cond=None")
+        return forward(self, y, *args, **kw)
+
+    forward_without_cond.__doc__ = forward.__doc__
+    forward_without_cond.__qualname__ = forward.__qualname__
+    return forward_without_cond
 
 
 def build(name: str, *, data_shape=None, **kwargs) -> Denoiser:

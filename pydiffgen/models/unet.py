@@ -6,10 +6,11 @@ average-pool down-sampling, nearest up-sampling + conv, skip connections by conc
 Defaults are sized to train in minutes on a 2-core CPU at 16×16 … 32×32.
 
 Class conditioning (``num_classes > 0``): a learned embedding of the label is added to the
-σ-embedding (EDM's ``map_label``); labels go in as ``D(y, σ, class_labels)`` with ints in
-``[0, num_classes)``, and the extra index ``num_classes`` (:attr:`UNet.null_label`, also
-used when ``class_labels`` is None) is the "no label" of classifier-free guidance
-(Ho & Salimans 2022), trained by dropping labels (``TrainConfig.label_dropout``).
+σ-embedding (EDM's ``map_label``); labels go in as ``D(y, σ, cond)`` with ints in
+``[0, num_classes)``, and the extra index ``num_classes`` (:attr:`UNet.null_label`;
+``null_cond = tensor([num_classes])``; also used when ``cond`` is None) is the "no label"
+of classifier-free guidance (Ho & Salimans 2022), trained by dropping labels
+(``TrainConfig.label_dropout``).
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ class UNetBackbone(nn.Module):
         nn.init.zeros_(self.conv_out.bias)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor,
-                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+                labels: torch.Tensor | None = None) -> torch.Tensor:
         emb = self.embed(c_noise)  # [B, E]
-        if self.class_embed is not None and class_labels is not None:
-            emb = emb + self.class_embed(class_labels)  # [B, E]
+        if self.class_embed is not None and labels is not None:
+            emb = emb + self.class_embed(labels)  # [B, E]: EDM's map_label
         h = self.conv_in(x)  # [B, w, H, W]
         skips = []
         for level, level_blocks in enumerate(self.encoder):
@@ -140,8 +141,8 @@ class UNet(EDMPrecond):
         sigma_data: the data standard deviation σ_d of the EDM preconditioning.
         dropout: dropout rate inside the residual blocks.
         num_classes: 0 (unconditional) or the number of class labels; ``forward`` then
-            takes ``class_labels`` (int [B] in ``[0, num_classes]``, ``num_classes`` =
-            :attr:`null_label` = no label; None = all null).
+            takes ``cond`` = class labels (int [B] in ``[0, num_classes]``, ``num_classes``
+            = :attr:`null_label` = no label; None = all null).
         fused: run every GroupNorm → FiLM → SiLU chain as the fused op
             ``pydiffgen.ops.groupnorm_film_silu`` (default); False: eager PyTorch (same
             math; recorded in ``.config`` only when False, so older checkpoints match).
@@ -198,15 +199,24 @@ class UNet(EDMPrecond):
         """The label index meaning "no label" (classifier-free guidance): ``num_classes``."""
         return self.num_classes
 
-    def forward(self, y: torch.Tensor, sigma, class_labels=None) -> torch.Tensor:
+    @property
+    def conditional(self) -> bool:
+        return self.num_classes > 0
+
+    @property
+    def null_cond(self) -> torch.Tensor | None:
+        """``tensor([num_classes])``, the null label as a batch of one; None unconditional."""
+        return torch.tensor([self.num_classes]) if self.num_classes else None
+
+    def forward(self, y: torch.Tensor, sigma, cond=None) -> torch.Tensor:
         if not self.num_classes:
-            if class_labels is not None:
-                raise InputError("class_labels given to a UNet built with num_classes=0; "
+            if cond is not None:
+                raise InputError("cond (class labels) given to a UNet built with num_classes=0; "
                                  "build it with num_classes=K to condition on labels")
             return super().forward(y, sigma)
         y = self.check_input(y)  # [B, C, H, W]
         sigma = as_sigma(sigma, y.shape[0], device=y.device, dtype=y.dtype)  # [B]
-        labels = self.check_labels(class_labels, y.shape[0], y.device)  # [B]
+        labels = self.check_labels(cond, y.shape[0], y.device)  # [B]
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma, self.sigma_data)
         shape = (-1, 1, 1, 1)
         F_x = self.F(c_in.view(shape) * y, c_noise, labels)  # [B, C, H, W]
@@ -223,11 +233,12 @@ class UNet(EDMPrecond):
                 or class_labels.shape not in ((batch,), (1,), ())):
             got = (f"shape {tuple(class_labels.shape)} dtype {class_labels.dtype}"
                    if isinstance(class_labels, torch.Tensor) else type(class_labels).__name__)
-            raise InputError(f"class_labels must be an int tensor of shape [{batch}], got {got}")
+            raise InputError(f"cond: class_labels must be an int tensor of shape [{batch}], "
+                             f"got {got}")
         labels = class_labels.to(device=device, dtype=torch.long).expand(batch)
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) > self.num_classes):
-            raise InputError(f"class_labels must lie in [0, {self.num_classes}] (the last is the "
-                             f"null label), got values in [{int(labels.min())}, "
+            raise InputError(f"cond: class_labels must lie in [0, {self.num_classes}] (the last "
+                             f"is the null label), got values in [{int(labels.min())}, "
                              f"{int(labels.max())}]")
         return labels
 
