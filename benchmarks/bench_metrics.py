@@ -8,10 +8,16 @@
   (PCA to 64 components, KMeans(3) cells, sklearn NearestNeighbors per cell, scipy
   mannwhitneyu) vs ``pydiffgen.metrics.ct_score`` on the same PCA features and cells.
 
+- PRDC k=5 at 100,000 × 100,000 × 768 (dense matrices would need 120 GB): ours alone,
+  its time and peak memory (``PYDIFFGEN_BENCH_PRDC_LARGE=N`` sets the size, 0 skips it).
+
 Each row: seconds of one call, peak resident memory above what the process held before
 the call (Linux: VmHWM after resetting it through /proc/self/clear_refs), the speedup
-(peer / ours) and the values side by side. Data: Gaussian features with a shifted fake set
-and a tenth of gen copied from train (so AuthPct and C_T see copying).
+(peer / ours) and the values side by side; PRDC rows also give the share of the time spent
+in the kNN searches (``ops.knn.search``) and their count. Every row carries the load
+average (``uptime``) when it was measured: the machine is shared. Data: Gaussian features
+with a shifted fake set and a tenth of gen copied from train (so AuthPct and C_T see
+copying).
 
     python benchmarks/bench_metrics.py [--quick]
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import metadata, parse_args, print_table, ratio_rows, write_json  # noqa: E402
 
-from pydiffgen.metrics import authpct, ct_score, prdc  # noqa: E402
+from pydiffgen.metrics import authpct, ct_score, fidelity, prdc  # noqa: E402
 
 
 def rss_kib(field: str) -> int:
@@ -116,9 +123,44 @@ def kmeans_labels(train, test, gen, seed=0):
     return [km.predict(s) for s in (train, test, gen)]
 
 
-def row(case, impl, value, seconds, peak):
+def load() -> str:
+    """The 1-minute load average (as ``uptime`` prints it) on this shared machine."""
+    return f"{os.getloadavg()[0]:.2f}"
+
+
+def row(case, impl, value, seconds, peak, **extra):
     return {"kind": "time", "case": case, "impl": impl, "value": value, "time_s": seconds,
-            "peak_mib": peak}
+            "peak_mib": peak, "load": load(), **extra}
+
+
+@contextlib.contextmanager
+def knn_timer():
+    """Seconds spent in, and number of, the kNN searches PRDC makes (the module's
+    ``search`` wrapped for the call)."""
+    spent = {"s": 0.0, "calls": 0}
+    inner = fidelity.search
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent["s"] += time.perf_counter() - t0
+            spent["calls"] += 1
+
+    fidelity.search = timed
+    try:
+        yield spent
+    finally:
+        fidelity.search = inner
+
+
+def our_prdc(real, fake):
+    """(value, seconds, peak MiB, kNN share of the time, kNN searches) of our PRDC."""
+    with knn_timer() as spent:
+        value, seconds, peak = run(lambda: prdc(torch.from_numpy(real), torch.from_numpy(fake),
+                                                5))
+    return value, seconds, peak, spent["s"] / seconds, spent["calls"]
 
 
 def prdc_rows(n, d, rng):
@@ -127,12 +169,26 @@ def prdc_rows(n, d, rng):
     real = rng.normal(size=(n, d)).astype(np.float32)
     fake = (rng.normal(size=(n, d)) * 1.05 + 0.05).astype(np.float32)
     case = f"prdc k=5 {n}x{n}x{d}"
-    ours = run(lambda: prdc(torch.from_numpy(real), torch.from_numpy(fake), 5))
+    ours = our_prdc(real, fake)
     peer = run(lambda: package.compute_prdc(real, fake, 5))
-    rows = [row(case, "pydiffgen", str(ours[0]), ours[1], ours[2]),
+    rows = [row(case, "pydiffgen", str(ours[0]), ours[1], ours[2], knn_share=ours[3],
+                knn_calls=ours[4]),
             row(case, "prdc package", str({k: round(float(v), 6) for k, v in peer[0].items()}),
                 peer[1], peer[2])]
+    rows.append({"kind": "memory", "case": case, "ours_peak_mib": ours[2],
+                 "peer_peak_mib": peer[2],
+                 "ours_over_peer": None if peer[2] is None else ours[2] / peer[2]})
     return rows + ratio_rows(case, {"pydiffgen": ours[1], "prdc package": peer[1]}, "pydiffgen")
+
+
+def large_prdc_rows(n, d, rng):
+    """Ours alone where the package's three dense n×n float32 matrices do not fit."""
+    real = rng.normal(size=(n, d)).astype(np.float32)
+    fake = (rng.normal(size=(n, d)) * 1.05 + 0.05).astype(np.float32)
+    ours = our_prdc(real, fake)
+    dense_gib = 3 * n * n * 4 / 2**30
+    return [row(f"prdc k=5 {n}x{n}x{d} (dense: {dense_gib:.0f} GiB)", "pydiffgen",
+                str(ours[0]), ours[1], ours[2], knn_share=ours[3], knn_calls=ours[4])]
 
 
 def copying_sets(n_train, n_gen, d, rng):
@@ -170,14 +226,20 @@ def main():
     if args.device != "cpu":
         print("note: the metrics run on the features' device; this script keeps them on the CPU")
     rng = np.random.default_rng(0)
+    large = int(os.environ.get("PYDIFFGEN_BENCH_PRDC_LARGE", "100000"))
     if args.quick:
         rows = prdc_rows(2000, 128, rng) + copying_rows(5000, 1000, 128, rng)
     else:
         rows = prdc_rows(10_000, 512, rng) + copying_rows(50_000, 10_000, 768, rng)
+        if large:
+            rows += large_prdc_rows(large, 768, rng)
     print_table([r for r in rows if r["kind"] == "time"],
-                ["case", "impl", "time_s", "peak_mib", "value"])
+                ["case", "impl", "time_s", "peak_mib", "knn_share", "knn_calls", "load",
+                 "value"])
     print()
     print_table([r for r in rows if r["kind"] == "ratio"], ["case", "peer", "speedup"])
+    print_table([r for r in rows if r["kind"] == "memory"],
+                ["case", "ours_peak_mib", "peer_peak_mib", "ours_over_peer"])
     print("wrote", write_json("metrics", rows, metadata("cpu")))
 
 

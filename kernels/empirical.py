@@ -9,20 +9,23 @@ training block of BLOCK_N rows:
   2. online softmax within the split: m' = max(m, max_j S), α = exp(m − m'),
      p = exp(S − m'), l = α·l + Σ p;
   3. accumulate over d: for each BLOCK_D chunk, acc[:, chunk] = α·acc[:, chunk] + p·x[:, chunk]
-     (read-modify-write of the split's partial accumulator, float32 [S, M, D], which stays
+     (read-modify-write of the split's partial accumulator, [S, M, D] in the inputs'
+     dtype, which stays
      in L2 for one program's rows).
 The launcher merges the splits in float64 (flash-decoding reduction):
   m* = max_s m_s, w_s = exp(m_s − m*), D = Σ_s w_s·acc_s / Σ_s w_s·l_s.
 
 Numerics:
-- float32 inputs; tl.dot with input_precision="ieee" (true fp32, never TF32: the logit
-  error is the distance error / 2σ²).
+- the inputs' dtype, float32 or float64: pydiffgen.ops.empirical runs this kernel in
+  float64 only, as the dense pass of rows its bf16 candidate pass leaves dense (σ
+  comparable to the data's spread); float32 logits and sums cannot be certified to 1e-6
+  relative (docs/science.md#empirical-optimum-numerics). tl.dot with
+  input_precision="ieee" (never TF32).
 - μ (the mean of ≤ 8192 strided training rows) is subtracted inside the logit dot, and
-  ‖x − μ‖² is computed once per call by the launcher (float32, chunked).
+  ‖x − μ‖² is computed once per call by the launcher (chunked).
 - the weighted sum uses the raw x, so a lone dominant point returns x_i exactly.
-- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖), the
-  float32 logit-error estimate; pydiffgen.ops.empirical recomputes rows above its
-  tolerance exactly (small σ).
+- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖, u the
+  unit roundoff of the dtype), the logit-error estimate.
 - masked loads fill 0; masked training columns get logit −inf.
 
 The launcher takes torch tensors on a CUDA device, or on the CPU when TRITON_INTERPRET=1
@@ -52,15 +55,16 @@ def empirical_split_kernel(
     mask_m = offs_m < M
     offs_d = tl.arange(0, BLOCK_D)
     iv = tl.load(iv_ptr + offs_m, mask=mask_m, other=1.0)  # 1/σ²  [BM]
-    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    dt = acc_ptr.dtype.element_ty  # float32, or float64 for the exact dense pass
+    m_i = tl.full((BLOCK_M,), float("-inf"), dt)
+    l_i = tl.zeros((BLOCK_M,), dt)
     n_start = pid_s * n_per_split
     n_end = tl.minimum(N, n_start + n_per_split)
     acc_base = acc_ptr + pid_s * stride_as + offs_m[:, None] * stride_am
     for n0 in range(n_start, n_end, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)  # [BN]
         mask_n = offs_n < n_end
-        s = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        s = tl.zeros((BLOCK_M, BLOCK_N), dt)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + offs_d
             mask_d = d < D
@@ -107,15 +111,16 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     block_d = block_d or (64 if big else 16)
     M, D = y.shape
     N = x.shape[0]
-    xf = x.float().contiguous()
-    mu = centre(xf)  # [D]
-    yc = (y.float() - mu).contiguous()  # [M, D]
-    sq = torch.empty(N, dtype=torch.float32, device=x.device)
+    dt = torch.float64 if y.dtype == torch.float64 else torch.float32
+    xf = x.to(dt).contiguous()
+    mu = centre(xf).to(dt)  # [D]
+    yc = (y.to(dt) - mu).contiguous()  # [M, D]
+    sq = torch.empty(N, dtype=dt, device=x.device)
     rows = max(1, (1 << 22) // D)
     for n0 in range(0, N, rows):  # ‖x − μ‖², chunked: no centred copy of x
         sq[n0 : n0 + rows] = (xf[n0 : n0 + rows] - mu).square().sum(1)
     sig = sigma.double()
-    iv = (1.0 / sig.square()).float().contiguous()
+    iv = (1.0 / sig.square()).to(dt).contiguous()
     m_blocks = triton.cdiv(M, block_m)
     if splits is None:
         sms = (torch.cuda.get_device_properties(x.device).multi_processor_count
@@ -123,9 +128,9 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
         splits = max(1, min(triton.cdiv(N, block_n), triton.cdiv(4 * sms, m_blocks)))
     n_per_split = triton.cdiv(triton.cdiv(N, splits), block_n) * block_n
     splits = triton.cdiv(N, n_per_split)
-    acc = torch.zeros(splits, M, D, dtype=torch.float32, device=x.device)
-    mx = torch.empty(splits, M, dtype=torch.float32, device=x.device)
-    sm = torch.empty(splits, M, dtype=torch.float32, device=x.device)
+    acc = torch.zeros(splits, M, D, dtype=dt, device=x.device)
+    mx = torch.empty(splits, M, dtype=dt, device=x.device)
+    sm = torch.empty(splits, M, dtype=dt, device=x.device)
     if M:
         empirical_split_kernel[(m_blocks, splits)](
             yc, xf, mu, sq, iv, acc, mx, sm,
@@ -140,4 +145,4 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     total = (w * sm.double()).sum(0)  # [M]
     out = (w[:, :, None] * acc.double()).sum(0) / total[:, None]
     R2 = float(sq.max()) if N else 0.0
-    return out.to(y.dtype), logit_error(yc.double().norm(dim=1), R2, D, torch.float32, sig)
+    return out.to(y.dtype), logit_error(yc.double().norm(dim=1), R2, D, dt, sig)

@@ -664,7 +664,7 @@ def _add_metrics(sub: _Subcommands) -> None:
     from .experiments.feature_metrics import METRICS
 
     s = sub.add("metrics", "feature-space metrics (PRDC, FD, KID, AuthPct, C_T, FLD, "
-                "extraction, copy score) with bootstrap confidence intervals")
+                "extraction, copy score) with confidence intervals")
     s.add_argument("--real", required=True, metavar="FILE[:KEY]",
                    help=f"the real images: {_IMAGES_HELP}")
     s.add_argument("--fake", required=True, metavar="FILE[:KEY]",
@@ -679,8 +679,9 @@ def _add_metrics(sub: _Subcommands) -> None:
     s.add_argument("--metrics", default="all", help=f"all, or a comma list of "
                    f"{', '.join(METRICS)}")
     s.add_argument("--k", type=_positive_int, default=5, help="PRDC's nearest neighbours")
-    s.add_argument("--n-boot", type=_positive_int, default=200, help="bootstrap resamples")
-    s.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of KID, C_T")
+    s.add_argument("--n-boot", type=_positive_int, default=200,
+                   help="half-sample replicates of each confidence interval")
+    s.add_argument("--seed", type=int, default=0, help="seed of the intervals and of KID, C_T")
     s.add_argument("--batch-size", type=_positive_int, default=64,
                    help="images per encoder call")
     s.add_argument("--device", default="cpu", help="where the encoder runs")

@@ -12,13 +12,13 @@ Dataset-scale search shards the *training set* across ranks (rank r holds rows
   their scores in float64, the [M, k] lists are all_gathered (16 bytes per query and
   neighbour per rank), and ``ops.topk_merge`` picks the best k, ties to the lower global
   index: the same neighbours, in the same order, as ``ops.knn`` over the whole set.
-- ``empirical_denoiser``: each rank reduces its shard to the online log-sum-exp state
-  (m = max logit, s = Σ exp(l − m), a = Σ exp(l − m) x_i) of ``ops.lse``; an
-  all_reduce MAX gives the global m*, and an all_reduce SUM of the partials rescaled by
-  exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows whose float32 logits are
-  too coarse (small σ) are recomputed exactly as in ``ops.empirical_denoiser``: float64
-  direct logits of each shard's 64 nearest points, certified when every other point of
-  every shard lies more than 40 below the global max logit, else a float64 pass.
+- ``empirical_denoiser``: the reduction of ``ops.empirical_denoiser`` (``ops.lse.denoise``)
+  with the merges across ranks: each rank's exact float64 softmax over the candidates of
+  its bf16 pass, as the online log-sum-exp state (m = max logit, s = Σ exp(l − m),
+  a = Σ exp(l − m) x_i); an all_reduce MAX gives the global m*, and an all_reduce SUM of
+  the states rescaled by exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows
+  any rank leaves dense (σ comparable to the data's spread) or that the bound of
+  ``ops.lse`` does not certify take every shard's float64 pass, merged the same way.
 """
 
 from __future__ import annotations
@@ -334,34 +334,35 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
         return y.clone()
     _agree("empirical_denoiser", [float(sig.sum()), float(sig.min())], ["sigma", "sigma"],
            group)
-    m, s, a = _sharded_partials(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
+    out = _sharded_denoise(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
+    return out.to(y.dtype).reshape(shape)
+
+
+def _merge(m, s, a, group):
+    """D_M [M, D] float64 from every rank's log-sum-exp state (m, s, a)."""
     MAX, SUM = torch.distributed.ReduceOp.MAX, torch.distributed.ReduceOp.SUM
     m_star = _all_reduce(m, MAX, group)
     scale = torch.exp(m - m_star)  # 0 where this shard holds nothing (m = −inf)
     merged = torch.cat([s[:, None] * scale[:, None], a * scale[:, None]], dim=1)  # [M, 1 + D]
     merged = _all_reduce(merged, SUM, group)
-    return (merged[:, 1:] / merged[:, :1]).to(y.dtype).reshape(shape)
+    return merged[:, 1:] / merged[:, :1]
 
 
-def _sharded_partials(y, x, sig, group):
-    """This shard's log-sum-exp state (m, s, a) for rows y [M, D] (``ops.lse``), with the
-    rows whose logits are too coarse on any shard recomputed exactly on every shard:
-    candidates certified when every other point of every shard lies MARGIN below the
-    global max logit, else a float64 pass."""
+def _sharded_denoise(y, x, sig, group):
+    """D_M [M, D] float64 for rows y [M, D] over every rank's shard x, by the reduction of
+    ``ops.empirical_denoiser`` (``ops.lse.denoise``): each rank's exact softmax over its
+    bf16 pass's candidates (every point a shard omits lies MARGIN + log N_r below its own
+    largest kept logit, hence below the global one), merged; rows any rank leaves dense or
+    uncertified by the float64 pass of every shard, merged."""
     from .ops import lse
 
-    MAX = torch.distributed.ReduceOp.MAX
-    m, s, a, err = lse.partials(y, x, sig)
-    bad = _all_reduce((err > lse.LOGIT_TOL).to(torch.float64), MAX, group).bool()
-    if not bool(bad.any()):
-        return m, s, a
-    mb, sb, ab, c = lse.candidate_partials(y[bad], x, sig[bad])
-    m_star = _all_reduce(mb, MAX, group)
-    # points outside a shard's candidates have logits ≤ c
-    unsure = _all_reduce(lse.uncertified(m_star, c).to(torch.float64), MAX, group).bool()
-    if bool(unsure.any()):
-        sel = bad.nonzero().squeeze(1)[unsure]
-        mf, sf, af, _ = lse.partials(y[sel], x, sig[sel], torch.float64)
-        mb[unsure], sb[unsure], ab[unsure] = mf, sf, af
-    m[bad], s[bad], a[bad] = mb, sb, ab
-    return m, s, a
+    def merge(m, s, a):
+        return _merge(m, s, a, group)
+
+    def agree(t):
+        return _all_reduce(t, torch.distributed.ReduceOp.MAX, group)
+
+    def dense(y, x, sig):
+        return merge(*lse.partials(y, x, sig, torch.float64)[:3])
+
+    return lse.denoise(y, x, sig, dense, merge, agree, parts=world_size(group))

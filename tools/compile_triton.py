@@ -71,10 +71,13 @@ class OfflineDriver:
 
 
 def case_empirical(mod):
-    """pydiffgen::empirical_denoiser_triton: float32 rows (y, x are cast); D = 3072
-    (CIFAR-10 rows, 16-aligned strides) and D = 2 (toy data, unaligned)."""
-    for d in (3072, 2):
-        mod.empirical_denoiser(torch.randn(8, d), torch.randn(256, d), torch.ones(8))
+    """pydiffgen::empirical_denoiser_triton: float32 rows (the fast pass) and float64 rows
+    (the exact dense pass); D = 3072 (CIFAR-10 rows, 16-aligned strides) and D = 2 (toy
+    data, unaligned)."""
+    for dtype in (torch.float32, torch.float64):
+        for d in (3072, 2):
+            mod.empirical_denoiser(torch.randn(8, d, dtype=dtype),
+                                   torch.randn(256, d, dtype=dtype), torch.ones(8))
 
 
 def case_knn_bound_tile(mod):

@@ -17,10 +17,12 @@
 // shift-invariant; any point near the centre removes the cancellation of
 // ‖y‖² + ‖x‖² − 2⟨y, x⟩ for data far from the origin). The logits are float32 for float32
 // inputs; err[r] = 2·u·√D·(‖y_r − μ‖·R + R²/2)/σ_r² (R = max_i ‖x_i − μ‖, u the unit
-// roundoff) estimates each row's logit error. The caller (pydiffgen.ops.empirical)
-// recomputes exactly every row whose err exceeds its tolerance (small σ), so this kernel
-// only has to be fast where float32 logits are accurate. exp is a Cephes-style
-// polynomial (≈ 2 ulp, branch-free so the compiler vectorizes it) on arguments ≤ 0.
+// roundoff) estimates each row's logit error. The caller (pydiffgen.ops.empirical) runs
+// this kernel in float64 only, as the dense pass of the rows its certified bf16
+// candidate pass leaves dense (σ comparable to the data's spread): float32 logits and
+// sums cannot be certified to 1e-6 relative (docs/science.md#empirical-optimum-numerics).
+// float32 exp is a Cephes-style polynomial (≈ 2 ulp, branch-free so the compiler
+// vectorizes it) on arguments ≤ 0; float64 uses std::exp.
 
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>

@@ -59,7 +59,7 @@ class AuditConfig:
     chunk_size: int = field(default=4096, metadata={"help": "query rows per search call"})
     n_show: int = field(default=8, metadata={"help": "most-copied samples shown"})
     n_boot: int = field(default=200, metadata={
-        "help": "bootstrap resamples of the feature-space metrics (with --encoder)"})
+        "help": "half-sample replicates of the feature-space intervals (with --encoder)"})
 
 
 # ----------------------------------------------------------------------------------------

@@ -1,20 +1,18 @@
 """``pydiffgen metrics``: the field's feature-space metrics of generated images, each with
-a bootstrap confidence interval, in one table.
+a confidence interval, in one table.
 
 Images (or features) of four sets go through one encoder (:mod:`pydiffgen.features`):
 ``real`` and ``fake`` always, ``train`` (the generator's training set) and ``test`` (held
 out from it) when given. Each metric runs on the sets it needs (``METRICS``); one whose
 sets are missing is skipped and the table says why.
 
-Intervals: percentile bootstrap (:func:`pydiffgen.metrics.bootstrap`). The distribution
-distances (FD, KID) resample both sets; the neighbour-based metrics resample only the
-generated set, because a resampled reference set holds repeated points that are their own
-nearest neighbours (see the bootstrap module): their intervals are conditional on the
-reference sets.
+Intervals: each metric's own ``ci=`` (:func:`pydiffgen.metrics.confidence_interval`):
+half-samples of every set drawn without replacement, so no point is repeated and the
+neighbour-based metrics stay unbiased; the interval is centred on the full-set value.
 
-Cost: C_T (k-means), FLD (a fitted mixture) and KID repeat their whole computation per
-resample; KID draws 10 subsets per resample (not its default 100): with sets of at most
-``subset_size`` rows every subset is the whole set, and the bootstrap supplies the spread.
+Cost: every replicate repeats the whole metric on half the rows (C_T its k-means, FLD its
+fitted mixture); KID draws 10 subsets (not its default 100): with sets of at most
+``subset_size`` rows every subset is the whole set, and the replicates supply the spread.
 """
 
 from __future__ import annotations
@@ -30,36 +28,35 @@ from ..errors import InputError
 
 @dataclass(frozen=True)
 class Metric:
-    """One metric of the table: ``fn(*sets)`` on the named sets ("fake" is the generated
-    one), the sets redrawn by the bootstrap (None: all), the result fields reported (None:
-    a scalar) and a line saying what it measures."""
+    """One metric of the table: ``fn(*sets, ci=..., n_boot=..., seed=...)`` on the named
+    sets ("fake" is the generated one), the result fields reported (None: a scalar) and a
+    line saying what it measures."""
 
     fn: object
     sets: tuple[str, ...]
-    resample: tuple[str, ...] | None
     fields: tuple[str, ...] | None
     about: str
 
 
 METRICS = {
-    "prdc": Metric(mt.prdc, ("real", "fake"), ("fake",),
+    "prdc": Metric(mt.prdc, ("real", "fake"),
                    ("precision", "recall", "density", "coverage"),
                    "precision, recall, density, coverage (Naeem et al. 2020); higher is closer"),
-    "fd": Metric(mt.frechet_distance, ("real", "fake"), None, None,
+    "fd": Metric(mt.frechet_distance, ("real", "fake"), None,
                  "Fréchet distance of Gaussian fits; 0 = same mean and covariance"),
-    "kid": Metric(mt.kernel_distance, ("real", "fake"), None, None,
+    "kid": Metric(mt.kernel_distance, ("real", "fake"), None,
                   "kernel (MMD²) distance, unbiased, 10 subsets; ≈ 0 = same distribution"),
-    "authpct": Metric(mt.authpct, ("train", "fake"), ("fake",), None,
+    "authpct": Metric(mt.authpct, ("train", "fake"), None,
                       "% of generated samples that are authentic (Alaa et al. 2022)"),
-    "ct": Metric(mt.ct_score, ("train", "test", "fake"), ("fake",), None,
+    "ct": Metric(mt.ct_score, ("train", "test", "fake"), None,
                  "data-copying test C_T (Meehan et al. 2020); < 0 = copying"),
-    "fld": Metric(mt.fld, ("train", "test", "fake"), ("fake",), ("fld", "gap"),
+    "fld": Metric(mt.fld, ("train", "test", "fake"), ("fld", "gap"),
                   "feature likelihood divergence and train/test NLL gap (Jiralerspong et "
                   "al. 2023); lower fld is better, gap > 0 = overfit"),
-    "extraction": Metric(mt.extraction_distance, ("fake", "train"), ("fake",), ("fraction",),
+    "extraction": Metric(mt.extraction_distance, ("fake", "train"), ("fraction",),
                          "fraction of samples with Carlini et al. 2023's relative distance "
                          "below 1/3 (α = 0.5, 50 neighbours); copies"),
-    "copy": Metric(mt.copy_score, ("fake", "train"), ("fake",),
+    "copy": Metric(mt.copy_score, ("fake", "train"),
                    ("p95", "fraction", "background_p95"),
                    "top-1 cosine to train (Somepalli et al. 2023): 95th percentile, fraction "
                    "> 0.5, and train-vs-train 95th percentile"),
@@ -81,11 +78,15 @@ def parse_metrics(text) -> tuple[str, ...]:
 
 
 def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float = 0.95,
-            seed: int = 0) -> tuple[dict, dict]:
-    """Each metric of ``metrics`` on ``features`` (set name -> [N, F]), with its bootstrap
-    interval. Returns (rows, skipped): rows ``{"prdc.precision": {"value", "low", "high",
-    "ci"}, "fd": {...}, ...}`` and skipped ``{metric: why}`` for a metric whose sets are
-    not all given. ``k``: PRDC's neighbours."""
+            seed: int = 0, options: dict | None = None,
+            skip_small: bool = False) -> tuple[dict, dict]:
+    """Each metric of ``metrics`` on ``features`` (set name -> [N, F]), with its
+    confidence interval at level ``ci`` over ``n_boot`` half-samples. Returns (rows,
+    skipped): rows ``{"prdc.precision": {"value", "low", "high", "ci"}, "fd": {...}, ...}``
+    and skipped ``{metric: why}`` for a metric whose sets are not all given. ``k``: PRDC's
+    neighbours; ``options``: keyword arguments of a metric by name (``{"ct": {"tau":
+    0.05}}``); ``skip_small``: a metric whose sets (or half-samples) are too small for it
+    is skipped with the reason, not an error (a sweep's smallest N)."""
     check_positive_int(k, "k")
     rows, skipped = {}, {}
     for name in parse_metrics(",".join(metrics)):
@@ -94,13 +95,18 @@ def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float
         if missing:
             skipped[name] = f"needs --{' and --'.join(missing)}"
             continue
-        redraw = None if spec.resample is None else \
-            tuple(spec.sets.index(s) for s in spec.resample)
         kwargs = {"prdc": {"k": k}, "kid": {"subsets": 10}}.get(name, {})
-        est = mt.bootstrap(spec.fn, *(features[s] for s in spec.sets), ci=ci, n_boot=n_boot,
-                           seed=seed, resample_sets=redraw, **kwargs)
+        kwargs.update((options or {}).get(name, {}))
+        try:
+            est = spec.fn(*(features[s] for s in spec.sets), ci=ci, n_boot=n_boot, seed=seed,
+                          **kwargs)
+        except InputError as err:
+            if not skip_small:
+                raise
+            skipped[name] = str(err)
+            continue
         parts = {name: est} if spec.fields is None else \
-            {f"{name}.{f}": est[f] for f in spec.fields}
+            {f"{name}.{f}": getattr(est, f) for f in spec.fields}
         rows.update({row: {"value": e.value, "low": e.low, "high": e.high, "ci": e.ci}
                      for row, e in parts.items()})
     return rows, skipped
@@ -140,7 +146,7 @@ def feature_metrics(real, fake, *, train=None, test=None, encoder="pixel", metri
     """The table of ``pydiffgen metrics``: ``real`` and ``fake`` (and ``train``, ``test``)
     images — tensors [N, C, H, W] in [-1, 1], files or folders — through ``encoder`` (a
     :func:`pydiffgen.features.load_encoder` spec or module), then each metric of
-    ``metrics`` (``"all"`` or names of :data:`METRICS`) with its bootstrap interval.
+    ``metrics`` (``"all"`` or names of :data:`METRICS`) with its confidence interval.
 
     Returns ``{"encoder", "sizes", "feature_dim", "k", "n_boot", "seed", "metrics": rows,
     "skipped": {metric: why}}`` with rows as :func:`measure` gives them. ``cache``: a
@@ -175,7 +181,7 @@ def format_table(result: dict) -> str:
     width = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     lines = [f"encoder {result['encoder']} (features {result['feature_dim']}); "
              + ", ".join(f"{n} {s}" for n, s in result["sizes"].items())
-             + f"; {result['n_boot']} bootstrap resamples"]
+             + f"; intervals from {result['n_boot']} half-samples"]
     lines += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                         for i, (c, w) in enumerate(zip(r, width))) for r in [header, *rows]]
     lines += [f"skipped {name}: {why}" for name, why in result["skipped"].items()]

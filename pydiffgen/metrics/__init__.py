@@ -2,10 +2,10 @@
 
 Pixel space: ``memorization``, ``generalization_score``, similarities, PSNR. Feature space
 (encoder features [N, F]): PRDC, AuthPct, C_T, FLD, FD, KID, extraction distance and copy
-score, with ``bootstrap`` confidence intervals for any of them.
+score, each with ``ci=`` confidence intervals (``confidence_interval``: half-sampling).
 """
 
-from .bootstrap import Estimate, bootstrap
+from .bootstrap import Estimate, confidence_interval
 from .copying import CopyScore, Extraction, authpct, copy_score, ct_score, extraction_distance
 from .distribution import frechet_distance, kernel_distance
 from .fidelity import PRDC, prdc
@@ -22,8 +22,8 @@ __all__ = [
     "Extraction",
     "MemorizationReport",
     "authpct",
-    "bootstrap",
     "closest_pairs_cosine",
+    "confidence_interval",
     "copy_score",
     "ct_score",
     "denoising_psnr_curve",

@@ -11,7 +11,8 @@ recomputed from direct float64 differences).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -20,6 +21,7 @@ from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
 from ..ops.exact import score64
 from ..ops.knn import search
+from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 from .similarity import nearest_cosine
 
@@ -31,14 +33,19 @@ def nearest(q: torch.Tensor, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor,
     return score64(q, x, idx, "l2").clamp_min(0).sqrt(), idx
 
 
-def authpct(train, gen) -> float:
+def authpct(train, gen, *, ci: float | None = None, n_boot: int = 100,
+            seed: int = 0) -> float:
     """Percentage of authentic generated samples, gen [M, F] against train [N ≥ 2, F].
 
     For each generated x̂ with nearest training point x_j (at d1 = ‖x̂ − x_j‖), and d2 the
     distance from x_j to its nearest *other* training point, x̂ is authentic when d2 < d1
     (Alaa et al. 2022, in dgm-eval's form): 100 · mean(authentic). A copy (d1 = 0) is never
     authentic; a training duplicate (d2 = 0) makes every sample at it authentic but a copy.
+    ``ci``: a level returns an ``Estimate`` (``confidence_interval``, ``n_boot``
+    half-samples of both sets, seeded with ``seed``).
     """
+    if ci is not None:
+        return confidence_interval(authpct, train, gen, ci=ci, n_boot=n_boot, seed=seed)
     train = as_features(train, "train", min_rows=2)
     gen = as_features(gen, "gen")
     train, gen = agree(train=train, gen=gen)
@@ -76,8 +83,8 @@ def kmeans_cells(train, test, gen, cells: int, seed: int):
             for s in (train, test, gen)]
 
 
-def ct_score(train, test, gen, cells: int = 3, *, seed: int = 0,
-             tau: float | None = None) -> float:
+def ct_score(train, test, gen, cells: int = 3, *, seed: int = 0, tau: float | None = None,
+             ci: float | None = None, n_boot: int = 100) -> float:
     """Meehan et al. 2020 data-copying statistic C_T of gen [m, F] with train [l, F] and
     held-out test [n, F]; C_T < 0 means gen lies closer to train than test does (copying),
     ≫ 0 underfitting.
@@ -88,8 +95,12 @@ def ct_score(train, test, gen, cells: int = 3, *, seed: int = 0,
     (τ = 20/m by default, as dgm-eval); C_T = Σ_π P_n(π) Z_U(π) / Σ_π P_n(π) over the kept
     cells, P_n(π) the test fraction. dgm-eval first projects features wider than 64 onto
     64 PCA components; pass such features to reproduce it. Every cell needs test and train
-    points (else InputError: use fewer cells).
+    points (else InputError: use fewer cells). ``ci``: a level returns an ``Estimate``
+    (``confidence_interval``, ``n_boot`` half-samples seeded with ``seed``).
     """
+    if ci is not None:
+        one = partial(ct_score, cells=cells, seed=seed, tau=tau)
+        return confidence_interval(one, train, test, gen, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(cells, "cells")
     train = as_features(train, "train", min_rows=cells)
     test, gen = as_features(test, "test"), as_features(gen, "gen")
@@ -121,17 +132,23 @@ class Extraction:
     ratio: torch.Tensor
     nn_index: torch.Tensor
     fraction: float
-    threshold: float
+    threshold: float = field(metadata={"parameter": True})
 
 
 def extraction_distance(gen, train, alpha: float = 0.5, k: int = 50,
-                        threshold: float = 1 / 3) -> Extraction:
+                        threshold: float = 1 / 3, *, ci: float | None = None,
+                        n_boot: int = 100, seed: int = 0) -> Extraction:
     """ℓ(x̂, x; S) = ‖x̂ − x‖ / (α · mean_{y ∈ S} ‖x̂ − y‖) for each generated x̂ [M, F], with
     x its nearest training point and S its k nearest training points (Carlini et al. 2023:
     α = 0.5, k = 50). Small ratios mean x̂ is far closer to one training image than to the
     rest (extracted). ``threshold`` is this library's default cut, not one from the paper.
     A sample whose k neighbours all sit at distance 0 gets ratio 0 (an exact copy).
+    ``ci``: a level makes ``fraction`` an ``Estimate`` (``confidence_interval``,
+    ``n_boot`` half-samples seeded with ``seed``; train needs 2k rows then).
     """
+    if ci is not None:
+        return confidence_interval(extraction_distance, gen, train, alpha=alpha, k=k,
+                                   threshold=threshold, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(k, "k")
     alpha = check_positive_float(alpha, "alpha")
     threshold = check_positive_float(threshold, "threshold")
@@ -157,17 +174,22 @@ class CopyScore:
     nn_index: torch.Tensor
     p95: float
     fraction: float
-    threshold: float
+    threshold: float = field(metadata={"parameter": True})
     background: torch.Tensor | None
     background_p95: float | None
 
 
-def copy_score(gen, train, threshold: float = 0.5, *, background: bool = True) -> CopyScore:
+def copy_score(gen, train, threshold: float = 0.5, *, background: bool = True,
+               ci: float | None = None, n_boot: int = 100, seed: int = 0) -> CopyScore:
     """Top-1 cosine similarity of each generated feature gen [M, F] to train [N, F]
     (Somepalli et al. 2023; threshold 0.5 as the paper uses for SSCD features), its 95th
     percentile and the fraction above the threshold; ``background`` adds each training
     point's top-1 cosine to the other training points (needs N ≥ 2), the level a copy
-    must beat."""
+    must beat. ``ci``: a level makes p95, fraction and background_p95 Estimates
+    (``confidence_interval``, ``n_boot`` half-samples seeded with ``seed``)."""
+    if ci is not None:
+        return confidence_interval(copy_score, gen, train, threshold=threshold,
+                                   background=background, ci=ci, n_boot=n_boot, seed=seed)
     threshold = check_positive_float(threshold, "threshold")
     gen = as_features(gen, "gen")
     train = as_features(train, "train", min_rows=2 if background else 1)

@@ -13,9 +13,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from .._checks import check_positive_int
+from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 
 
@@ -38,8 +41,14 @@ def psd_sqrt(c: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt()) @ v.T
 
 
-def frechet_distance(real, fake) -> float:
-    """Fréchet distance between Gaussians fitted to real [N ≥ 2, F] and fake [M ≥ 2, F]."""
+def frechet_distance(real, fake, *, ci: float | None = None, n_boot: int = 100,
+                     seed: int = 0) -> float:
+    """Fréchet distance between Gaussians fitted to real [N ≥ 2, F] and fake [M ≥ 2, F].
+    ``ci``: a level (e.g. 0.95) returns an ``Estimate`` with its interval
+    (``confidence_interval``, ``n_boot`` half-samples seeded with ``seed``)."""
+    if ci is not None:
+        return confidence_interval(frechet_distance, real, fake, ci=ci, n_boot=n_boot,
+                                   seed=seed)
     real = as_features(real, "real", min_rows=2)
     fake = as_features(fake, "fake", min_rows=2)
     real, fake = agree(real=real, fake=fake)
@@ -64,10 +73,14 @@ def polynomial_mmd2(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def kernel_distance(real, fake, subsets: int = 100, subset_size: int = 1000, *,
-                    seed: int = 0) -> float:
+                    seed: int = 0, ci: float | None = None, n_boot: int = 100) -> float:
     """KID: mean over ``subsets`` draws of the unbiased polynomial MMD² between
     min(subset_size, N, M) real and as many fake rows drawn without replacement, from a
-    torch generator seeded with ``seed``. real [N ≥ 2, F], fake [M ≥ 2, F]."""
+    torch generator seeded with ``seed``. real [N ≥ 2, F], fake [M ≥ 2, F]. ``ci``: a
+    level returns an ``Estimate`` (``confidence_interval``, ``n_boot`` half-samples)."""
+    if ci is not None:
+        kid = partial(kernel_distance, subsets=subsets, subset_size=subset_size, seed=seed)
+        return confidence_interval(kid, real, fake, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(subsets, "subsets")
     check_positive_int(subset_size, "subset_size", minimum=2)
     real = as_features(real, "real", min_rows=2)

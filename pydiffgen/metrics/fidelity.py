@@ -10,10 +10,15 @@ count comes from ``pydiffgen.ops.knn.search``: the real balls are queried for th
 they contain with a growing k (rows whose k-th neighbour is still inside are searched
 again with 2k), so memory is O((N + M)·k) plus one search's tiles.
 
-Ties: balls are closed (‖·‖ ≤ r, where the package writes <), and all distances and radii
-are recomputed from direct float64 differences, so identical real and fake sets give
-precision = recall = coverage = 1 (the package's strict < gives 0 wherever a radius is 0,
-i.e. k+1 duplicates) and equal numbers come out equal. Without exact ties the two agree.
+Ties: balls are closed (‖·‖ ≤ r, where the package writes <), and every comparison is
+decided on exact float64 distances from direct differences, so identical real and fake
+sets give precision = recall = coverage = 1 (the package's strict < gives 0 wherever a
+radius is 0, i.e. k+1 duplicates) and equal numbers come out equal. Without exact ties the
+two agree. The search already returns its neighbours' float64 distances rounded to
+float32; rounding is monotone, so a float32 comparison can only be wrong where the two
+float32 numbers lie within a few ulps of each other, and only those pairs (ties among
+them) are recomputed in float64 (``within``): the rest of the float64 work the search
+has done once.
 """
 
 from __future__ import annotations
@@ -25,10 +30,13 @@ import torch
 from .._checks import check_positive_int
 from ..ops.exact import score64
 from ..ops.knn import search
+from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 
 # Scores held at once by the ball queries: rows × k ≤ this.
 BALL_ELEMS = 1 << 22
+# float32 ulps (relative) within which a distance and a radius are compared in float64
+TIE_ULPS = 4
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,22 @@ def kth_radius2(x: torch.Tensor, k: int) -> torch.Tensor:
     return score64(x, x, idx[:, k:], "l2")[:, 0]
 
 
+def within(d2: torch.Tensor, idx: torch.Tensor, centres: torch.Tensor,
+           points: torch.Tensor, radius2: torch.Tensor) -> torch.Tensor:
+    """bool [r, k]: point idx[i, j] lies in the closed ball of centre i, given the search's
+    float32 squared distances d2 [r, k] and the float64 radii² [r]. Decided in float32
+    except within ``TIE_ULPS`` of the radius, where the float64 distance from direct
+    differences decides (module docstring)."""
+    r32 = radius2.float()[:, None]
+    hit = d2 <= r32
+    close = (d2 - r32).abs() <= TIE_ULPS * torch.finfo(torch.float32).eps * r32
+    if bool(close.any()):
+        i, j = close.nonzero(as_tuple=True)
+        exact = (centres[i].double() - points[idx[i, j]].double()).square().sum(-1)
+        hit[i, j] = exact <= radius2[i]
+    return hit
+
+
 def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor,
               start_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Closed balls B(centres_i, √radius2_i) against points [P, F].
@@ -68,8 +92,8 @@ def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor
         again = []
         for chunk in rows.split(max(1, BALL_ELEMS // k)):
             q = centres[chunk]
-            _, idx = search(q, points, k, "l2")
-            hit = score64(q, points, idx, "l2") <= radius2[chunk, None]  # [r, k]
+            d2, idx = search(q, points, k, "l2")
+            hit = within(d2, idx, q, points, radius2[chunk])  # [r, k]
             inside[idx[hit]] = True
             full = hit[:, -1] if k < P else torch.zeros_like(hit[:, 0])
             counts[chunk[~full]] = hit[~full].sum(1)
@@ -79,13 +103,46 @@ def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor
     return counts, inside
 
 
-def prdc(real, fake, k: int = 5) -> PRDC:
+def covered(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor,
+            start_k: int) -> torch.Tensor:
+    """inside bool [P]: the point of points [P, F] lies in at least one closed ball
+    B(centres_i, √radius2_i). As ``ball_hits`` without counts (recall needs none), so a
+    row searched again looks only among the points no ball has been seen to hold yet: a
+    ball's unseen points lie beyond its last neighbour and are among those, and after the
+    first pass few remain (fewer keys for every later search)."""
+    P = points.shape[0]
+    inside = torch.zeros(P, dtype=torch.bool, device=points.device)
+    rows = torch.arange(centres.shape[0], device=points.device)
+    keys = torch.arange(P, device=points.device)
+    k = min(start_k, P)
+    while len(rows) and k > 0:
+        pts = points if len(keys) == P else points[keys]
+        again = []
+        for chunk in rows.split(max(1, BALL_ELEMS // k)):
+            q = centres[chunk]
+            d2, idx = search(q, pts, k, "l2")
+            hit = within(d2, idx, q, pts, radius2[chunk])  # [r, k]
+            inside[keys[idx[hit]]] = True
+            if k < len(keys):  # the last neighbour inside: more may follow
+                again.append(chunk[hit[:, -1]])
+        rows = torch.cat(again) if again else rows[:0]
+        keys = (~inside).nonzero()[:, 0]
+        k = min(2 * k, len(keys))
+    return inside
+
+
+def prdc(real, fake, k: int = 5, *, ci: float | None = None, n_boot: int = 100,
+         seed: int = 0) -> PRDC:
     """Precision, recall, density, coverage of fake [M, F] against real [N, F] with k-NN
     balls (Naeem et al. 2020; k=5 as in the paper). Both sets need at least k+1 rows.
 
     Same numbers as ``prdc.compute_prdc(real, fake, k)`` where no distance equals a
-    radius; closed balls where one does (see the module docstring).
+    radius; closed balls where one does (see the module docstring). ``ci``: a level (e.g.
+    0.95) makes each number an ``Estimate`` with its interval (``confidence_interval``,
+    ``n_boot`` half-samples seeded with ``seed``).
     """
+    if ci is not None:
+        return confidence_interval(prdc, real, fake, k=k, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(k, "k")
     real = as_features(real, "real", min_rows=k + 1)
     fake = as_features(fake, "fake", min_rows=k + 1)
@@ -93,7 +150,7 @@ def prdc(real, fake, k: int = 5) -> PRDC:
     r_real, r_fake = kth_radius2(real, k), kth_radius2(fake, k)
     # the real balls, each queried for the fakes it holds: about k per ball when they match
     fakes_per_ball, fake_in_real = ball_hits(real, r_real, fake, 2 * k)
-    _, real_in_fake = ball_hits(fake, r_fake, real, 2 * k)
+    real_in_fake = covered(fake, r_fake, real, 2 * k)
     return PRDC(
         precision=float(fake_in_real.double().mean()),
         recall=float(real_in_fake.double().mean()),

@@ -31,12 +31,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from .._checks import check_positive_int
 from ..ops.exact import score64
 from ..ops.knn import search
+from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 
 LOG_VAR_RANGE = (-40.0, 20.0)
@@ -104,11 +106,16 @@ def standardize(test: torch.Tensor, *sets: torch.Tensor) -> list[torch.Tensor]:
     return [((s.double() - mu) / sd) for s in (test, *sets)]
 
 
-def fld(train, test, gen, *, neighbours: int = 50, iters: int = 50, seed: int = 0) -> FLD:
+def fld(train, test, gen, *, neighbours: int = 50, iters: int = 50, seed: int = 0,
+        ci: float | None = None, n_boot: int = 100) -> FLD:
     """Feature Likelihood Divergence of gen [M, F] given train [N ≥ 2, F] and test
     [n ≥ 2, F] (see the module docstring for the model and what differs from the
     reference code). ``neighbours``: mixture components per point; ``seed``: the
-    baseline's train split."""
+    baseline's train split. ``ci``: a level makes each number an ``Estimate``
+    (``confidence_interval``, ``n_boot`` half-samples seeded with ``seed``)."""
+    if ci is not None:
+        one = partial(fld, neighbours=neighbours, iters=iters, seed=seed)
+        return confidence_interval(one, train, test, gen, ci=ci, n_boot=n_boot, seed=seed)
     check_positive_int(neighbours, "neighbours")
     check_positive_int(iters, "iters")
     train = as_features(train, "train", min_rows=2)

@@ -4,19 +4,22 @@ The exact posterior mean E[x | y] when x is drawn uniformly from the training se
 y = x + σ·n (docs/science.md#empirical-optimum). Its Jacobian is Cov_w[y_i]/σ² (the softmax-weighted
 covariance of the training points), which gives the VJP used by autograd.
 
-Numerics (docs/design.md#numerics): training tiles are streamed with a flash-decoding-style online
-merge of (max, sum, weighted sum); no [M, N] matrix is ever held. The training mean is
-subtracted before the ‖y‖² + ‖x‖² − 2⟨y, x⟩ expansion. A logit's error is the distance
-error / 2σ², so every backend bounds it: where the float32 bound exceeds ``lse.LOGIT_TOL``
-(small σ), the rows are recomputed exactly (``exact_rows``), so σ = 0.002 on [-1, 1]
-data returns the nearest training image, never NaN.
+Numerics (docs/science.md#empirical-optimum-numerics; the one reduction is ``lse.denoise``,
+shared with ``distributed.empirical_denoiser``): no [M, N] matrix is ever held. Low
+precision only prunes: a bf16 GEMM with a rigorous per-pair error bound keeps, per row,
+every training point whose logit may lie within MARGIN + log N of the largest, and those
+get float64 logits from direct differences and an exact softmax; rows with too many
+candidates (σ comparable to the data's spread: a dense softmax) take a float64 streamed
+pass. Every row is certified within ``lse.TOL`` relative of the float64 softmax (bounds
+in ``ops.lse``): every backend is within 1e-6 relative at every σ, and σ = 0.002 on
+[-1, 1] data returns the nearest training image, never NaN.
 
-Backends in priority order:
-  CUDA: triton (pydiffgen.kernels.empirical, custom op pydiffgen::empirical_denoiser_triton)
-        → reference;
-  CPU:  cpp (pydiffgen._C, ATen GEMMs per tile + a fused OpenMP exp/merge pass, op
-        pydiffgen::empirical_denoiser) → reference (pydiffgen::empirical_denoiser_ref,
-        float64 throughout).
+Backends in priority order (each the candidate pass, then its own float64 dense pass):
+  CUDA: triton (pydiffgen.kernels.empirical in float64, custom op
+        pydiffgen::empirical_denoiser_triton) → reference;
+  CPU:  cpp (pydiffgen._C in float64, ATen GEMMs per tile + a fused OpenMP exp/merge
+        pass, op pydiffgen::empirical_denoiser) → reference
+        (pydiffgen::empirical_denoiser_ref, float64 throughout, no candidate pass).
 Each backend is a custom op registered once (``ops._register``) with a fake kernel and
 autograd (VJP by recomputation, ``pydiffgen::empirical_denoiser_vjp``, float64; the
 Jacobian Cov_w/σ² is symmetric, so the JVP is the same product); the reference and the
@@ -178,7 +181,7 @@ def _reference(y, x, sig):
 
 def _register_fast(name):
     """A fast backend's op ``name`` (y, train, sigma) -> (out, err [M] float64, the
-    estimated logit error; not differentiable)."""
+    estimated logit error; not differentiable): the dense pass, run in float64."""
 
     def fake(y, train, sigma):
         return _fake(y, train, sigma), y.new_empty(y.shape[0], dtype=torch.float64)
@@ -190,35 +193,22 @@ def _register_fast(name):
     return register(name, fake=fake, setup_context=setup_context, backward=_backward)
 
 
-def exact_rows(y, x, sig):
-    """D_M float64 [M, D] for rows whose fast logits are too coarse (small σ): the softmax
-    over the lse.CANDIDATES nearest points, or where they do not certify it (many near
-    ties at that σ) the float64 reference. Differentiable in y."""
-    m, s, a, c = lse.candidate_partials(y, x, sig)
-    out = a / s[:, None]
-    bad = lse.uncertified(m, c)
-    if bool(bad.any()):
-        out[bad] = _reference(y[bad].double(), x.double(), sig[bad])
-    return out
+def _certified(dense64):
+    """A backend's forward (y, x, σ) -> D_M in y's dtype (``lse.denoise``): each row's exact
+    softmax over the candidates of the bf16 pass where it certifies the row, the float64
+    pass ``dense64`` (y, x, σ) -> D elsewhere."""
 
+    def dense(y, x, sig):
+        return dense64(y.double(), x.double(), sig)
 
-def _corrected(fast):
-    """A fast backend's forward: rows whose logit error exceeds lse.LOGIT_TOL are replaced
-    by ``exact_rows``."""
-
-    def forward(y, x, sig):
-        out, err = fast(y, x, sig)
-        bad = err > lse.LOGIT_TOL
-        if bool(bad.any()):
-            out = out.clone()
-            out[bad] = exact_rows(y[bad], x, sig[bad]).to(out.dtype)
-        return out
-
-    return forward
+    return lambda y, x, sig: lse.denoise(y, x, sig, dense).to(y.dtype)
 
 
 _CPP_WHY_NOT = _native.cpu_why_not("empirical_denoiser")
-_cpp = _corrected(_register_fast("empirical_denoiser")) if _CPP_WHY_NOT is None else None
+if _CPP_WHY_NOT is None:
+    _cpp_fast = _register_fast("empirical_denoiser")
+    # the C++ kernel in float64: the dense pass
+    _cpp = _certified(lambda y, x, sig: _cpp_fast(y, x, sig)[0])
 
 if TRITON_WHY_NOT is None:
     # The Triton launcher is the op's kernel for every device (on the CPU it runs only under
@@ -232,10 +222,19 @@ if TRITON_WHY_NOT is None:
 
         return launch(y, train, sigma)
 
-    _triton = _corrected(_register_fast("empirical_denoiser_triton"))
+    _triton_fast = _register_fast("empirical_denoiser_triton")
+    _triton = _certified(lambda y, x, sig: _triton_fast(y, x, sig)[0])
 
 
 _op = dispatch.op("empirical_denoiser")
 _op.register("triton", ("cuda",), lambda *a: _triton(*a), cuda_why_not)
 _op.register("cpp", ("cpu",), lambda *a: _cpp(*a), lambda: _CPP_WHY_NOT)
-_op.register("reference", ("cpu", "cuda"), _reference)
+
+
+def _reference_checked(y, x, sig):
+    """The reference backend: float64 throughout (no candidate pass), with the rows whose
+    float64 logits could still move the output by lse.TOL taken from the candidates."""
+    return lse.denoise(y, x, sig, _reference, candidates=False).to(y.dtype)
+
+
+_op.register("reference", ("cpu", "cuda"), _reference_checked)

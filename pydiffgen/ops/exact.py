@@ -74,6 +74,15 @@ def centre(x: torch.Tensor) -> torch.Tensor:
     return x[::step].float().mean(0)
 
 
+def radius(x: torch.Tensor, mu: torch.Tensor) -> float:
+    """max_i ‖x_i − μ‖ for x [N, D] and μ [D], float64, in row chunks (no [N, D] float64
+    copy of x)."""
+    rows = _rows_per_chunk(1, x.shape[1])
+    r2 = max((float((x[n0 : n0 + rows].double() - mu).square().sum(1).max())
+              for n0 in range(0, x.shape[0], rows)), default=0.0)
+    return r2**0.5
+
+
 def _rows_per_chunk(k: int, D: int) -> int:
     return max(1, GATHER_ELEMS // max(1, k * D))
 

@@ -68,8 +68,8 @@ def encoder_section(rep: Report, section: dict) -> None:
     """The feature-space metrics of ``audit --encoder`` as a table with their intervals."""
     rep.heading(f"Feature space: {section['encoder']} ({section['feature_dim']} features)")
     rep.paragraph("The field's metrics of the samples against the training set (PRDC with "
-                  "the training set as the real one), each with its bootstrap interval over "
-                  "resampled samples.", "note")
+                  "the training set as the real one), each with its interval over half-samples "
+                  "of both sets.", "note")
     rep.table(["metric", "value", "low", "high"],
               [[name, r["value"], r["low"], r["high"]] for name, r in section["metrics"].items()])
 

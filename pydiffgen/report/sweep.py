@@ -10,7 +10,8 @@ from .html import Report
 
 _GRID_COLUMNS = 16  # samples per grid: 16 fit the page width with their cosines
 # below this lead of the paired median over the closer of the nearest-training median and
-# the S1–S2 baseline, the largest N is reported as weak evidence, not as a clear verdict
+# the S1–S2 baseline, or when the lead's 95% bootstrap interval reaches zero, the largest N
+# is reported as weak evidence, not as a clear verdict
 WEAK_MARGIN = 0.02
 
 
@@ -29,10 +30,20 @@ def verdict_sentence(n: int, s: dict) -> str:
         f"{s['nearest_median']:.3f} (closest S1–S2 training pairs: {s['baseline_median']:.3f}); "
         f"memorized samples (nearest/second-nearest distance < 1/3): {mem_text}; "
         f"train − test denoising PSNR gap: {s['psnr_gap_db']:.2f} dB"
+        + (f"; lead of the two models' agreement over the closer control: {lead_text(s)}"
+           if s.get("lead") else "")
         + (f"; which model made a sample is identifiable from its training set with "
            f"I ≥ {s['identification_bits']:.2f} of 1 bit." if s.get("identification_bits")
            is not None else ".")
     )
+
+
+def lead_text(s: dict) -> str:
+    """The lead with its interval and the share of samples above their nearest image."""
+    lead = s["lead"]
+    return (f"{lead['lead']:+.3f} (95% CI {lead['low']:+.3f} to {lead['high']:+.3f}), "
+            f"{100 * lead['paired_above_nearest']:.0f}% of samples nearer their twin than "
+            "their nearest training image")
 
 
 def headline(summaries: dict) -> str:
@@ -51,26 +62,31 @@ def headline(summaries: dict) -> str:
     else:
         where = "no size here is clearly memorizing or generalizing"
     top = summaries[ns[-1]]
-    rival = max(top["nearest_median"], top["baseline_median"])
-    margin = top["paired_median"] - rival
-    if margin < WEAK_MARGIN:
-        lead = (f"only {margin:.3f} more than" if margin > 0 else
-                f"no more than ({margin:+.3f})")
+    margin = top["paired_median"] - max(top["nearest_median"], top["baseline_median"])
+    lead = top.get("lead")  # with its bootstrap interval (absent in hand-made summaries)
+    ci = (f" (95% CI {lead['low']:+.3f} to {lead['high']:+.3f})" if lead else "")
+    share = (f"; {100 * lead['paired_above_nearest']:.0f}% of the samples are closer to the "
+             "other model's sample than to any of their own training images" if lead else "")
+    if margin < WEAK_MARGIN or (lead and lead["low"] <= 0):
+        lead_text = (f"only {margin:.3f} more than" if margin > 0 else
+                     f"no more than ({margin:+.3f})")
         return (f"Weak evidence: {where}, but at the largest N = {ns[-1]} the two models' "
-                f"samples agree (median cosine {top['paired_median']:.3f}) {lead} the closer "
-                f"of the nearest-training median ({top['nearest_median']:.3f}) and the S1–S2 "
-                f"baseline ({top['baseline_median']:.3f}); a clear result needs a lead of "
-                f"{WEAK_MARGIN} or more.")
+                f"samples agree (median cosine {top['paired_median']:.3f}) {lead_text} the "
+                f"closer of the nearest-training median ({top['nearest_median']:.3f}) and the "
+                f"S1–S2 baseline ({top['baseline_median']:.3f}){ci}{share}; a clear result "
+                f"needs a lead of {WEAK_MARGIN} or more whose 95% interval excludes zero.")
     return (f"{where[0].upper()}{where[1:]}. At the largest N = {ns[-1]} the two models' "
             f"samples agree (median cosine {top['paired_median']:.3f}) {margin:.3f} more than "
-            "the closer of the nearest-training median and the S1–S2 baseline.")
+            f"the closer of the nearest-training median ({top['nearest_median']:.3f}) and the "
+            f"S1–S2 baseline ({top['baseline_median']:.3f}){ci}{share}.")
 
 
 def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | None = None
                  ) -> Path:
     """report.html of a sweep: verdicts per N, similarity histograms and curves, samples,
-    PSNR curves and, where the run has them, the Gaussian and Jacobian sections. ``about``:
-    the run's metadata (version, git, date, machine, threads, stage seconds) if recorded."""
+    PSNR curves and, where the run has them, the Gaussian, Jacobian and feature-space
+    sections. ``about``: the run's metadata (version, git, date, machine, threads, stage
+    seconds) if recorded."""
     from ..config import to_dict
 
     out = Path(out)
@@ -93,6 +109,10 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | No
         from .jacobian import sweep_section
 
         sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
+    if all(per_n[n].get("features") for n in ns):  # runs before this section lack it
+        from .sweep_features import sweep_feature_section
+
+        sweep_feature_section(rep, {n: per_n[n]["features"] for n in ns})
     _about(rep, about or {}, metrics.get("seconds"))
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
@@ -132,15 +152,23 @@ def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
         rep.paragraph(verdict_sentence(n, summaries[n]), css_class="verdict")
     rep.table(
         ["N", "verdict", "paired median", "nearest median", "S1–S2 baseline",
-         "memorized", "PSNR gap (dB)", "gen. score", "I(sample; set) ≥ (bits)"],
+         "lead [95% CI]", "paired > nearest", "memorized", "PSNR gap (dB)", "gen. score",
+         "I(sample; set) ≥ (bits)"],
         [[n, s["verdict"], s["paired_median"], s["nearest_median"], s["baseline_median"],
+          f"{s['lead']['lead']:+.3f} [{s['lead']['low']:+.3f}, {s['lead']['high']:+.3f}]",
+          f"{100 * s['lead']['paired_above_nearest']:.0f}%",
           "n/a" if s["memorized_fraction"] is None else f"{100 * s['memorized_fraction']:.0f}%",
           s["psnr_gap_db"], s["generalization_score"],
           "n/a" if s.get("identification_bits") is None else s["identification_bits"]]
          for n, s in summaries.items()],
     )
     rep.paragraph(
-        "Medians are cosine similarities. Memorized: the share of samples whose nearest / "
+        "Medians are cosine similarities. Lead: the paired median minus the larger of the "
+        "nearest and S1–S2 medians, with its 95% bootstrap interval (seeds and S1 images "
+        "redrawn); above zero throughout, the two models agree more than chance closeness "
+        "of the data or copying would explain. Paired > nearest: the share of samples whose "
+        "cosine to the other model's sample from the same seed exceeds their cosine to their "
+        "nearest training image. Memorized: the share of samples whose nearest / "
         "second-nearest training distance is below 1/3. PSNR gap: denoising PSNR on the "
         "models' own training images minus on held-out images. Gen. score (Li, Dai & Qu "
         "2024): the mean distance of a sample to its nearest training image relative to "

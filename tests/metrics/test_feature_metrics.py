@@ -4,6 +4,7 @@ on random features and on sklearn's 8×8 digits (integer pixels: many exact dupl
 and equidistant pairs), with duplicates across the two sets."""
 
 import contextlib
+import dataclasses
 import io
 
 import numpy as np
@@ -15,7 +16,7 @@ from sklearn.datasets import load_digits
 from pydiffgen.errors import InputError
 from pydiffgen.metrics import (
     authpct,
-    bootstrap,
+    confidence_interval,
     copy_score,
     ct_score,
     extraction_distance,
@@ -289,17 +290,18 @@ def test_copy_score_matches_dense(digits):
                                    dense_top1_cosine(t, t, exclude_self=True), atol=1e-6)
 
 
-# ---- bootstrap ----
+# ---- confidence intervals (more in test_intervals.py) ----
 
-def test_bootstrap_interval_brackets_and_is_seeded():
+def test_interval_brackets_and_is_seeded():
     real, fake = random_pair(200, 200, 6, seed=9)
-    est = bootstrap(frechet_distance, real, fake, n_boot=30, seed=1)
+    est = confidence_interval(frechet_distance, real, fake, n_boot=30, seed=1)
     assert est.value == pytest.approx(frechet_distance(real, fake))
     assert est.low <= est.high and est.ci == 0.95
-    assert est == bootstrap(frechet_distance, real, fake, n_boot=30, seed=1)
-    four = bootstrap(prdc, real, fake, n_boot=10, k=3)
-    assert set(four) == {"precision", "recall", "density", "coverage"}
-    fixed = bootstrap(authpct, real, fake, n_boot=10, resample_sets=(1,))
+    assert est == confidence_interval(frechet_distance, real, fake, n_boot=30, seed=1)
+    four = confidence_interval(prdc, real, fake, n_boot=10, k=3)
+    assert {f.name for f in dataclasses.fields(four)} == {"precision", "recall", "density",
+                                                         "coverage"}
+    fixed = authpct(real, fake, ci=0.95, n_boot=10)
     assert fixed.value == authpct(real, fake) and fixed.low <= fixed.high
 
 
