@@ -218,6 +218,10 @@ def cmd_audit(args) -> int:
 
     if (args.samples is None) == (args.model is None):
         raise InputError("pass exactly one of --samples FILE and --model DIR")
+    if args.prompts or args.classes:
+        return _condition_audit(args)
+    if args.train is None:
+        raise InputError("--train FILE is required (the training set to search)")
     config = cfgmod.from_arguments(au.AuditConfig, args)
     out = Path(args.out)
     train, train_info = au.load_images(args.train)
@@ -230,6 +234,63 @@ def cmd_audit(args) -> int:
     with _hold(out, "audit") if _is_main() else contextlib.nullcontext():
         return _audit(args, config, train, train_info, model if args.model else None,
                       None if args.model else (samples, samples_info), features)
+
+
+def _condition_audit(args) -> int:
+    """``audit --model DIR --prompts FILE | --classes LIST``: memorization detectors per
+    condition, ranked (experiments.detection)."""
+    from .experiments import audit as au
+    from .experiments import detection
+
+    if args.model is None:
+        raise InputError("--prompts / --classes need --model DIR (a conditional model)")
+    if args.prompts and args.classes:
+        raise InputError("pass one of --prompts FILE and --classes LIST, not both")
+    model = au.load_denoiser(args.model, device=args.device)
+    prompts = classes = None
+    if args.prompts:
+        prompts = [s.strip() for s in _read_text(args.prompts, "--prompts").splitlines()
+                   if s.strip()]
+    else:
+        classes = _int_list(args.classes, "--classes")
+    cond, names = detection.conditions(model, prompts=prompts, classes=classes)
+    labels = detection.read_labels(args.labels, len(names)) if args.labels else None
+    train = au.load_images(args.train)[0] if args.train else None
+    encoder = None
+    if args.encoder:
+        from .features import load_encoder
+
+        encoder = load_encoder(args.encoder, device=args.device,
+                               trust_code=args.trust_torchscript).encode
+    out = Path(args.out)
+    with _hold(out, "audit"):
+        result = detection.condition_audit(
+            model, cond, names, train=train, guidance=args.guidance, encoder=encoder,
+            labels=labels, n=args.n, seed=args.seed, device=args.device,
+            **cfgmod.parse_options(args.sampler_option))
+        report = detection.write_detect_report(result, train, out)
+    for i, name in enumerate(result["ranking"]["wen"], 1):
+        row = next(r for r in result["conditions"] if r["condition"] == name)
+        copies = f"; copies {row['copies']}/{args.n}" if "copies" in row else ""
+        print(f"{i:3d}. {name}: Wen score {row['wen_score']:.4g}{copies}")
+    if "auc" in result:
+        print("AUC: " + ", ".join(f"{k} {v:.3f}" for k, v in result["auc"].items()))
+    print(f"detect.json: {out / 'detect.json'}; report: {report}")
+    return 0
+
+
+def _read_text(path, flag: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{flag} {path}: cannot read it ({err})") from None
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
 def _audit(args, config, train, train_info, model, samples, features) -> int:
@@ -287,6 +348,26 @@ def cmd_metrics(args) -> int:
         report = fm.write_metrics(result, out)
     print(fm.format_table(result))
     print(f"metrics: {out / 'metrics.json'}; report: {report}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    """Run one claim (or all) of the papers and print paper beside ours; --list shows the
+    table of claims with the last stored results."""
+    from .experiments import reproduce as rp
+
+    if args.list or args.claim is None:
+        for r in rp.claim_rows(args.out, args.scale):
+            print(f"{r['claim']:10s}  {r['paper']}: {r['paper_value']}\n"
+                  f"{'':10s}  ours ({r['scale']}): {r['ours'] or '—'}  [{r['verdict']}]")
+        return 0
+    names = [c.name for c in rp.CLAIMS] if args.claim == "all" else [rp.claim(args.claim).name]
+    with _hold(Path(args.out), "reproduction"):
+        for name in names:
+            row = rp.reproduce(name, scale=args.scale, out=args.out, progress=not args.quiet)
+            print(f"{name}: paper {row['paper_value']}; ours {row['ours']} [{row['verdict']}]")
+        report = rp.write_report(args.out, args.scale)
+    print(f"report: {report}")
     return 0
 
 
@@ -392,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_jacobian(sub)
     _add_audit(sub)
     _add_metrics(sub)
+    _add_reproduce(sub)
     s = sub.add("backends", "what was built and which backends can run")
     s.set_defaults(func=cmd_backends)
     s = sub.add("datasets", "list dataset names")
@@ -534,8 +616,9 @@ def _add_audit(sub: _Subcommands) -> None:
 
     s = sub.add("audit", "memorization audit: are samples copies of training images")
     s.add_argument("--samples", metavar="FILE[:KEY]", help=f"the samples: {_IMAGES_HELP}")
-    s.add_argument("--train", required=True, metavar="FILE[:KEY]",
-                   help="the training set, in the same formats")
+    s.add_argument("--train", metavar="FILE[:KEY]",
+                   help="the training set, in the same formats (optional with --prompts / "
+                   "--classes: Wen et al.'s detector needs none)")
     s.add_argument("--features", metavar="FILE.npz",
                    help=".npz with embeddings 'samples' [M, D] and 'train' [N, D]")
     s.add_argument("--encoder", help=f"add the field's feature-space metrics on this "
@@ -544,7 +627,16 @@ def _add_audit(sub: _Subcommands) -> None:
                    help="allow a torchscript: encoder (its archive holds code it runs)")
     s.add_argument("--model", help="instead of --samples: a pydiffgen checkpoint or a "
                    "diffusers UNet2DModel folder to sample from")
-    s.add_argument("--n", type=int, default=64, help="samples to draw from --model")
+    s.add_argument("--prompts", metavar="FILE", help="with a text-conditional --model: "
+                   "one prompt per line; ranks them by memorization detectors (detect.json)")
+    s.add_argument("--classes", metavar="LIST", help="with a class-conditional --model: "
+                   "class indices, e.g. 0,1,2; ranks them like --prompts")
+    s.add_argument("--guidance", type=float, help="classifier-free guidance weight w of the "
+                   "conditional samples (default: none, the conditional model)")
+    s.add_argument("--labels", metavar="FILE", help="with --prompts / --classes: one 0/1 per "
+                   "condition (1: known memorized) for the detectors' ROC AUC")
+    s.add_argument("--n", type=int, default=64, help="samples to draw from --model "
+                   "(per condition with --prompts / --classes)")
     s.add_argument("--seed", type=int, default=0, help="seed of the samples drawn from --model")
     s.add_argument("--method", help=_METHODS_HELP)
     s.add_argument("--sampler-option", action="append", metavar="KEY=VALUE",
@@ -553,6 +645,19 @@ def _add_audit(sub: _Subcommands) -> None:
     s.add_argument("--out", default="runs/audit", help="output folder")
     cfgmod.add_arguments(s, AuditConfig)
     s.set_defaults(func=cmd_audit)
+
+
+def _add_reproduce(sub: _Subcommands) -> None:
+    from .experiments.reproduce import CLAIMS
+
+    s = sub.add("reproduce", "reproduce a claim of the papers: the paper's number beside ours")
+    s.add_argument("claim", nargs="?", help=f"all, or one of {', '.join(c.name for c in CLAIMS)}"
+                   " (none: the list)")
+    s.add_argument("--list", action="store_true", help="list the claims and stored results")
+    s.add_argument("--scale", default="cpu", choices=("cpu", "paper"),
+                   help="cpu: presets for a 2-core CPU; paper: the papers' settings (a GPU)")
+    s.add_argument("--out", default="runs/reproduce", help="output folder")
+    s.set_defaults(func=cmd_reproduce)
 
 
 def _add_metrics(sub: _Subcommands) -> None:

@@ -3,6 +3,7 @@ command line is built from (:class:`Experiment`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import sys
@@ -19,7 +20,8 @@ from ..errors import ConfigError, InputError
 from ..io import read_json, write_json
 
 __all__ = ["Eta", "Experiment", "RunDir", "duration", "hold_folder", "log_to_stderr",
-           "named_preset", "torch_threads", "writable_folder"]
+           "named_preset", "torch_threads", "training_estimate", "training_rate",
+           "writable_folder"]
 
 # folders this process holds, {resolved path: depth}: a command that locks its --out and
 # then runs an experiment that locks the same folder holds it once
@@ -271,6 +273,37 @@ def duration(seconds: float) -> str:
         return f"{seconds / 60:.0f} min"
     hours, minutes = divmod(round(seconds / 60), 60)
     return f"{hours} h {minutes:02d} min"
+
+
+def training_rate(model: str, model_options: dict, shape, train_config) -> float:
+    """Training images per second of ``models.build(model, **model_options)`` on images of
+    ``shape`` [C, H, W] with ``train_config`` (its batch size, σ distribution, device), on
+    this machine now: the time of a few real steps on random images after a warm-up. The
+    content of the images does not change the time of a step."""
+    from .. import models, training
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(max(2, train_config.batch_size), *shape, generator=g)
+    classes = model_options.get("num_classes") or 0  # a class-conditional model's labels
+    labels = torch.randint(classes, (len(x),), generator=g) if classes else None
+
+    def seconds(steps: int) -> float:
+        tc = dataclasses.replace(train_config, steps=steps, checkpoint_every=None)
+        net = models.build(model, channels=shape[0], **model_options)
+        t0 = time.perf_counter()
+        training.train(net, x, tc, labels=labels, progress=False)
+        return time.perf_counter() - t0
+
+    seconds(2)  # warm-up: first calls allocate and pick kernels
+    return 6 * train_config.batch_size / max(seconds(8) - seconds(2), 1e-6)
+
+
+def training_estimate(images: int, rate: float) -> str:
+    """The plan's line for ``images`` training images (steps × batch, all models) at
+    ``rate`` images/s."""
+    return (f"  estimated training time: {duration(images / rate)} ({images} images at "
+            f"{rate:.0f} images/s, measured here with {torch.get_num_threads()} threads); "
+            "evaluation comes on top. An estimate: other jobs on the machine slow it down")
 
 
 class Eta:

@@ -57,13 +57,19 @@ class ClosedFormConfig:
         "help": "odd patch sizes the LS / ELS / PSPC calibration chooses from"})
     blur_delta: float = field(default=0.1, metadata={"help": "δ of the blurred optimum"})
     smooth_s: float = field(default=0.1, metadata={"help": "s of the smoothed optimum"})
-    seed: int = field(default=0, metadata={"help": "seed of the fixed noise"})
+    seed: int = field(default=0, metadata={"help": "seed of the fixed noise and the samples"})
+    n_samples: int = field(default=16, metadata={
+        "help": "samples of the network and of each closed form from the same initial noise "
+                "(0: none)"})
+    sampler_steps: int = field(default=18, metadata={"help": "Heun steps of those samples"})
     threads: int | None = field(default=1, metadata={"help": "torch CPU threads (none: "
                                                              "leave torch's setting)"})
     device: str = "cpu"
 
     def __post_init__(self):
-        cfgmod.check_positive_ints(self, ("n_heldout",))
+        cfgmod.check_positive_ints(self, ("n_heldout", "sampler_steps"))
+        if self.n_samples < 0:
+            raise ConfigError(f"n_samples must be >= 0, got {self.n_samples}")
         if self.n_train is not None and self.n_train < 1:
             raise ConfigError(f"n_train must be >= 1 or none, got {self.n_train}")
         if not self.sigmas or any(not (math.isfinite(s) and s > 0) for s in self.sigmas):
@@ -98,6 +104,9 @@ def plan(config: ClosedFormConfig) -> str:
         f"RMSE of {', '.join(MODELS)}",
         f"  LS / ELS / PSPC patch size calibrated per σ among "
         f"{', '.join(map(str, c.patch_sizes))}",
+        f"  {c.n_samples} deterministic Heun samples ({c.sampler_steps} steps) of the network "
+        "and of every closed form from the same initial noise" if c.n_samples else
+        "  no samples",
     ])
 
 
@@ -163,6 +172,47 @@ def _analyse(config: ClosedFormConfig, sigma: float, net, train, held, global_mo
     return res
 
 
+def calibrated_size(per_sigma: list[dict], name: str):
+    """σ -> the patch size calibrated for model ``name`` at the stored σ nearest in log σ
+    (the patch size of a sampling step between two calibrated noise levels)."""
+    sigmas = [r["sigma"] for r in per_sigma]
+
+    def size(sigma: float) -> int:
+        i = min(range(len(sigmas)), key=lambda j: abs(math.log(sigmas[j] / max(sigma, 1e-12))))
+        return int(per_sigma[i]["patch_size"][name])
+
+    return size
+
+
+@torch.no_grad()
+def _samples(config: ClosedFormConfig, net, train, global_models, per_sigma) -> dict:
+    """Deterministic Heun samples of the network and of every closed form from the same
+    initial noise (one seed), with each closed form's per-sample cosine to the network's
+    sample and the fraction of its samples that copy a training image."""
+    from ..analysis import LocalEmpiricalDenoiser, PatchPosteriorDenoiser
+    from ..diffusion.sampling import sample
+    from ..metrics import memorization, paired_cosine
+
+    def draw(denoiser):
+        return sample(denoiser, config.n_samples, tuple(train.shape[1:]), method="heun",
+                      steps=config.sampler_steps, seed=config.seed,
+                      device=config.device).cpu()
+
+    models = {**global_models,
+              "LS": LocalEmpiricalDenoiser(train, calibrated_size(per_sigma, "LS")),
+              "ELS": LocalEmpiricalDenoiser(train, calibrated_size(per_sigma, "ELS"),
+                                            equivariant=True),
+              "PSPC": PatchPosteriorDenoiser(train, calibrated_size(per_sigma, "PSPC"))}
+    x_net = draw(net)
+    out = {"network": {"samples": x_net.tolist(),
+                       "memorized": memorization(x_net, train.cpu()).fraction}}
+    for name in MODELS:
+        x = draw(models[name])
+        out[name] = {"samples": x.tolist(), "cosine": paired_cosine(x, x_net).tolist(),
+                     "memorized": memorization(x, train.cpu()).fraction}
+    return out
+
+
 def closed_form(config: ClosedFormConfig, out_dir=None, *, resume: bool = True,
                 progress: bool = True, log=None) -> dict:
     """Run (or resume) the comparison; write analysis/sigma<i>.json, metrics.json and
@@ -176,8 +226,11 @@ def closed_form(config: ClosedFormConfig, out_dir=None, *, resume: bool = True,
         run.claim("run")
         train, held = train.to(config.device), held.to(config.device)
         models = _closed_forms(config, train)
-        for i, s in enumerate(config.sigmas):
-            run.cached(f"sigma{i}", lambda s=s: _analyse(config, s, net, train, held, models))
+        per_sigma = [run.cached(f"sigma{i}", lambda s=s: _analyse(config, s, net, train,
+                                                                   held, models))
+                     for i, s in enumerate(config.sigmas)]
+        if config.n_samples:
+            run.cached("samples", lambda: _samples(config, net, train, models, per_sigma))
     run.write_json("dataset.json", {"name": config.data, "train": len(train),
                                     "held_out": len(held), "shape": list(train.shape[1:])})
     metrics = write_report(run.path, seconds=time.perf_counter() - t0)
@@ -205,6 +258,11 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
                               for m in ("LS", "ELS", "PSPC")},
                "calibration": [r["calibration"] for r in per_sigma],
                "best": [max(MODELS, key=r["r2"].__getitem__) for r in per_sigma]}
+    if config.n_samples:
+        path = out / "analysis" / "samples.json"
+        if not path.exists():
+            raise ConfigError(f"{out} is missing {path.name}; rerun with the same config")
+        metrics["samples"] = read_json(path)
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)
@@ -221,6 +279,12 @@ def summary(metrics: dict) -> list[str]:
         lines.append(f"{s:>8.3g}  {metrics['best'][i]:>9}  "
                      + "  ".join(f"{metrics['r2'][m][i]:>9.3f}" for m in MODELS)
                      + f"  {sizes}")
+    if "samples" in metrics:
+        sam = metrics["samples"]
+        lines.append("samples from the network's initial noise (median cosine to the network; "
+                     "memorized): " + ", ".join(
+                         f"{m} {sorted(sam[m]['cosine'])[len(sam[m]['cosine']) // 2]:.3f}; "
+                         f"{100 * sam[m]['memorized']:.0f}%" for m in MODELS))
     return lines
 
 

@@ -32,7 +32,14 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import Experiment, RunDir, named_preset, torch_threads
+from ._runs import (
+    Experiment,
+    RunDir,
+    named_preset,
+    torch_threads,
+    training_estimate,
+    training_rate,
+)
 
 __all__ = ["EXPERIMENT", "GaussianConfig", "PRESETS", "gaussian_structure", "plan", "preset",
            "regimes", "write_report"]
@@ -131,7 +138,23 @@ def plan(config: GaussianConfig) -> str:
         f"  {c.n_sigmas} log-spaced sigma in [{c.sigma_min}, {c.sigma_max}] on {c.n_eval} "
         "held-out images: network, linear distillation D_L, Gaussian D_G, empirical D_M",
         f"  generalization score of {c.n_samples} Heun samples per model",
+        _estimate(c, keys),
     ])
+
+
+def _estimate(c: GaussianConfig, keys) -> str:
+    """The plan's training-time line: each width's measured rate (widths differ in cost)."""
+    from ..data import load
+
+    shape = tuple(load(c.dataset, **dict(c.dataset_options))[:1].shape[1:])
+    with torch_threads(c.threads):
+        seconds = 0.0
+        for width in sorted({w for _, w in keys}):
+            rate = training_rate("unet", {"width": width, "levels": c.levels}, shape,
+                                 _train_config(c, c.steps, seed=c.seed))
+            seconds += sum(w == width for _, w in keys) * c.steps * c.batch_size / rate
+        images = len(keys) * c.steps * c.batch_size
+        return training_estimate(images, images / seconds)
 
 
 def _model_keys(c: GaussianConfig) -> list[tuple[int, int]]:
@@ -194,15 +217,18 @@ def _data(config: GaussianConfig, run: RunDir):
     return x[: config.n_train], x[config.n_train :]
 
 
+def _train_config(config: GaussianConfig, steps: int, seed: int):
+    from ..training import TrainConfig
+
+    return TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
+                       sigma_dist="edm", ema=None, checkpoint_every=None, seed=seed,
+                       device=config.device)
+
+
 def _model(config: GaussianConfig, run: RunDir, n, width, steps, train, progress):
     """The (n, width) model after ``steps`` steps: one training run per model, continued
     through the checkpoints (their weights kept as snapshots)."""
-    from ..training import TrainConfig
-
-    seed = config.seed + 1000 * width + n
-    tc = TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
-                     sigma_dist="edm", ema=None, checkpoint_every=None, seed=seed,
-                     device=config.device)
+    tc = _train_config(config, steps, seed=config.seed + 1000 * width + n)
     return run.trained_model(f"models/n{n}_w{width}", "unet",
                              {"width": width, "levels": config.levels}, lambda: train[:n], tc,
                              snapshot=steps != config.steps, progress=progress,

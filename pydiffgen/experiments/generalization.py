@@ -68,6 +68,15 @@ class SweepConfig:
         default=2, metadata={"help": "held-out images per N for Jacobian spectra (0: skip)"})
     jacobian_sigmas: tuple[float, ...] = field(
         default=(0.1, 0.5, 2.0), metadata={"help": "noise levels of the Jacobian spectra"})
+    condition: str = field(default="none", metadata={
+        "help": "none, or classes: class-conditional pairs (the dataset's labels, the unet "
+                "model), sampled class by class, memorization reported per class"})
+    label_dropout: float = field(default=0.1, metadata={
+        "help": "with --condition classes: the probability a training label is dropped "
+                "(the model also learns the unconditional denoiser, for guidance)"})
+    guidance: float | None = field(default=None, metadata={
+        "help": "with --condition classes: classifier-free guidance weight w of the samples "
+                "(none: the conditional model)"})
     encoder: str = field(default="pixel", metadata={
         "help": "encoder of the feature-space section (pixel, dinov2:DIR, clip:DIR, "
                 "inception:FILE; local weights)"})
@@ -91,9 +100,23 @@ class SweepConfig:
             raise ConfigError(f"dedup_threshold must be in (0, 1], got {self.dedup_threshold}")
         if self.jacobian_images < 0:
             raise ConfigError(f"jacobian_images must be >= 0, got {self.jacobian_images}")
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}, got "
+                              f"{self.condition!r}")
+        if self.condition == "classes" and self.model != "unet":
+            raise ConfigError(f"condition=classes trains the class-conditional unet, not "
+                              f"{self.model!r}; pass --model unet")
+        if not 0 <= self.label_dropout < 1:
+            raise ConfigError(f"label_dropout must be in [0, 1), got {self.label_dropout}")
+        if self.guidance is not None and (self.condition != "classes" or not self.label_dropout):
+            raise ConfigError("guidance needs condition=classes and label_dropout > 0 (the "
+                              "unconditional denoiser it guides against)")
         if self.jacobian_images and (not self.jacobian_sigmas
                                      or any(not v > 0 for v in self.jacobian_sigmas)):
             raise ConfigError(f"jacobian_sigmas must be positive, got {self.jacobian_sigmas}")
+
+
+CONDITIONS = ("none", "classes")
 
 
 def _check_names(dataset: str, model: str) -> None:
@@ -156,7 +179,7 @@ def plan(config: SweepConfig) -> str:
     (``--dry-run``). Checks what the run would before training: the dataset loads and
     still holds two disjoint subsets of the largest N after de-duplication."""
     c = config
-    x, _, n_raw = _data(config, log=lambda msg: None)
+    x, _, n_raw, _ = _data(config, log=lambda msg: None)
     lines = [
         f"sweep {c.name!r}: dataset {c.dataset} {dict(c.dataset_options) or ''}".rstrip(),
         f"  de-duplicate at |corr| > {c.dedup_threshold}" if c.dedup_threshold else
@@ -227,7 +250,8 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         dist.run_on_main(lambda: run.claim("sweep"))
         progress = progress and rank == 0
         t_start = time.perf_counter()
-        x, groups, n_raw = _data(config, run.log)
+        x, groups, n_raw, labels = _data(config, run.log)
+        num_classes = 0 if labels is None else int(labels.max()) + 1
         encoder = _feature_encoder(config)
         t_data = time.perf_counter() - t_start
         heldout = _heldout(config, run, x, groups)
@@ -240,14 +264,17 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
             eta = Eta(len(runs[rank::world]), run.log)
             for n, sub in runs[rank::world]:
                 idx = _split(disjoint_split, x, n, config.seed, groups)[sub == "B"]
-                _model(config, run, n, sub, x[idx], progress, eta)
+                _model(config, run, n, sub, x[idx], progress, eta,
+                       labels=None if labels is None else labels[idx],
+                       num_classes=num_classes)
             dist.barrier()
         eta = Eta(2 * len(todo[rank::world]), run.log) if world == 1 else None
         for n in todo[rank::world]:
             t0 = time.perf_counter()
             idx1, idx2 = _split(disjoint_split, x, n, config.seed, groups)
             result = _run_size(config, run, x[idx1], x[idx2], progress, heldout=heldout,
-                               eta=eta)
+                               eta=eta, labels=None if labels is None else
+                               (labels[idx1], labels[idx2], num_classes))
             run.write_json(f"n{n}/metrics.json", result)
             run.write_json(f"n{n}/time.json", {"seconds": time.perf_counter() - t0})
         for n in sorted(set(config.sizes) - set(todo)):
@@ -360,16 +387,22 @@ def _attach_features(out: Path, per_n: dict, metrics: dict) -> None:
 
 
 def _data(config: SweepConfig, log):
-    """(images [N, *F] after de-duplication, their groups or None, N before it); ``log``
-    receives one line."""
+    """(images [N, *F] after de-duplication, their groups or None, N before it, their
+    class labels [N] or None); ``log`` receives one line. Labels are read only for
+    ``condition="classes"``, which needs a dataset that has them."""
     from ..data import deduplicate, load
 
     x, info = load(config.dataset, return_info=True, **dict(config.dataset_options))
     groups = info.get("groups")
+    labels = info.get("labels") if config.condition == "classes" else None
+    if config.condition == "classes" and labels is None:
+        raise ConfigError(f"condition=classes needs class labels, but {config.dataset} has "
+                          "none; use a labelled dataset (e.g. digits) or condition=none")
     n_raw = len(x)
     if config.dedup_threshold is not None:
         x, kept = deduplicate(x, threshold=config.dedup_threshold, return_index=True)
         groups = groups[kept] if groups is not None else None
+        labels = labels[kept] if labels is not None else None
     log(f"{config.dataset}: {n_raw} images, {len(x)} after de-duplication, "
             f"shape {tuple(x.shape[1:])}")
     if 2 * max(config.sizes) > len(x):
@@ -377,7 +410,7 @@ def _data(config: SweepConfig, log):
             f"the largest N={max(config.sizes)} needs {2 * max(config.sizes)} distinct images "
             f"but {config.dataset} has {len(x)} after de-duplication; lower --sizes"
         )
-    return x, groups, n_raw
+    return x, groups, n_raw, labels
 
 
 def _heldout(config: SweepConfig, run: RunDir, x, groups):
@@ -401,9 +434,11 @@ def _split(disjoint_split, x, n, seed, groups):
 
 
 def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress,
-           eta: Eta | None = None):
+           eta: Eta | None = None, labels=None, num_classes: int = 0):
     """Model ``sub`` (A on S1, B on S2) of size N = n, trained or loaded from ``n<n>/<sub>``;
-    ``eta`` logs the sweep's progress."""
+    ``eta`` logs the sweep's progress; ``labels`` [n]: its images' classes, for a
+    class-conditional model over ``num_classes`` (every class of the sweep's data, so that
+    both models of every N know all of them, even when their few images miss some)."""
     from ..training import TrainConfig
 
     if eta is not None:
@@ -415,15 +450,25 @@ def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress,
         lr_halve_every=config.lr_halve_every,
         sigma_dist=config.sigma_dist, sigma_max=config.sigma_max, ema=config.ema,
         seed=seed, device=config.device,
+        label_dropout=config.label_dropout if labels is not None else 0.0,
     )
-    return run.trained_model(f"n{n}/{sub}", config.model, dict(config.model_options),
-                             lambda: data, train_config, progress=progress,
+    options = dict(config.model_options)
+    if labels is not None:
+        options["num_classes"] = num_classes
+    return run.trained_model(f"n{n}/{sub}", config.model, options, lambda: data,
+                             train_config, labels=labels, progress=progress,
                              label=f"N={n} {sub}")
 
 
+def sample_classes(n: int, num_classes: int) -> torch.Tensor:
+    """The class of each of n samples, balanced and the same for both models: k mod K."""
+    return torch.arange(n) % num_classes
+
+
 def _samples(config: SweepConfig, run: RunDir, model_a, model_b, s1):
-    """Both models' samples from the same seeds: (A, B, stored) with ``stored`` True when
-    a previous run had written them."""
+    """Both models' samples from the same seeds (and, class-conditional, the same classes:
+    :func:`sample_classes`): (A, B, stored) with ``stored`` True when a previous run had
+    written them."""
     from ..diffusion.sampling import sample
 
     n = len(s1)
@@ -436,6 +481,9 @@ def _samples(config: SweepConfig, run: RunDir, model_a, model_b, s1):
     run.log(f"N={n}: sampling {config.n_samples} images from each model")
     kw = dict(config.sampler_options)
     shape = tuple(s1.shape[1:])
+    if config.condition == "classes":
+        kw.update(cond=sample_classes(config.n_samples, model_a.num_classes),
+                  guidance=config.guidance)
     xa, xb = (sample(m, config.n_samples, shape, method=config.sampler,
                      seed=config.sample_seed, device=config.device, **kw).cpu()
               for m in (model_a, model_b))
@@ -468,13 +516,16 @@ def _psnr_curves(config: SweepConfig, model_a, model_b, s1, s2) -> dict:
 
 
 def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None,
-              eta: Eta | None = None) -> dict:
+              eta: Eta | None = None, labels=None) -> dict:
+    """One N: train (or load) both models, sample, compare. ``labels``: (S1's, S2's class
+    labels, number of classes) of a class-conditional sweep, else None."""
     from .. import metrics
     from ..analysis.information import identification_bound
 
     n = len(s1)
-    model_a = _model(config, run, n, "A", s1, progress, eta)
-    model_b = _model(config, run, n, "B", s2, progress, eta)
+    y1, y2, k = labels if labels is not None else (None, None, 0)
+    model_a = _model(config, run, n, "A", s1, progress, eta, labels=y1, num_classes=k)
+    model_b = _model(config, run, n, "B", s2, progress, eta, labels=y2, num_classes=k)
     xa, xb, stored = _samples(config, run, model_a, model_b, s1)
     c = config.center
     paired = metrics.paired_cosine(xa, xb, center=c)
@@ -491,8 +542,10 @@ def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None,
         mem_a, mem_b = metrics.memorization(xa, s1), metrics.memorization(xb, s2)
         mem = {"fraction": (mem_a.fraction + mem_b.fraction) / 2,
                "ratio": mem_a.ratio.tolist() + mem_b.ratio.tolist()}
+        memorized = torch.stack([mem_a.memorized, mem_b.memorized])  # [2, M]
     else:  # the nearest/second-nearest ratio needs two training images
         mem = {"fraction": None, "ratio": []}
+        memorized = None
     # Yi, Sun & Li (2023): I(sample; training set) ≥ log 2 − CE of identifying, from
     # nearest-neighbour distances, which of the two disjoint sets a sample came from
     ident = identification_bound([xa, xb], [s1, s2], folds=_FOLDS, seed=config.seed)
@@ -522,7 +575,25 @@ def _run_size(config: SweepConfig, run: RunDir, s1, s2, progress, heldout=None,
         "identification_accuracy": ident.accuracy,
         "generalization_score": (metrics.generalization_score(xa, s1)
                                  + metrics.generalization_score(xb, s2)) / 2,
+        **({"per_class": per_class(paired, memorized,
+                                   sample_classes(len(xa), model_a.num_classes))}
+           if labels is not None else {}),
     }
+
+
+def per_class(paired: torch.Tensor, memorized: torch.Tensor | None,
+              classes: torch.Tensor) -> dict:
+    """Per class of the samples (``classes`` [M]): how many, the two models' paired median
+    cosine and the memorized fraction of both models' samples of that class (``memorized``
+    [2, M] bool, None when N < 2), {class: {...}}."""
+    out = {}
+    for k in classes.unique().tolist():
+        sel = classes == k
+        out[str(k)] = {"samples": int(sel.sum()),
+                       "paired_median": float(paired[sel].median()),
+                       "memorized": None if memorized is None else
+                       float(memorized[:, sel].double().mean())}
+    return out
 
 
 def gaussian_rmse(model, train, held, device, max_dim: int = 4096):
@@ -558,11 +629,12 @@ def verdict(summary: dict) -> str:
     return "transition"
 
 
-def lead_over_controls(paired, nearest, baseline, *, ci: float = 0.95, n_boot: int = 2000,
+def lead_over_controls(paired, nearest, baseline, *, ci: float = 0.95, n_boot: int = 1000,
                        seed: int = 0) -> dict:
     """The evidence of generalization at one N: how far the two models' samples agree
     beyond both controls, lead = median(paired) − max(median(nearest), median(baseline)),
-    with its bootstrap percentile interval, and the share of samples whose paired cosine
+    with its half-sampling interval (:func:`pydiffgen.metrics.bootstrap.confidence_interval`,
+    the one method of every interval here), and the share of samples whose paired cosine
     exceeds their own nearest-training cosine.
 
     paired [M] (A_i vs B_i), nearest [2M] (A's samples, then B's), baseline [K] (S1 images
@@ -572,7 +644,7 @@ def lead_over_controls(paired, nearest, baseline, *, ci: float = 0.95, n_boot: i
     """
     import numpy as np
 
-    from ..metrics.bootstrap import bootstrap
+    from ..metrics.bootstrap import confidence_interval
 
     paired = np.asarray(paired, dtype=np.float64)
     m = len(paired)
@@ -582,8 +654,8 @@ def lead_over_controls(paired, nearest, baseline, *, ci: float = 0.95, n_boot: i
     def lead(seeds, base):
         return float(np.median(seeds[:, 0]) - max(np.median(seeds[:, 1:]), np.median(base)))
 
-    est = bootstrap(lead, per_seed, np.asarray(baseline, dtype=np.float64), ci=ci,
-                    n_boot=n_boot, seed=seed)
+    est = confidence_interval(lead, per_seed, np.asarray(baseline, dtype=np.float64), ci=ci,
+                              n_boot=n_boot, seed=seed)
     return {"lead": est.value, "low": est.low, "high": est.high, "ci": ci,
             "paired_above_nearest": float((paired[None] > nearest).mean())}
 
@@ -600,6 +672,8 @@ def _summary(r: dict) -> dict:
         "identification_bits": r.get("identification_bits"),
     }
     s["verdict"] = verdict(s)
+    if r.get("per_class"):  # class-conditional pairs
+        s["per_class"] = r["per_class"]
     if r.get("jacobian"):  # model A's tr J and the A–B basis agreement, per σ
         s["effective_dimension"] = r["jacobian"]["A"]["trace"]
         s["basis_agreement"] = r["jacobian"]["agreement"]

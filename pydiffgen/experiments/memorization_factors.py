@@ -31,7 +31,7 @@ import torch
 from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import Experiment, RunDir, named_preset
+from ._runs import Experiment, RunDir, named_preset, training_estimate, training_rate
 
 __all__ = ["EXPERIMENT", "FACTORS", "FactorConfig", "PRESETS", "factor_points",
            "memorization_factors", "plan", "preset", "write_report"]
@@ -144,9 +144,25 @@ def factor_points(config: FactorConfig) -> list[dict]:
 
 
 def plan(config: FactorConfig) -> str:
-    """One line per point of the sweep (``--dry-run``)."""
-    return "\n".join(f"{p['factor']}={p['value']}: N={p['n']} width={p['width']} k={p['k']} "
-                     f"steps={p['steps']} w={p['w']}" for p in factor_points(config))
+    """One line per point of the sweep and the estimated training time (``--dry-run``):
+    one training run per model, as long as its longest point."""
+    from ..data import load
+
+    pts = factor_points(config)
+    lines = [f"{p['factor']}={p['value']}: N={p['n']} width={p['width']} k={p['k']} "
+             f"steps={p['steps']} w={p['w']}" for p in pts]
+    longest = {}
+    for p in pts:
+        if p["steps"] >= longest.get(p["model"], {"steps": 0})["steps"]:
+            longest[p["model"]] = p
+    shape = tuple(load(config.dataset, **dict(config.dataset_options))[:1].shape[1:])
+    seconds = images = 0
+    for p in longest.values():
+        n = p["steps"] * config.batch_size
+        rate = training_rate("unet", _model_options(config, p), shape, _train_config(config, p))
+        seconds, images = seconds + n / rate, images + n
+    lines.append(training_estimate(images, images / seconds))
+    return "\n".join(lines)
 
 
 def memorization_factors(config: FactorConfig, out_dir=None, *, resume: bool = True,
@@ -222,19 +238,25 @@ def _pseudo_labels(train, heldout, k: int, seed: int):
     return lab_tr, lab_va
 
 
-def _model(config: FactorConfig, run: RunDir, p: dict, train, labels, progress):
-    """The EMA (or live) weights of model ``p['model']`` after ``p['steps']`` steps."""
+def _train_config(config: FactorConfig, p: dict):
     from ..training import TrainConfig
 
-    tc = TrainConfig(
+    return TrainConfig(
         steps=p["steps"], batch_size=config.batch_size, lr=config.lr, sigma_dist="edm",
         ema=config.ema, seed=config.seed, device=config.device, checkpoint_every=None,
         label_dropout=config.label_dropout if p["k"] else 0.0,
     )
-    return run.trained_model(f"models/{p['model']}", "unet",
-                             {"width": p["width"], "levels": config.levels,
-                              "num_classes": p["k"]},
-                             lambda: train, tc, labels=labels, snapshot=True, progress=progress)
+
+
+def _model_options(config: FactorConfig, p: dict) -> dict:
+    return {"width": p["width"], "levels": config.levels, "num_classes": p["k"]}
+
+
+def _model(config: FactorConfig, run: RunDir, p: dict, train, labels, progress):
+    """The EMA (or live) weights of model ``p['model']`` after ``p['steps']`` steps."""
+    return run.trained_model(f"models/{p['model']}", "unet", _model_options(config, p),
+                             lambda: train, _train_config(config, p), labels=labels,
+                             snapshot=True, progress=progress)
 
 
 @torch.no_grad()

@@ -51,7 +51,14 @@ from ..analysis.basis import (
 )
 from ..errors import ConfigError
 from ..io import read_json, write_json
-from ._runs import Experiment, RunDir, named_preset, torch_threads
+from ._runs import (
+    Experiment,
+    RunDir,
+    named_preset,
+    torch_threads,
+    training_estimate,
+    training_rate,
+)
 
 __all__ = ["EXPERIMENT", "IMAGE_CLASSES", "OptimalBasisConfig", "PRESETS", "optimal_basis",
            "plan", "preset", "summary_lines", "write_report"]
@@ -77,6 +84,9 @@ class OptimalBasisConfig:
     steps: int = field(default=1000, metadata={"help": "training steps per model"})
     batch_size: int = 32
     lr: float = 1e-3
+    lr_halve_every: int | None = field(
+        default=None, metadata={"help": "halve the learning rate every this many steps "
+                                        "(none: constant)"})
     psnr_levels: tuple[float, ...] = field(
         default=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 27.0, 30.0),
         metadata={"help": "input PSNRs (dB) of the C^α curves"})
@@ -172,6 +182,11 @@ def plan(config: OptimalBasisConfig) -> str:
         lines.append(f"  gaussian {c.gaussian_size}x{c.gaussian_size} (spectrum 1/|w|^"
                      f"{c.gaussian_exponent:g}): Jacobian vs Sigma(Sigma + sigma^2 I)^-1 "
                      f"on {c.jacobian_images} images per sigma")
+    with torch_threads(c.threads):
+        images = len(keys) * c.steps * c.batch_size
+        shape = (1, c.size, c.size)  # the Gaussian model's smaller images only speed it up
+        lines.append(training_estimate(images, training_rate(
+            "bf_unet", {"levels": c.levels, "width": c.width}, shape, _train_config(c))))
     return "\n".join(lines)
 
 
@@ -197,15 +212,18 @@ def _dataset(config: OptimalBasisConfig, key: str, n: int, seed: int):
 
 
 def _model(config: OptimalBasisConfig, run: RunDir, key: str, progress):
-    from ..training import TrainConfig
-
-    tc = TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                     sigma_dist="kadkhodaie", sigma_max=2.0, seed=config.seed,
-                     device=config.device)
     return run.trained_model(f"models/{key}", "bf_unet",
                              {"levels": config.levels, "width": config.width},
-                             lambda: _dataset(config, key, config.n_train, config.seed)[0], tc,
-                             progress=progress, label=key)
+                             lambda: _dataset(config, key, config.n_train, config.seed)[0],
+                             _train_config(config), progress=progress, label=key)
+
+
+def _train_config(config: OptimalBasisConfig):
+    from ..training import TrainConfig
+
+    return TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+                       lr_halve_every=config.lr_halve_every, sigma_dist="kadkhodaie",
+                       sigma_max=2.0, seed=config.seed, device=config.device)
 
 
 def _analyse_calpha(config, model, key):

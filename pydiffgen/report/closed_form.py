@@ -8,11 +8,12 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # reports are written on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .figures import finish  # noqa: E402
+from .figures import finish, image_grid  # noqa: E402
 from .html import Report  # noqa: E402
 
 STYLE = {  # model: (label, colour, line style)
@@ -50,6 +51,34 @@ def patch_size_curves(metrics: dict):
     return finish(fig, ax, "noise level σ", "calibrated patch size s", fontsize=7)
 
 
+SHOWN = 8  # samples per row of the grid
+
+
+def samples_section(rep: Report, samples: dict, config: dict) -> None:
+    """The closed forms' samples beside the network's, from the same initial noise: median
+    cosine to the network's sample, fraction of copies, and a grid."""
+    rep.heading("Samples from the network's own initial noise")
+    models = [m for m in samples if m != "network"]
+    rep.paragraph(
+        f"{len(samples['network']['samples'])} deterministic Heun samples "
+        f"({config['sampler_steps']} steps, seed {config['seed']}) of the network and of each "
+        "closed form, all from the same initial noise. Cosine: each closed form's sample "
+        "against the network's sample from the same noise; memorized: NN1/NN2 < 1/3 against "
+        "the training set.")
+    rep.table(["denoiser", "median cosine to the network", "memorized"],
+              [["network", "—", f"{100 * samples['network']['memorized']:.0f}%"]]
+              + [[STYLE.get(m, (m,))[0], float(np.median(samples[m]["cosine"])),
+                  f"{100 * samples[m]['memorized']:.0f}%"] for m in models])
+    rows = [("network", np.asarray(samples["network"]["samples"][:SHOWN]))]
+    notes = [None]
+    for m in models:
+        rows.append((m, np.asarray(samples[m]["samples"][:SHOWN])))
+        notes.append([f"{c:.2f}" for c in samples[m]["cosine"][:SHOWN]])
+    rep.figure(image_grid(rows, notes=notes), "samples",
+               "Each column starts from the same noise; under each closed-form sample its "
+               "cosine to the network's sample in that column.")
+
+
 def closed_form_report(out_dir, metrics: dict) -> Path:
     """Write ``<out_dir>/report.html`` (and its PNGs) from the experiment's metrics."""
     config, data = metrics["config"], metrics["dataset"]
@@ -73,6 +102,8 @@ def closed_form_report(out_dir, metrics: dict) -> Path:
         [s, metrics["best"][i], *(metrics["r2"][m][i] for m in models),
          "/".join(str(metrics["patch_size"][m][i]) for m in metrics["patch_size"])]
         for i, s in enumerate(metrics["sigma"])])
+    if "samples" in metrics:
+        samples_section(rep, metrics["samples"], config)
     rep.heading("Calibration: r² of every candidate patch size")
     rep.code(json.dumps({f"{s:g}": c for s, c in zip(metrics["sigma"],
                                                        metrics["calibration"], strict=True)},

@@ -109,6 +109,8 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | No
         from .jacobian import sweep_section
 
         sweep_section(rep, {n: per_n[n]["jacobian"] for n in ns})
+    if all(per_n[n].get("per_class") for n in ns):  # class-conditional sweeps
+        _per_class_section(rep, ns, per_n)
     if all(per_n[n].get("features") for n in ns):  # runs before this section lack it
         from .sweep_features import sweep_feature_section
 
@@ -117,6 +119,25 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | No
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))
     return rep.save()
+
+
+def _per_class_section(rep: Report, ns: list, per_n: dict) -> None:
+    """Class-conditional pairs: per class and N, the memorized fraction and the two models'
+    paired median (both sample each class from the same noise)."""
+    rep.heading("Memorization per class")
+    classes = sorted(per_n[ns[0]]["per_class"], key=int)
+    rep.paragraph("Both models sample every class equally often, from the same seeds. Per "
+                  "class: the share of both models' samples that copy a training image "
+                  "(NN1/NN2 < 1/3), and in brackets the median cosine of the two models' "
+                  "samples. A class still memorized at an N where others generalize is one "
+                  "the models have seen too few distinct images of.")
+
+    def cell(c: dict) -> str:
+        mem = "n/a" if c["memorized"] is None else f"{100 * c['memorized']:.0f}%"
+        return f"{mem} ({c['paired_median']:.2f})"
+
+    rep.table(["class", *(f"N = {n}" for n in ns)],
+              [[k, *(cell(per_n[n]["per_class"][k]) for n in ns)] for k in classes])
 
 
 def _about(rep: Report, about: dict, seconds: float | None) -> None:

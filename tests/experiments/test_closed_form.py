@@ -62,8 +62,33 @@ def test_cli_runs_and_writes_report(cli_run):
             assert metrics["r2"][m][i] == max(cal[m].values())
     assert metrics["best"][0] in MODELS
     assert (out / "report.html").stat().st_size > 10_000
-    for fig in ("r2", "rmse", "patch_size"):
+    for fig in ("r2", "rmse", "patch_size", "samples"):
         assert (out / f"{fig}.png").exists()
+
+
+def test_closed_form_samples_from_the_networks_noise(cli_run):
+    out, printed = cli_run
+    samples = json.loads((out / "metrics.json").read_text())["samples"]
+    assert set(samples) == {"network", *MODELS}
+    net = torch.tensor(samples["network"]["samples"])
+    assert net.shape == (16, 1, 8, 8) and torch.isfinite(net).all()
+    for m in MODELS:
+        x = torch.tensor(samples[m]["samples"])
+        assert x.shape == net.shape
+        cos = torch.nn.functional.cosine_similarity(x.flatten(1), net.flatten(1), dim=1)
+        torch.testing.assert_close(torch.tensor(samples[m]["cosine"]), cos, atol=1e-5, rtol=0)
+        assert 0 <= samples[m]["memorized"] <= 1
+    # deterministic samples of the exact empirical optimum are training images
+    assert samples["empirical"]["memorized"] == 1.0
+    assert "samples from the network's initial noise" in printed
+
+
+def test_calibrated_size_takes_the_nearest_sigma_in_log():
+    from pydiffgen.experiments.closed_form import calibrated_size
+
+    per_sigma = [{"sigma": 0.1, "patch_size": {"LS": 3}}, {"sigma": 1.0, "patch_size": {"LS": 7}}]
+    size = calibrated_size(per_sigma, "LS")
+    assert [size(s) for s in (0.002, 0.1, 0.3, 0.32, 5.0)] == [3, 3, 3, 7, 7]
 
 
 def test_rerun_resumes_and_refuses_another_config(tiny_config, cli_run):
@@ -72,7 +97,7 @@ def test_rerun_resumes_and_refuses_another_config(tiny_config, cli_run):
     logs = []
     config = replace(tiny_config, name="closed-form")  # the CLI's config (default name)
     again = closed_form(config, out, progress=False, log=logs.append)
-    assert sum("done earlier" in m for m in logs) == 2
+    assert sum("done earlier" in m for m in logs) == 3  # two σ and the samples
     assert again["r2"] == first["r2"]
     with pytest.raises(ConfigError, match="different config"):
         closed_form(replace(config, seed=1), out, progress=False, log=logs.append)

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 EMBED = 16  # text embedding width of the text-conditional networks
@@ -68,3 +69,23 @@ def save_pipeline(root, net, scheduler, **parts):
         index[name] = [type(part).__module__.split(".")[0], type(part).__name__]
     (root / "model_index.json").write_text(json.dumps(index))
     return root
+
+
+VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "l</w>", "w</w>", "r</w>",
+         "t</w>", "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider", "<unk>",
+         "<|startoftext|>", "<|endoftext|>"]
+
+
+def clip_text_parts(tmp_path):
+    """A tiny CLIP tokenizer (its own vocabulary and merges) and text encoder."""
+    transformers = pytest.importorskip("transformers")
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\nl o\nlo w</w>\ne r</w>\n")
+    tokenizer = transformers.CLIPTokenizer(
+        str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=7)
+    torch.manual_seed(5)
+    encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        vocab_size=len(VOCAB), hidden_size=EMBED, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=7, bos_token_id=21, eos_token_id=22,
+        pad_token_id=22)).eval()
+    return tokenizer, encoder

@@ -9,7 +9,13 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from diffusers_nets import CLASSES, EMBED, NETWORKS, save_pipeline  # noqa: E402
+from diffusers_nets import (  # noqa: E402
+    CLASSES,
+    EMBED,
+    NETWORKS,
+    clip_text_parts,
+    save_pipeline,
+)
 
 from pydiffgen.cli import main  # noqa: E402
 from pydiffgen.diffusion.guidance import guided  # noqa: E402
@@ -177,28 +183,8 @@ def pipeline_dir_of(root):
     return save_pipeline(root, _tiny_unet(), _scheduler())
 
 
-VOCAB = ["l", "o", "w", "e", "r", "s", "t", "i", "d", "n", "lo", "l</w>", "w</w>", "r</w>",
-         "t</w>", "low</w>", "er</w>", "lowest</w>", "newer</w>", "wider", "<unk>",
-         "<|startoftext|>", "<|endoftext|>"]
-
-
-def _clip(tmp_path):
-    """A tiny CLIP tokenizer (its own vocabulary and merges) and text encoder."""
-    transformers = pytest.importorskip("transformers")
-    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(VOCAB)}))
-    (tmp_path / "merges.txt").write_text("#version: 0.2\nl o\nlo w</w>\ne r</w>\n")
-    tokenizer = transformers.CLIPTokenizer(
-        str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"), model_max_length=7)
-    torch.manual_seed(5)
-    encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        vocab_size=len(VOCAB), hidden_size=EMBED, intermediate_size=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=7, bos_token_id=21, eos_token_id=22,
-        pad_token_id=22)).eval()
-    return tokenizer, encoder
-
-
 def test_text_pipeline_embeds_prompts_with_its_own_clip(tmp_path):
-    tokenizer, encoder = _clip(tmp_path)
+    tokenizer, encoder = clip_text_parts(tmp_path)
     torch.manual_seed(6)
     unet = NETWORKS["unet_text"][0](diffusers).eval()
     root = save_pipeline(tmp_path / "sd", unet, diffusers.DDIMScheduler(

@@ -1,0 +1,129 @@
+"""`pydiffgen reproduce`: the claims table, the verdict rules, one claim end to end, and
+(slow) each claim's qualitative statement on a reduced preset."""
+
+import dataclasses
+import json
+
+import pytest
+
+from pydiffgen.cli import main
+from pydiffgen.errors import ConfigError
+from pydiffgen.experiments import reproduce as rp
+
+
+def test_every_claim_listed(capsys, tmp_path):
+    assert main(["reproduce", "--list", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    for c in rp.CLAIMS:
+        assert c.name in out and c.paper_value in out
+    assert out.count("[not run]") == len(rp.CLAIMS)
+
+
+def test_unknown_claim_and_scale(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="unknown claim 'nope'; known: transition"):
+        rp.reproduce("nope", out=tmp_path)
+    with pytest.raises(ConfigError, match="unknown scale 'gpu'"):
+        rp.reproduce("empirical", scale="gpu", out=tmp_path)
+    assert main(["reproduce", "nope", "--out", str(tmp_path)]) != 0
+    assert "unknown claim" in capsys.readouterr().err
+
+
+def test_empirical_claim_end_to_end(tmp_path, capsys):
+    assert main(["--quiet", "reproduce", "empirical", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[reproduced]" in out
+    row = json.loads((tmp_path / "cpu" / "empirical" / "claim.json").read_text())
+    assert row["verdict"] == "reproduced" and row["values"]["memorized_fraction"] == 1.0
+    assert (tmp_path / "cpu" / "empirical" / "samples.png").stat().st_size > 1000
+    html = (tmp_path / "cpu" / "report.html").read_text()
+    assert "empirical" in html and "not run" in html  # the others are listed as not run
+    listed = [r for r in rp.claim_rows(tmp_path) if r["claim"] == "empirical"]
+    assert listed[0]["ours"] == row["ours"]
+
+
+def _calpha(slopes):
+    return {"summary": {"calpha": [{"alpha": a, "slope": s} for a, s in slopes.items()]}}
+
+
+def test_calpha_verdict():
+    ok = rp.claim("calpha").measure
+    assert ok(_calpha({1.0: 0.47, 2.0: 0.60, 3.0: 0.72}))[2]
+    assert not ok(_calpha({1.0: 0.47, 2.0: 0.51, 3.0: 0.56}))[2]   # 0.1 below at α = 2
+    assert not ok(_calpha({1.0: 0.50, 2.0: 0.48, 3.0: 0.76}))[2]   # not rising
+
+
+def _manifold(key, angles, mse):
+    return {"summary": {key: [{"sigma": s, "mean_angles_deg": a, "mse_over_sigma2": m}
+                              for s, a, m in zip((0.05, 0.4), angles, mse)]}}
+
+
+def test_manifold_verdicts():
+    disks, ray = rp.claim("disks").measure, rp.claim("ray").measure
+    assert disks(_manifold("disks", [[5, 10, 20, 25, 29, 80]] * 2, [5.5, 7.9]))[2]
+    assert not disks(_manifold("disks", [[5, 10, 20, 25, 31, 80]] * 2, [5.5, 7.9]))[2]
+    assert not disks(_manifold("disks", [[5, 10, 20, 25, 29, 80]] * 2, [5.5, 8.1]))[2]
+    ours, values, good = ray(_manifold("ray", [[12, 80]] * 2, [1.1, 1.9]))
+    assert good and values["largest_angle_deg"] == 12 and "12°" in ours
+
+
+def _gap(peaks):
+    return {"points": {f"steps_{s}": {"factor": "steps", "steps": s, "peak_sigma": sig,
+                                      "peak_gap": g} for s, sig, g in peaks}}
+
+
+def test_gap_verdict():
+    measure = rp.claim("gap").measure
+    assert measure(_gap([(50, 0.5, 0.1), (400, 0.7, 1.0), (1600, 0.6, 9.0)]))[2]
+    assert not measure(_gap([(50, 0.5, 0.1), (400, 0.7, 1.0), (1600, 0.6, 0.5)]))[2]
+    assert not measure(_gap([(50, 0.01, 0.1), (400, 0.7, 1.0)]))[2]  # peak at tiny σ
+
+
+def test_transition_verdict():
+    def sizes(v0, v1):
+        row = {"paired_median": 0.9, "nearest_median": 0.8, "baseline_median": 0.85,
+               "memorized_fraction": 1.0}
+        return {"sizes": {"2": {**row, "verdict": v0}, "640": {**row, "verdict": v1}}}
+
+    measure = rp.claim("transition").measure
+    assert measure(sizes("memorizing", "generalizing"))[2]
+    assert not measure(sizes("memorizing", "transition"))[2]
+
+
+# ---- slow: each claim's qualitative statement on a reduced preset ------------------------
+
+def _run_reduced(name, experiment_name, preset, changes, tmp_path):
+    """Claim ``name`` measured on ``experiment_name``'s ``preset`` with ``changes``."""
+    from pydiffgen.experiments.registry import experiment
+
+    exp = experiment(experiment_name)
+    config = dataclasses.replace(exp.preset(preset), **changes)
+    return rp.claim(name).measure(exp.run(config, tmp_path, resume=True, progress=False))
+
+
+@pytest.mark.slow
+def test_calpha_slope_rises_and_alpha1_close(tmp_path):
+    _, values, _ = _run_reduced("calpha", "optimal-basis", "quick", {
+        "experiments": ("calpha",), "alphas": (1.0, 3.0), "steps": 1500}, tmp_path)
+    slopes = values["slopes"]
+    assert slopes[1.0] < slopes[3.0]
+    assert abs(slopes[1.0] - 0.5) <= 0.1
+
+
+@pytest.mark.slow
+def test_disk_top2_eigenvectors_near_tangent_space(tmp_path):
+    _, values, _ = _run_reduced("disks", "optimal-basis", "quick", {
+        "experiments": ("disks",), "steps": 1500, "sigmas": (0.1,)}, tmp_path)
+    from pydiffgen.io import read_json
+
+    summary = read_json(tmp_path / "results.json")["summary"]["disks"]
+    assert max(max(r["mean_angles_deg"][:2]) for r in summary) <= 30
+    assert values["mse_over_sigma2"][0] > 0
+
+
+@pytest.mark.slow
+def test_gap_peaks_at_intermediate_sigma_and_grows(tmp_path):
+    _, values, _ = _run_reduced("gap", "memorization factors", "demo",
+                                {"factors": ("steps",)}, tmp_path)
+    peaks = values["peaks"]
+    assert all(0.05 <= p["sigma"] <= 10 for p in peaks)
+    assert peaks[0]["gap"] < peaks[-1]["gap"]
