@@ -25,7 +25,15 @@ from .. import config as cfgmod
 from ..diffusion.sampling import check_method
 from ..errors import ConfigError
 from ..io import atomic_path, read_json, write_json
-from ._runs import Eta, Experiment, RunDir, duration, log_to_stderr, named_preset
+from ._runs import (
+    Eta,
+    Experiment,
+    RunDir,
+    duration,
+    log_to_stderr,
+    named_preset,
+    training_rate,
+)
 
 _FOLDS = 5  # of the identification bound's cross-validation (Yi, Sun & Li 2023)
 
@@ -199,31 +207,15 @@ def plan(config: SweepConfig) -> str:
                      f"sigma = {', '.join(f'{v:g}' for v in c.jacobian_sigmas)}")
     lines[0] += f": {n_raw} images, {len(x)} after de-duplication (the largest N needs " \
                 f"{2 * max(c.sizes)})"
-    rate = training_rate(config, x)
+    classes = 10 if c.condition == "classes" else 0  # the rate hardly depends on the count
+    rate = training_rate(c.model, _model_options(c, classes), tuple(x.shape[1:]),
+                         _train_config(c, c.seed, classes))
     train_s = 2 * len(c.sizes) * c.steps * c.batch_size / rate
     lines.append(f"  estimated training time: {duration(train_s)} ({2 * len(c.sizes)} models × "
                  f"{c.steps} steps × {c.batch_size} images at {rate:.0f} images/s, measured "
                  f"here with {torch.get_num_threads()} threads); sampling and evaluation come "
                  "on top. An estimate: other jobs on the machine slow it down")
     return "\n".join(lines)
-
-
-def training_rate(config: SweepConfig, x) -> float:
-    """Training images per second of this sweep's model on this machine: the time of a
-    few real training steps on ``x`` [N, C, H, W] after a warm-up."""
-    from .. import models, training
-
-    def seconds(steps: int) -> float:
-        tc = training.TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
-                                  sigma_dist=config.sigma_dist, sigma_max=config.sigma_max,
-                                  seed=config.seed, device=config.device)
-        net = models.build(config.model, channels=x.shape[1], **dict(config.model_options))
-        t0 = time.perf_counter()
-        training.train(net, x[: max(config.sizes)], tc, progress=False)
-        return time.perf_counter() - t0
-
-    seconds(2)  # warm-up: first calls allocate and pick kernels
-    return 6 * config.batch_size / max(seconds(8) - seconds(2), 1e-6)
 
 
 def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = True,
@@ -439,25 +431,31 @@ def _model(config: SweepConfig, run: RunDir, n: int, sub: str, data, progress,
     ``eta`` logs the sweep's progress; ``labels`` [n]: its images' classes, for a
     class-conditional model over ``num_classes`` (every class of the sweep's data, so that
     both models of every N know all of them, even when their few images miss some)."""
-    from ..training import TrainConfig
 
     if eta is not None:
         eta.step(f"N={n} {sub}")
 
     seed = config.seed if sub == "A" or config.same_init else config.seed + 1
-    train_config = TrainConfig(
+    return run.trained_model(f"n{n}/{sub}", config.model, _model_options(config, num_classes),
+                             lambda: data, _train_config(config, seed, num_classes),
+                             labels=labels, progress=progress, label=f"N={n} {sub}")
+
+
+def _train_config(config: SweepConfig, seed: int, num_classes: int):
+    from ..training import TrainConfig
+
+    return TrainConfig(
         steps=config.steps, batch_size=config.batch_size, lr=config.lr,
         lr_halve_every=config.lr_halve_every,
         sigma_dist=config.sigma_dist, sigma_max=config.sigma_max, ema=config.ema,
         seed=seed, device=config.device,
-        label_dropout=config.label_dropout if labels is not None else 0.0,
+        label_dropout=config.label_dropout if num_classes else 0.0,
     )
-    options = dict(config.model_options)
-    if labels is not None:
-        options["num_classes"] = num_classes
-    return run.trained_model(f"n{n}/{sub}", config.model, options, lambda: data,
-                             train_config, labels=labels, progress=progress,
-                             label=f"N={n} {sub}")
+
+
+def _model_options(config: SweepConfig, num_classes: int) -> dict:
+    """The model's options; a class-conditional one also gets ``num_classes``."""
+    return {**dict(config.model_options), **({"num_classes": num_classes} if num_classes else {})}
 
 
 def sample_classes(n: int, num_classes: int) -> torch.Tensor:
