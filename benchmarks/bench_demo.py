@@ -17,6 +17,7 @@ target, the load average before each run, and the demo's own summary table.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,6 +70,8 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="a shortened demo sweep")
+    p.add_argument("--keep", metavar="DIR", help="write the two runs to DIR/quiet and "
+                   "DIR/loaded and keep them (default: a temporary folder)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="the demo is a CPU run: only auto and cpu measure it")
     args = p.parse_args()
@@ -77,7 +80,8 @@ def main() -> None:
         return
     quick = args.quick or QUICK
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_demo_") as tmp:
+    with (contextlib.nullcontext(args.keep) if args.keep else
+          tempfile.TemporaryDirectory(prefix="bench_demo_")) as tmp:
         for setting, competitors in (("quiet", 0), ("loaded", COMPETITORS)):
             load_before = os.getloadavg()
             procs = start_competitors(competitors)
