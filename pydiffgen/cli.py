@@ -87,7 +87,8 @@ def cmd_train(args) -> int:
     model = models.build(args.model, channels=x.shape[1], data_shape=tuple(x.shape[1:]),
                          **model_options)
     with _hold(args.out, "training run"):
-        result = training.train(model, x, config, out_dir=args.out, resume=args.resume,
+        # a class-conditional model (--model-option num_classes=K) takes the dataset's labels
+        result = training.train(model, (x, info), config, out_dir=args.out, resume=args.resume,
                                 progress=not args.quiet, distributed=_world() > 1,
                                 dataset={"name": args.data, "options": info["options"]})
     if _world() > 1 and not _is_main():

@@ -106,3 +106,14 @@ def test_unconditional_model_takes_no_classes(tmp_path, capsys):
     assert "is unconditional" in capsys.readouterr().err
     assert main(["audit", "--model", str(tmp_path / "net"), "--out", str(tmp_path / "o")]) != 0
     assert "--train FILE is required" in capsys.readouterr().err
+
+
+def test_cli_trains_a_class_conditional_model_on_the_datasets_labels(tmp_path):
+    from pydiffgen.checkpoint import load_model
+
+    assert main(["--quiet", "train", "--data", "digits", "--data-option", "n=64", "--model",
+                 "unet", "--model-option", "num_classes=10", "--model-option", "width=4",
+                 "--model-option", "levels=1", "--steps", "2", "--batch-size", "8",
+                 "--label-dropout", "0.1", "--out", str(tmp_path / "net")]) == 0
+    model = load_model(tmp_path / "net")
+    assert model.conditional and model.num_classes == 10
