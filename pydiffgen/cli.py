@@ -267,7 +267,8 @@ def _condition_audit(args) -> int:
     with _hold(out, "audit"):
         result = detection.condition_audit(
             model, cond, names, train=train, guidance=args.guidance, encoder=encoder,
-            labels=labels, n=args.n, seed=args.seed, device=args.device,
+            labels=labels, n=args.n, seed=args.seed, sigma_max=args.wen_sigma_max,
+            device=args.device,
             **cfgmod.parse_options(args.sampler_option))
         report = detection.write_detect_report(result, train, out)
     for i, name in enumerate(result["ranking"]["wen"], 1):
@@ -636,6 +637,9 @@ def _add_audit(sub: _Subcommands) -> None:
                    "conditional samples (default: none, the conditional model)")
     s.add_argument("--labels", metavar="FILE", help="with --prompts / --classes: one 0/1 per "
                    "condition (1: known memorized) for the detectors' ROC AUC")
+    s.add_argument("--wen-sigma-max", type=float, metavar="SIGMA", help="with --prompts / "
+                   "--classes: the noise level Wen et al.'s path starts from (default: the "
+                   "model's sigma_max, else 80)")
     s.add_argument("--n", type=int, default=64, help="samples to draw from --model "
                    "(per condition with --prompts / --classes)")
     s.add_argument("--seed", type=int, default=0, help="seed of the samples drawn from --model")

@@ -697,7 +697,7 @@ def summary_table(metrics: dict) -> list[str]:
     return [f"sweep finished{took}; median cosines (A vs B: the two models' samples from one "
             "seed; nearest train: each sample vs its closest training image; S1-S2: each S1 "
             "image vs its closest S2 image; lead: A vs B minus the larger of the two controls, "
-            "bootstrap 95% CI; A vs B > nearest: the samples whose A vs B cosine exceeds their "
+            "95% half-sampling CI; A vs B > nearest: the samples whose A vs B cosine exceeds their "
             "nearest-training one)", *lines]
 
 

@@ -10,7 +10,7 @@ from .html import Report
 
 _GRID_COLUMNS = 16  # samples per grid: 16 fit the page width with their cosines
 # below this lead of the paired median over the closer of the nearest-training median and
-# the S1–S2 baseline, or when the lead's 95% bootstrap interval reaches zero, the largest N
+# the S1–S2 baseline, or when the lead's 95% interval reaches zero, the largest N
 # is reported as weak evidence, not as a clear verdict
 WEAK_MARGIN = 0.02
 
@@ -63,7 +63,7 @@ def headline(summaries: dict) -> str:
         where = "no size here is clearly memorizing or generalizing"
     top = summaries[ns[-1]]
     margin = top["paired_median"] - max(top["nearest_median"], top["baseline_median"])
-    lead = top.get("lead")  # with its bootstrap interval (absent in hand-made summaries)
+    lead = top.get("lead")  # with its interval (absent in hand-made summaries)
     ci = (f" (95% CI {lead['low']:+.3f} to {lead['high']:+.3f})" if lead else "")
     share = (f"; {100 * lead['paired_above_nearest']:.0f}% of the samples are closer to the "
              "other model's sample than to any of their own training images" if lead else "")
@@ -185,8 +185,8 @@ def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
     )
     rep.paragraph(
         "Medians are cosine similarities. Lead: the paired median minus the larger of the "
-        "nearest and S1–S2 medians, with its 95% bootstrap interval (seeds and S1 images "
-        "redrawn); above zero throughout, the two models agree more than chance closeness "
+        "nearest and S1–S2 medians, with its 95% interval (half-samples of the seeds and, "
+        "independently, of the S1 images, without replacement); above zero throughout, the two models agree more than chance closeness "
         "of the data or copying would explain. Paired > nearest: the share of samples whose "
         "cosine to the other model's sample from the same seed exceeds their cosine to their "
         "nearest training image. Memorized: the share of samples whose nearest / "

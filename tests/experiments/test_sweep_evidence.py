@@ -1,5 +1,5 @@
 """The sweep's evidence: the lead of the paired median over both controls, with its
-bootstrap interval, and the headline that calls weak evidence weak."""
+half-sampling interval, and the headline that calls weak evidence weak."""
 
 import numpy as np
 
