@@ -186,7 +186,8 @@ def _verdicts(rep: Report, config, ns: list, metrics: dict) -> None:
     rep.paragraph(
         "Medians are cosine similarities. Lead: the paired median minus the larger of the "
         "nearest and S1–S2 medians, with its 95% interval (half-samples of the seeds and, "
-        "independently, of the S1 images, without replacement); above zero throughout, the two models agree more than chance closeness "
+        "independently, of the S1 images, without replacement); above zero throughout, "
+        "the two models agree more than chance closeness "
         "of the data or copying would explain. Paired > nearest: the share of samples whose "
         "cosine to the other model's sample from the same seed exceeds their cosine to their "
         "nearest training image. Memorized: the share of samples whose nearest / "
