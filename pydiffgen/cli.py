@@ -267,7 +267,7 @@ def _condition_audit(args) -> int:
     with _hold(out, "audit"):
         result = detection.condition_audit(
             model, cond, names, train=train, guidance=args.guidance, encoder=encoder,
-            labels=labels, n=args.n, seed=args.seed, sigma_max=args.wen_sigma_max,
+            labels=labels, n=args.n, seed=args.seed, wen_sigma_max=args.wen_sigma_max,
             device=args.device,
             **cfgmod.parse_options(args.sampler_option))
         report = detection.write_detect_report(result, train, out)

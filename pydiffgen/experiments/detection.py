@@ -61,17 +61,17 @@ def read_labels(path, k: int) -> torch.Tensor:
 
 def condition_audit(model, cond, names: list[str], *, train=None, guidance=None,
                     encoder=None, labels=None, n: int = 16, seed: int = 0, steps: int = 3,
-                    seeds=(0, 1, 2, 3), sigma_max: float | None = None, device="cpu",
+                    seeds=(0, 1, 2, 3), wen_sigma_max: float | None = None, device="cpu",
                     **sample_kw) -> dict:
     """Both detectors on every condition; returns the JSON-able result (``detect.json``)
-    and, under ``"samples"``, the tensors the report shows. ``sigma_max``: where Wen et
-    al.'s sampling path starts (default: the model's own σ_max, else 80); the first
+    and, under ``"samples"``, the tensors the report shows. ``wen_sigma_max``: where Wen
+    et al.'s sampling path starts (default: the model's own σ_max, else 80); the first
     ``steps`` of a 50-step Karras schedule from there are measured."""
     from ..analysis import copy_detection, detector_auc, wen_score
     from ..diffusion.noise import karras_sigmas
 
     shape = tuple(getattr(model, "meta", {}).get("data_shape") or train.shape[1:])
-    top = sigma_max or getattr(model, "sigma_max", 80.0)
+    top = wen_sigma_max or getattr(model, "sigma_max", 80.0)
     sigmas = karras_sigmas(50, sigma_min=getattr(model, "sigma_min", 0.002), sigma_max=top)
     wen = wen_score(model, cond, shape=shape, steps=steps, seeds=seeds, sigmas=sigmas,
                     guidance=guidance, device=device)

@@ -37,6 +37,7 @@ def test_classes_ranked_with_copies_and_auc(class_model, tmp_path, capsys):
     assert main(["--quiet", "audit", "--model", str(class_model / "net"), "--classes", "0,3,7",
                  "--train", str(class_model / "train.npy"), "--n", "4", "--labels",
                  str(tmp_path / "labels.txt"), "--sampler-option", "steps=4",
+                 "--sampler-option", "sigma_max=5", "--wen-sigma-max", "5",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     result = json.loads((out / "detect.json").read_text())
@@ -50,7 +51,7 @@ def test_classes_ranked_with_copies_and_auc(class_model, tmp_path, capsys):
         f"2. {result['ranking']['wen'][1]}")
     for r in result["conditions"]:
         assert 0 <= r["copies"] <= 4 and len(r["nearest_index"]) == 4
-    assert set(result["auc"]) == {"wen", "copies"}
+    assert set(result["auc"]) == {"wen", "copies"} and result["wen_sigma_max"] == 5.0
     assert all(0 <= v <= 1 for v in result["auc"].values())
     assert (out / "report.html").stat().st_size > 1000
 
