@@ -48,6 +48,20 @@ def cli_files(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A folder holding a tiny randomly initialised transformers DINOv2 (safetensors), as
+    ``load_encoder("dinov2:DIR")`` reads it."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1,
+                                       num_attention_heads=2, intermediate_size=64,
+                                       image_size=28, patch_size=14)
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("dino")
+    transformers.Dinov2Model(config).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:

@@ -91,17 +91,11 @@ def test_copies_raise_the_copy_metrics_and_missing_sets_are_skipped(digits, tmp_
     assert rows["fake"]["authpct"]["value"] < rows["clean"]["authpct"]["value"]
 
 
-def test_tiny_dinov2_encoder(digits, tmp_path, capsys):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=64,
-                                       image_size=28, patch_size=14)
-    torch.manual_seed(0)
-    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dino", safe_serialization=True)
+def test_tiny_dinov2_encoder(digits, tmp_path, capsys, tiny_dinov2):
     out = tmp_path / "m"
     rc, text, _ = run(["metrics", "--real", str(digits / "real.npy"), "--fake",
                        str(digits / "fake.npy"), "--train", str(digits / "train.npy"),
-                       "--encoder", f"dinov2:{tmp_path / 'dino'}",
+                       "--encoder", f"dinov2:{tiny_dinov2}",
                        "--metrics", "prdc,fd,copy", "--n-boot", "2", "--out", str(out)], capsys)
     assert rc == 0 and "dinov2" in text
     rows = json.loads((out / "metrics.json").read_text())["metrics"]

@@ -62,17 +62,9 @@ def test_pixel_features_per_n_resume_and_rebuild(tmp_path):
     assert "Feature space:" not in (out / "report.html").read_text(encoding="utf-8")
 
 
-def test_tiny_dinov2_features(tmp_path):
-    transformers = pytest.importorskip("transformers")
-    import torch
-
-    config = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=1,
-                                       num_attention_heads=2, intermediate_size=64,
-                                       image_size=28, patch_size=14)
-    torch.manual_seed(0)
-    transformers.Dinov2Model(config).save_pretrained(tmp_path / "dino", safe_serialization=True)
+def test_tiny_dinov2_features(tmp_path, tiny_dinov2):
     out = tmp_path / "run"
-    generalization_sweep(replace(TINY, encoder=f"dinov2:{tmp_path / 'dino'}"), out,
+    generalization_sweep(replace(TINY, encoder=f"dinov2:{tiny_dinov2}"), out,
                          progress=False, log=lambda m: None)
     feats = check_section(out, "dinov2")
     assert feats[24]["feature_dim"] == 32
