@@ -11,10 +11,15 @@ training set see the same held-out noisy images y = x + σ n (n fixed by the see
   composite of Niedoba et al. — each at the patch size, from ``patch_sizes``, that best
   predicts the network at that σ (``analysis.calibrate_patch_size``).
 
-Per σ and model: r² of the model's output for the network's output and their RMSE. The
-network was trained on the first ``n_train`` images of ``data``; the last ``n_heldout``
-are the held-out images (the convention of ``pydiffgen memorization gap``). Each σ's
-analysis is stored as soon as it exists (``analysis/sigma<i>.json``); a rerun resumes.
+Per σ and model: r² of the model's output for the network's output and their RMSE.
+
+The network's training set is, first found first: ``train`` (a file); the one its sweep
+recorded beside it (``n<N>/split.json``, :mod:`.training_sets`: A's S1 or B's S2); the
+first ``n_train`` images of ``data`` (the convention of ``pydiffgen memorization gap``).
+The held-out images are the last ``n_heldout`` of the images it did not see: of the
+sweep's de-duplicated images in neither set, or of ``data`` outside the training set.
+Each σ's analysis is stored as soon as it exists (``analysis/sigma<i>.json``); a rerun
+resumes.
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ from .. import config as cfgmod
 from ..errors import ConfigError
 from ..io import read_json, write_json
 from ._runs import Experiment, RunDir, named_preset, torch_threads
+from .training_sets import load_split, split_path
 
-__all__ = ["EXPERIMENT", "ClosedFormConfig", "MODELS", "PRESETS", "closed_form", "plan",
-           "preset", "write_report"]
+__all__ = ["EXPERIMENT", "ClosedFormConfig", "MODELS", "PRESETS", "closed_form", "closed_forms",
+           "compare", "plan", "preset", "training_images", "write_report"]
 
 # the closed-form denoisers, in report order; the last three are calibrated patch models
 MODELS = ("empirical", "gaussian", "blurred", "smoothed", "LS", "ELS", "PSPC")
@@ -46,11 +52,16 @@ class ClosedFormConfig:
     name: str = field(default="closed-form", metadata={"help": "run name; output in runs/<name>"})
     model: str = field(default="", metadata={
         "help": "the network: a model checkpoint (model.json / .safetensors) or its folder"})
-    data: str = field(default="digits", metadata={"help": "the dataset it was trained on"})
+    data: str = field(default="", metadata={
+        "help": "the dataset it was trained on (default: the one its sweep recorded)"})
     data_options: tuple = ()
+    train: str = field(default="", metadata={
+        "help": "its training set, FILE or FILE:KEY (.npy, .npz, .safetensors; default: the "
+                "split its sweep recorded beside it, else the first --n-train of --data)"})
     n_train: int | None = field(default=None, metadata={
-        "help": "trained on the first N images (none: all but the held-out ones)"})
-    n_heldout: int = field(default=64, metadata={"help": "held-out images: the last ones"})
+        "help": "trained on the first N images of --data (none: all but the held-out ones)"})
+    n_heldout: int = field(default=64, metadata={
+        "help": "held-out images: the last ones the network did not see"})
     sigmas: tuple[float, ...] = field(default=(0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
                                       metadata={"help": "noise levels σ"})
     patch_sizes: tuple[int, ...] = field(default=(1, 3, 5, 7), metadata={
@@ -95,11 +106,19 @@ preset = partial(named_preset, PRESETS)
 
 def plan(config: ClosedFormConfig) -> str:
     c = config
-    n_train = "all but the held-out" if c.n_train is None else f"the first {c.n_train}"
+    found = split_path(c.model) if c.model and not c.train else None
+    if c.train:
+        trained = f"trained on {c.train}; held out: images of {c.data or '(--data missing)'}"
+    elif found:
+        trained = f"trained on the sweep's {found[1]} ({found[0]}); held out: its images in " \
+                  "neither set"
+    else:
+        n_train = "all but the held-out" if c.n_train is None else f"the first {c.n_train}"
+        trained = f"data {c.data or '(--data missing)'} {dict(c.data_options) or ''}: " \
+                  f"trained on {n_train} images"
     return "\n".join([
         f"closed-form {c.name!r}: network {c.model or '(--model missing)'}",
-        f"  data {c.data} {dict(c.data_options) or ''}: trained on {n_train} images, "
-        f"the last {c.n_heldout} held out",
+        f"  {trained}, the last {c.n_heldout} held out",
         f"  {len(c.sigmas)} noise levels {', '.join(f'{s:g}' for s in c.sigmas)}: r² and "
         f"RMSE of {', '.join(MODELS)}",
         f"  LS / ELS / PSPC patch size calibrated per σ among "
@@ -111,31 +130,78 @@ def plan(config: ClosedFormConfig) -> str:
 
 
 def _data(config: ClosedFormConfig):
+    """(training images [N, *F], held-out images [n_heldout, *F], where they came from)."""
+    if not config.model:
+        raise ConfigError("--model is required: a model checkpoint or its folder")
+    found = None if config.train else split_path(config.model)
+    if found:
+        if config.n_train is not None:
+            raise ConfigError(f"--n-train does not apply: {config.model}'s sweep recorded its "
+                              f"training set in {found[0]}")
+        train, unseen, about = load_split(*found)
+        if config.data and config.data != about["dataset"]:
+            raise ConfigError(f"{config.model} was trained on {about['dataset']} ({found[0]}), "
+                              f"not --data {config.data}")
+        name = about["dataset"]
+        source = f"the sweep's {found[1]} ({found[0]})"
+    elif config.data:
+        train, unseen = _given(config)
+        name = config.data
+        source = config.train or f"the first {len(train)} images of {config.data}"
+    else:
+        raise ConfigError(f"cannot tell what {config.model} was trained on: no split.json of "
+                          "a sweep beside it; pass --train FILE[:KEY] (e.g. a sweep's "
+                          "n<N>/samples.safetensors:S1) and --data NAME, or --data NAME "
+                          "--n-train N")
+    if len(unseen) < config.n_heldout:
+        raise ConfigError(f"only {len(unseen)} images of {name} are held out from "
+                          f"{config.model}; lower --n-heldout (now {config.n_heldout})")
+    return train, unseen[len(unseen) - config.n_heldout:], {"name": name, "source": source}
+
+
+def _given(config: ClosedFormConfig):
+    """(training images, the images of ``data`` not among them) from ``train`` (a file)
+    or the first ``n_train`` images of ``data``."""
     from ..data import load
+    from .audit import load_images
 
     x = load(config.data, **dict(config.data_options))
+    if config.train:
+        train = load_images(config.train)[0]
+        return train, x[~training_images(x, train)]
     n_train = len(x) - config.n_heldout if config.n_train is None else config.n_train
     if n_train < 1 or n_train + config.n_heldout > len(x):
         raise ConfigError(f"{config.data} has {len(x)} images: n_train={n_train} and "
                           f"n_heldout={config.n_heldout} do not both fit")
-    return x[:n_train], x[len(x) - config.n_heldout:]
+    return x[:n_train], x[n_train:]
+
+
+def training_images(x: torch.Tensor, train: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """bool [M]: which images of x [M, *F] are in ``train`` [N, *F], up to a mean squared
+    difference of 1e-6 (below an 8-bit step, 2/255, so a file's rounding still matches)."""
+    if x.shape[1:] != train.shape[1:]:
+        raise ConfigError(f"the training set's images are {list(train.shape[1:])}, the "
+                          f"dataset's {list(x.shape[1:])}")
+    t = train.flatten(1).double()
+    found = [torch.cdist(c.flatten(1).double(), t).amin(dim=1).square() <= 1e-6 * t.shape[1]
+             for c in x.split(chunk)]
+    return torch.cat(found)
 
 
 def _network(config: ClosedFormConfig, shape):
     from ..checkpoint import load_model
 
-    if not config.model:
-        raise ConfigError("--model is required: a model checkpoint or its folder")
     net = load_model(config.model, device=config.device)
     stored = list((getattr(net, "meta", None) or {}).get("data_shape") or shape)
     if getattr(net, "name", "") == "mlp" or stored != list(shape):
-        raise ConfigError(f"{config.model} is not an image denoiser of {config.data}'s "
+        raise ConfigError(f"{config.model} is not an image denoiser of its training set's "
                           f"{list(shape)} images (it was trained on {stored}, model "
                           f"{getattr(net, 'name', '?')!r}); the patch models need images")
     return net
 
 
-def _closed_forms(config: ClosedFormConfig, train) -> dict:
+def closed_forms(config: ClosedFormConfig, train) -> dict:
+    """The global closed forms of ``train`` [N, *F] (on ``config.device``), by name."""
     from ..analysis import (
         BlurredEmpiricalDenoiser,
         EmpiricalDenoiser,
@@ -152,9 +218,11 @@ def _closed_forms(config: ClosedFormConfig, train) -> dict:
 
 
 @torch.no_grad()
-def _analyse(config: ClosedFormConfig, sigma: float, net, train, held, global_models) -> dict:
-    """r² and RMSE of every closed form for the network at ``sigma``; the patch models'
-    calibration (r² of every candidate size)."""
+def compare(config: ClosedFormConfig, sigma: float, net, train, held, global_models) -> dict:
+    """r² and RMSE of every closed form for the network at ``sigma`` on the held-out images
+    ``held`` [M, C, H, W] (noise fixed by ``config.seed``): the global ones,
+    ``global_models`` (:func:`closed_forms` of ``train`` [N, C, H, W]), and LS, ELS, PSPC at
+    their calibrated patch size among ``config.patch_sizes`` (r² of every candidate size)."""
     from ..analysis import calibrate_patch_size, denoiser_outputs, output_distance, r_squared
 
     _, D_net = denoiser_outputs(net, held, sigma, seed=config.seed)
@@ -221,17 +289,17 @@ def closed_form(config: ClosedFormConfig, out_dir=None, *, resume: bool = True,
     run = RunDir(out_dir, config, resume=resume, log=log, tag="closed-form")
     t0 = time.perf_counter()
     with torch_threads(config.threads):
-        train, held = _data(config)
+        train, held, about = _data(config)
         net = _network(config, train.shape[1:]).eval()
         run.claim("run")
         train, held = train.to(config.device), held.to(config.device)
-        models = _closed_forms(config, train)
-        per_sigma = [run.cached(f"sigma{i}", lambda s=s: _analyse(config, s, net, train,
-                                                                   held, models))
+        models = closed_forms(config, train)
+        per_sigma = [run.cached(f"sigma{i}", lambda s=s: compare(config, s, net, train,
+                                                                  held, models))
                      for i, s in enumerate(config.sigmas)]
         if config.n_samples:
             run.cached("samples", lambda: _samples(config, net, train, models, per_sigma))
-    run.write_json("dataset.json", {"name": config.data, "train": len(train),
+    run.write_json("dataset.json", {**about, "train": len(train),
                                     "held_out": len(held), "shape": list(train.shape[1:])})
     metrics = write_report(run.path, seconds=time.perf_counter() - t0)
     run.log(f"report: {run.path / 'report.html'}")

@@ -84,8 +84,9 @@ def closed_form_report(out_dir, metrics: dict) -> Path:
     config, data = metrics["config"], metrics["dataset"]
     rep = Report(f"Closed-form denoisers vs {config['model']}", out_dir)
     rep.paragraph(
-        f"Network {config['model']}, data {data['name']} ({data['train']} training images, "
-        f"{data['held_out']} held out, shape {data['shape']}). At each σ every denoiser sees "
+        f"Network {config['model']}, data {data['name']} ({data['train']} training images: "
+        f"{data.get('source', 'the first ones')}; {data['held_out']} held out, shape "
+        f"{data['shape']}). At each σ every denoiser sees "
         "the same held-out noisy images (fixed noise, seed "
         f"{config['seed']}); r² = 1 − ‖D_net − D‖² / ‖D_net − mean D_net‖².")
     rep.paragraph("Best predictor of the network per σ: " + ", ".join(
