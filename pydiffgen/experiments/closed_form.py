@@ -39,7 +39,7 @@ from ._runs import Experiment, RunDir, named_preset, torch_threads
 from .training_sets import load_split, split_path
 
 __all__ = ["EXPERIMENT", "ClosedFormConfig", "MODELS", "PRESETS", "closed_form", "closed_forms",
-           "compare", "plan", "preset", "training_images", "write_report"]
+           "compare", "plan", "preset", "tabulate", "training_images", "write_report"]
 
 # the closed-form denoisers, in report order; the last three are calibrated patch models
 MODELS = ("empirical", "gaussian", "blurred", "smoothed", "LS", "ELS", "PSPC")
@@ -108,17 +108,18 @@ def plan(config: ClosedFormConfig) -> str:
     c = config
     found = split_path(c.model) if c.model and not c.train else None
     if c.train:
-        trained = f"trained on {c.train}; held out: images of {c.data or '(--data missing)'}"
+        trained = f"trained on {c.train}; held out: the last {c.n_heldout} images of " \
+                  f"{c.data or '(--data missing)'} not in it"
     elif found:
-        trained = f"trained on the sweep's {found[1]} ({found[0]}); held out: its images in " \
-                  "neither set"
+        trained = f"trained on the sweep's {found[1]} ({found[0]}); held out: the last " \
+                  f"{c.n_heldout} of its de-duplicated images in neither set"
     else:
         n_train = "all but the held-out" if c.n_train is None else f"the first {c.n_train}"
         trained = f"data {c.data or '(--data missing)'} {dict(c.data_options) or ''}: " \
-                  f"trained on {n_train} images"
+                  f"trained on {n_train} images, the last {c.n_heldout} held out"
     return "\n".join([
         f"closed-form {c.name!r}: network {c.model or '(--model missing)'}",
-        f"  {trained}, the last {c.n_heldout} held out",
+        f"  {trained}",
         f"  {len(c.sigmas)} noise levels {', '.join(f'{s:g}' for s in c.sigmas)}: r² and "
         f"RMSE of {', '.join(MODELS)}",
         f"  LS / ELS / PSPC patch size calibrated per σ among "
@@ -319,13 +320,7 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
             raise ConfigError(f"{out} is missing {path.name}; rerun with the same config")
         per_sigma.append(read_json(path))
     metrics = {"config": cfgmod.to_dict(config), "dataset": read_json(out / "dataset.json"),
-               "sigma": [r["sigma"] for r in per_sigma],
-               "r2": {m: [r["r2"][m] for r in per_sigma] for m in MODELS},
-               "rmse": {m: [r["rmse"][m] for r in per_sigma] for m in MODELS},
-               "patch_size": {m: [r["patch_size"][m] for r in per_sigma]
-                              for m in ("LS", "ELS", "PSPC")},
-               "calibration": [r["calibration"] for r in per_sigma],
-               "best": [max(MODELS, key=r["r2"].__getitem__) for r in per_sigma]}
+               **tabulate(per_sigma)}
     if config.n_samples:
         path = out / "analysis" / "samples.json"
         if not path.exists():
@@ -336,6 +331,19 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
     write_json(out / "metrics.json", metrics)
     closed_form_report(out, metrics)
     return metrics
+
+
+def tabulate(per_sigma: list[dict]) -> dict:
+    """The per-σ results of :func:`compare` as curves: {"sigma": [S], "r2" and "rmse":
+    {model: [S]}, "patch_size": {LS/ELS/PSPC: [S]}, "calibration": [S], "best": [S] (the
+    model of largest r² at each σ)}."""
+    return {"sigma": [r["sigma"] for r in per_sigma],
+            "r2": {m: [r["r2"][m] for r in per_sigma] for m in MODELS},
+            "rmse": {m: [r["rmse"][m] for r in per_sigma] for m in MODELS},
+            "patch_size": {m: [r["patch_size"][m] for r in per_sigma]
+                           for m in ("LS", "ELS", "PSPC")},
+            "calibration": [r["calibration"] for r in per_sigma],
+            "best": [max(MODELS, key=r["r2"].__getitem__) for r in per_sigma]}
 
 
 def summary(metrics: dict) -> list[str]:

@@ -34,6 +34,8 @@ from ._runs import (
     named_preset,
     training_rate,
 )
+from .sweep_closed_form import attach_closed_form, closed_form_sizes
+from .training_sets import record_splits
 
 _FOLDS = 5  # of the identification bound's cross-validation (Yi, Sun & Li 2023)
 
@@ -247,6 +249,9 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
         encoder = _feature_encoder(config)
         t_data = time.perf_counter() - t_start
         heldout = _heldout(config, run, x, groups)
+        if rank == 0:  # each N's S1 and S2, to analyse its models later (closed-form)
+            record_splits(out, config, x, lambda n: _split(disjoint_split, x, n, config.seed,
+                                                           groups))
         dist.barrier()  # every rank lists the unfinished work before any rank adds to it
         todo = [n for n in sorted(config.sizes)
                 if not (resume and (out / f"n{n}" / "metrics.json").exists())]
@@ -273,6 +278,7 @@ def generalization_sweep(config: SweepConfig, out_dir=None, *, resume: bool = Tr
             run.log(f"N={n}: done earlier, loading {out / f'n{n}' / 'metrics.json'}")
         dist.barrier()
         _feature_sizes(config, run, encoder, sorted(config.sizes)[rank::world])
+        closed_form_sizes(config, run, x, sorted(config.sizes)[rank::world])
         dist.barrier()
 
         def report():
@@ -314,6 +320,7 @@ def write_report(out_dir, seconds: float | None = None) -> dict:
         "sizes": {str(n): _summary(per_n[n]) for n in per_n},
     }
     _attach_features(out, per_n, metrics)
+    attach_closed_form(out, per_n, metrics)
     if seconds is not None:
         metrics["seconds"] = seconds
     write_json(out / "metrics.json", metrics)

@@ -115,6 +115,10 @@ def sweep_report(out: Path, config, per_n: dict, metrics: dict, about: dict | No
         from .sweep_features import sweep_feature_section
 
         sweep_feature_section(rep, {n: per_n[n]["features"] for n in ns})
+    if all(per_n[n].get("closed_form") for n in ns):  # runs before this section lack it
+        from .sweep_closed_form import sweep_closed_form_section
+
+        sweep_closed_form_section(rep, {n: per_n[n]["closed_form"] for n in ns})
     _about(rep, about or {}, metrics.get("seconds"))
     rep.heading("Configuration")
     rep.code(json.dumps(to_dict(config), indent=2))

@@ -1,0 +1,77 @@
+"""The sweep report's "which closed form explains the model" section: for each N, r² of
+every closed-form denoiser of S1 for model A against σ, so that the reader sees which
+one the network computes — the empirical optimum (memorization) at small N, the Gaussian
+and local patch models at large N."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are written on headless machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .closed_form import STYLE  # noqa: E402
+from .figures import PAGE_WIDTH  # noqa: E402
+from .html import Report  # noqa: E402
+
+
+def r2_panels(per_n: dict):
+    """One panel per N: r² of each closed form for model A against σ (log σ), one y-range
+    for every panel so that they compare.
+
+    per_n: {N: {"sigma": [S], "r2": {model: [S]}}}."""
+    ns = sorted(per_n)
+    lows = [v for n in ns for curve in per_n[n]["r2"].values() for v in curve]
+    bottom = max(-0.5, min(lows) - 0.05)
+    cols = min(4, len(ns))
+    rows = -(-len(ns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.8 * rows + 0.6), sharey=True,
+                             squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= len(ns):
+            ax.set_visible(False)
+            continue
+        r = per_n[ns[i]]
+        for model, values in r["r2"].items():
+            label, color, style = STYLE.get(model, (model, None, "-"))
+            ax.plot(r["sigma"], values, style, marker="o", ms=3, color=color, label=label)
+        ax.set_xscale("log")
+        ax.set_ylim(bottom, 1.02)
+        ax.set_title(f"N = {ns[i]}", fontsize=10)
+        ax.set_xlabel("noise level σ")
+        if i % cols == 0:
+            ax.set_ylabel("r² for model A")
+        ax.grid(alpha=0.25)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.12 / rows, 1, 1))
+    return fig
+
+
+def sweep_closed_form_section(rep: Report, per_n: dict) -> None:
+    """Heading, the r²-vs-σ panels and the best closed form per (N, σ).
+
+    per_n: {N: ``n<N>/closed_form.json``}: {"sigma", "r2", "rmse", "patch_size", "best",
+    "held_out"} (:func:`pydiffgen.experiments.closed_form.tabulate`), or {"skipped": why}."""
+    rep.heading("Which closed form explains the model")
+    done = {n: r for n, r in per_n.items() if "skipped" not in r}
+    if not done:
+        rep.paragraph(f"Not measured: {next(iter(per_n.values()))['skipped']}.", "note")
+        return
+    held = next(iter(done.values()))["held_out"]
+    rep.figure(r2_panels(done), "closed_form_r2",
+               f"For each N, how much of model A's output each closed-form denoiser of its "
+               f"training set S1 explains: r² = 1 − ‖D_A − D‖² / ‖D_A − mean D_A‖² on "
+               f"{held} held-out images (in no training set of the sweep) with the same fixed "
+               "noise at each σ. Empirical: the exact optimum of S1, which reproduces training "
+               "images; Gaussian: the optimum of S1's mean and covariance; blurred, smoothed: "
+               "the empirical optimum softened; LS, ELS, PSPC: local patch models at the patch "
+               "size that fits best. The highest curve at a σ is the closed form the network "
+               "computes there: the empirical optimum when it memorizes, the Gaussian or a "
+               "local model when it generalizes.")
+    sigmas = next(iter(done.values()))["sigma"]
+    rep.table(["N", *(f"best at σ = {s:g}" for s in sigmas)],
+              [[n, *(f"{b} ({r['r2'][b][i]:.3f})" for i, b in enumerate(r["best"]))]
+               for n, r in sorted(done.items())])
+    rep.paragraph("`pydiffgen closed-form --model <run>/n<N>/A` gives the full comparison "
+                  "for one model: more σ and held-out images, calibration, samples.", "note")
