@@ -16,16 +16,18 @@ import torch
 
 from ..config import replace
 from ..io import read_json
+from ._runs import torch_threads
 from .closed_form import ClosedFormConfig, closed_forms, compare, tabulate
 from .training_sets import SPLIT_FILE
 
 __all__ = ["RESULT_FILE", "SETTINGS", "attach_closed_form", "closed_form_sizes"]
 
 RESULT_FILE = "closed_form.json"
-# three noise levels (near the data, the transition, near the mean), 16 held-out images and
-# two patch sizes: ≈ 6 CPU-seconds for the demo's four N (measured in the README)
+# three noise levels (near the data, the transition, near the mean), 12 held-out images and
+# two patch sizes, on one thread (the patch models' many small products only contend with
+# a second): ≈ 7 CPU-seconds for the demo's four N on a 2-core CPU, 2 % of its budget
 SETTINGS = ClosedFormConfig(name="sweep", sigmas=(0.05, 0.2, 1.0), patch_sizes=(3, 5),
-                            n_heldout=16, n_samples=0)
+                            n_heldout=12, n_samples=0, threads=1)
 
 
 def closed_form_sizes(config, run, x: torch.Tensor, sizes) -> None:
@@ -35,28 +37,38 @@ def closed_form_sizes(config, run, x: torch.Tensor, sizes) -> None:
     for every N, noise fixed by the sweep's seed). x [K, C, H, W]: the sweep's de-duplicated
     images, indexed by each N's ``split.json``. A sweep whose models are no unconditional
     image denoisers, or that leaves no image out, stores why it was skipped."""
-    from ..checkpoint import load_model
     from .jacobian_spectra import heldout_images
 
+    todo = [n for n in sizes if not (run.path / f"n{n}" / RESULT_FILE).exists()]
+    if not todo:
+        return
     largest = read_json(run.path / f"n{max(config.sizes)}" / SPLIT_FILE)
     held = heldout_images(x, torch.tensor(largest["S1"]), torch.tensor(largest["S2"]),
                           SETTINGS.n_heldout, config.seed)
+    why = skipped(config, x, held)
     settings = replace(SETTINGS, seed=config.seed, device=config.device)
-    for n in sizes:
-        path = run.path / f"n{n}" / RESULT_FILE
-        if path.exists():
-            continue
-        why = skipped(config, x, held)
-        if why:
-            run.write_json(f"n{n}/{RESULT_FILE}", {"skipped": why})
-            continue
-        run.log(f"N={n}: which closed form explains model A")
-        train = x[torch.tensor(read_json(run.path / f"n{n}" / SPLIT_FILE)["S1"])]
-        train, images = train.to(config.device), held.to(config.device)
-        net = load_model(run.path / f"n{n}" / "A", device=config.device).eval()
-        models = closed_forms(settings, train)
-        per_sigma = [compare(settings, s, net, train, images, models) for s in settings.sigmas]
-        run.write_json(f"n{n}/{RESULT_FILE}", {**tabulate(per_sigma), "held_out": len(held)})
+    with torch_threads(settings.threads):
+        for n in todo:
+            run.write_json(f"n{n}/{RESULT_FILE}", {"skipped": why} if why else
+                           _explain(config, run, x[_s1(run, n)], held, n, settings))
+
+
+def _s1(run, n: int) -> torch.Tensor:
+    return torch.tensor(read_json(run.path / f"n{n}" / SPLIT_FILE)["S1"])
+
+
+def _explain(config, run, train: torch.Tensor, held: torch.Tensor, n: int,
+             settings: ClosedFormConfig) -> dict:
+    """The closed forms of ``train`` (S1 [N, C, H, W]) against model A of N = n on
+    ``held`` [M, C, H, W]: :func:`.closed_form.tabulate`'s curves and ``held_out`` = M."""
+    from ..checkpoint import load_model
+
+    run.log(f"N={n}: which closed form explains model A")
+    train, images = train.to(config.device), held.to(config.device)
+    net = load_model(run.path / f"n{n}" / "A", device=config.device).eval()
+    models = closed_forms(settings, train)
+    per_sigma = [compare(settings, s, net, train, images, models) for s in settings.sigmas]
+    return {**tabulate(per_sigma), "held_out": len(held)}
 
 
 def skipped(config, x: torch.Tensor, held) -> str | None:

@@ -66,9 +66,11 @@ def sweep_closed_form_section(rep: Report, per_n: dict) -> None:
                "noise at each σ. Empirical: the exact optimum of S1, which reproduces training "
                "images; Gaussian: the optimum of S1's mean and covariance; blurred, smoothed: "
                "the empirical optimum softened; LS, ELS, PSPC: local patch models at the patch "
-               "size that fits best. The highest curve at a σ is the closed form the network "
-               "computes there: the empirical optimum when it memorizes, the Gaussian or a "
-               "local model when it generalizes.")
+               "size that fits best. The highest curve at a σ is the closed form that best "
+               "predicts the network there. A memorizing network is expected to follow the "
+               "empirical optimum, a generalizing one the Gaussian or a local model; at small "
+               "σ a held-out input stays near itself under a network but jumps to a training "
+               "image under the empirical optimum, so the smoothed forms lead there.")
     sigmas = next(iter(done.values()))["sigma"]
     rep.table(["N", *(f"best at σ = {s:g}" for s in sigmas)],
               [[n, *(f"{b} ({r['r2'][b][i]:.3f})" for i, b in enumerate(r["best"]))]
