@@ -178,13 +178,13 @@ def _given(config: ClosedFormConfig):
 
 
 def training_images(x: torch.Tensor, train: torch.Tensor, chunk: int = 256) -> torch.Tensor:
-    """bool [M]: which images of x [M, *F] are in ``train`` [N, *F], up to a mean squared
-    difference of 1e-6 (below an 8-bit step, 2/255, so a file's rounding still matches)."""
+    """bool [M]: which images of x [M, *F] are in ``train`` [N, *F], up to an RMS difference
+    of half an 8-bit step (1/255 in [-1, 1]), so that a file's 8-bit rounding still matches."""
     if x.shape[1:] != train.shape[1:]:
         raise ConfigError(f"the training set's images are {list(train.shape[1:])}, the "
                           f"dataset's {list(x.shape[1:])}")
     t = train.flatten(1).double()
-    found = [torch.cdist(c.flatten(1).double(), t).amin(dim=1).square() <= 1e-6 * t.shape[1]
+    found = [torch.cdist(c.flatten(1).double(), t).amin(dim=1).square() <= t.shape[1] / 255**2
              for c in x.split(chunk)]
     return torch.cat(found)
 

@@ -70,7 +70,7 @@ def sweep_closed_form_section(rep: Report, per_n: dict) -> None:
                "predicts the network there. A memorizing network is expected to follow the "
                "empirical optimum, a generalizing one the Gaussian or a local model; at small "
                "σ a held-out input stays near itself under a network but jumps to a training "
-               "image under the empirical optimum, so the smoothed forms lead there.")
+               "image under the empirical optimum, which lowers its r² there.")
     sigmas = next(iter(done.values()))["sigma"]
     rep.table(["N", *(f"best at σ = {s:g}" for s in sigmas)],
               [[n, *(f"{b} ({r['r2'][b][i]:.3f})" for i, b in enumerate(r["best"]))]
