@@ -25,7 +25,7 @@ __all__ = ["RESULT_FILE", "SETTINGS", "attach_closed_form", "closed_form_sizes"]
 RESULT_FILE = "closed_form.json"
 # three noise levels (near the data, the transition, near the mean), 12 held-out images and
 # two patch sizes, on one thread (the patch models' many small products only contend with
-# a second): 8.2 CPU-seconds for the demo's four N on its 2-core CPU (30 with two threads)
+# a second, 11x the CPU time on a busy 2-core machine): 8.2 CPU-seconds for the demo's four N
 SETTINGS = ClosedFormConfig(name="sweep", sigmas=(0.05, 0.2, 1.0), patch_sizes=(3, 5),
                             n_heldout=12, n_samples=0, threads=1)
 
