@@ -105,7 +105,7 @@ def test_candidate_pass_keeps_every_point_that_may_carry_weight():
     dense has a float64 logit below the row's largest minus MARGIN + log N; R bounds
     every ‖x_i − μ‖."""
     for name, y, train, sig in _cases(_digits()):
-        rows, cols, dense, mu, R = lse.candidate_pass(y, train, sig, cap=len(train))
+        rows, cols, dense, mu, R = lse.candidate_pass(y, lse.Keys(train), sig, cap=len(train))
         d2 = ((y.double()[:, None] - train.double()[None]) ** 2).sum(-1)  # [M, N]
         logit = -d2 / (2 * sig[:, None] ** 2)
         kept = torch.zeros_like(logit, dtype=torch.bool)
