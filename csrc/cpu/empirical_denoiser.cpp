@@ -92,7 +92,7 @@ void run(const at::Tensor& y, const at::Tensor& train, const at::Tensor& sigma, 
   const int64_t M = y.size(0), D = y.size(1), N = train.size(0);
   const int64_t step = std::max<int64_t>(1, N / 8192);
   const auto dt = y.scalar_type();  // train may be float32 under float64 y: per-tile upcast
-  const at::Tensor mu = train.slice(0, 0, N, step).to(dt).mean(0);  // [D]
+  const at::Tensor mu = train.slice(0, 0, N, step).mean({0}, false, dt);  // [D]
   const at::Tensor yc = y.sub(mu).contiguous();                // [M, D]
   const at::Tensor yc_norm =
       at::linalg_vector_norm(yc, 2, at::IntArrayRef{1}, false, at::kDouble).contiguous();

@@ -140,15 +140,13 @@ def sparse_partials(y, x, sig, cap: int | None = None, keys: Keys | None = None)
     (−inf, 0, 0) for a dense pass, and (μ [D] float64, R): every x_i lies within R of μ."""
     M, D = y.shape
     N = x.shape[0]
-    m, s, a = empty(M, D, y.device)
     if N == 0 or M == 0:
-        return m, s, a, torch.zeros(M, dtype=torch.bool, device=y.device), (
+        return *empty(M, D, y.device), torch.zeros(M, dtype=torch.bool, device=y.device), (
             _centre64(x, D, y.device), 0.0)
     cap = cap or max(1, min(CAP, N // 16))
     rows, cols, dense, mu, R = candidate_pass(y, keys or Keys(x), sig, cap)
-    if len(rows):
-        m, s, a = pair_partials(y, x, sig, rows, cols)
-    return m, s, a, dense, (mu.double(), R)
+    state = pair_partials(y, x, sig, rows, cols) if len(rows) else empty(M, D, y.device)
+    return *state, dense, (mu.double(), R)
 
 
 def pair_partials(y, x, sig, rows, cols):
@@ -292,9 +290,14 @@ def _keep(G, r, lower, slack, E, cap, dense, first):
 
 def _above(G, thr):
     """(i, j) where G [m, t] (bf16) ≥ thr [m] (float64), comparing with thr rounded down
-    to bf16 (so no pair at or above thr is missed)."""
+    to bf16 (so no pair at or above thr is missed). Only rows whose maximum reaches thr
+    are compared: where the softmax is sparse, most rows of most tiles keep nothing."""
     thr = (thr - thr.abs() * 2.0**-7 - 1e-30).to(torch.bfloat16)
-    return (G >= thr[:, None]).nonzero(as_tuple=True)
+    hit = (G.amax(1) >= thr).nonzero().squeeze(1)
+    if 2 * len(hit) > len(G):
+        return (G >= thr[:, None]).nonzero(as_tuple=True)
+    i, j = (G[hit] >= thr[hit, None]).nonzero(as_tuple=True)
+    return hit[i], j
 
 
 def _shift(x):
