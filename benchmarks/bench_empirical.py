@@ -21,9 +21,10 @@ candidate pass), σ = 20 (dense: the float64 pass), "memory" (σ = 1 at N = 4000
 memory does not grow with M×N), and the σ-sweep (64 log-spaced σ in [0.002, 80], M = 256,
 d = 3072: one EmpiricalIndex, built inside the timed total, and one call per σ). Naive's
 time does not depend on σ (every step is dense), so the sweep times it at K = --sweep-naive
-σ's spread over the 64 (default 8; 64 times all) and scales the total by 64/K. Peak extra memory: CPU via
-the process's peak RSS (VmHWM, reset through /proc/self/clear_refs), CUDA via
-max_memory_allocated. Rows go to <results>/bench_empirical.json.
+σ's spread over the 64 (default 8; 64 times all) and scales the total by 64/K. Peak
+extra memory: CPU via the process's peak RSS (VmHWM, reset through
+/proc/self/clear_refs), CUDA via max_memory_allocated. Rows go to
+<results>/bench_empirical.json.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ Backends in priority order (each the candidate pass, then its own float64 dense 
   CPU:  cpp (pydiffgen._C in float64, ATen GEMMs per tile + a fused OpenMP exp/merge
         pass, op pydiffgen::empirical_denoiser) → reference
         (pydiffgen::empirical_denoiser_ref, float64 throughout, no candidate pass).
+``EmpiricalIndex`` prepares a training set once (its check, centre and bf16 rows) for the
+many calls of a σ sweep or a sampler: the same backends, without the per-call preparation.
 Each backend is a custom op registered once (``ops._register``) with a fake kernel and
 autograd (VJP by recomputation, ``pydiffgen::empirical_denoiser_vjp``, float64; the
 Jacobian Cov_w/σ² is symmetric, so the JVP is the same product); the reference and the
@@ -92,6 +94,7 @@ class EmpiricalIndex:
     def __call__(self, y, sigma):
         """D_M(y; σ) [M, *F] for y [M, *F] on the training set's device, sigma a float or
         [M] tensor (> 0); in the promoted dtype of y and the training set."""
+        # y and σ are checked against an empty view of the set: its values were checked once
         y, _, sig = validate(y, self.rows[:0].reshape(0, *self.feature_shape), sigma,
                              empty_train=True)
         if y.shape[0] == 0:
