@@ -1,23 +1,35 @@
 """Empirical optimal denoiser: correctness, then time and peak memory against the peers.
 
     python benchmarks/bench_empirical.py [--device cpu|cuda|auto] [--quick]
+        [--cases sigma0.1,sigma1,sigma20,memory,sweep] [--sweep-naive K]
     PYDIFFGEN_BASELINE=/path/to/other/checkout  (optional: also time that tree's op)
     SWEEP_N=50000  (training rows of the σ-sweep row; smaller on a busy machine)
 
+The issue's target rows, about 8 minutes on a quiet 2-core CPU:
+    python benchmarks/bench_empirical.py --device cpu --cases sigma0.1,sigma1,sigma20,sweep
+
 Ours: pydiffgen.ops.empirical_denoiser with its default backend (cpp on CPU, triton on
-CUDA). Peers, measured in the same run: the naive torch.cdist → softmax → matmul (an
-[M, N] matrix), "two GEMMs alone" (y·xᵀ and P·x with a prebuilt P [M, N]: the arithmetic
-floor of any fp32 GEMM formulation), and, with PYDIFFGEN_BASELINE, the same op from
-another checkout (in a subprocess, same data). Correctness: 16 rows within 1e-6 relative
+CUDA), one call, and the same with the training set prepared once
+(pydiffgen.ops.EmpiricalIndex, its build time reported beside). Peers, measured in the
+same run: the naive torch.cdist → softmax → matmul (an [M, N] matrix), "two GEMMs alone"
+(y·xᵀ and P·x with a prebuilt P [M, N]: the arithmetic floor of any fp32 GEMM
+formulation), on the dense row the same two GEMMs in float64 (the floor of the certified
+dense pass), and, with PYDIFFGEN_BASELINE, the same op from another checkout (in a
+subprocess, same data). Correctness: 16 rows within 1e-6 relative
 of the float64 reference. Cases: σ = 1 and 0.1 on [-1, 1] data (sparse softmax: the bf16
-candidate pass), σ = 20 (dense: the float64 pass), and the σ-sweep (64 log-spaced σ in
-[0.002, 80], M = 256, d = 3072: one call per σ, total time). Peak extra memory: CPU via
-the process's peak RSS (VmHWM, reset through /proc/self/clear_refs), CUDA via
-max_memory_allocated. Rows go to <results>/bench_empirical.json.
+candidate pass), σ = 20 (dense: the float64 pass), "memory" (σ = 1 at N = 40000: the peak
+memory does not grow with M×N), and the σ-sweep (64 log-spaced σ in [0.002, 80], M = 256,
+d = 3072: one EmpiricalIndex, built inside the timed total, and one call per σ). Naive's
+time does not depend on σ (every step is dense), so the sweep times it at K = --sweep-naive
+σ's spread over the 64 (default 8; 64 times all) and scales the total by 64/K. Peak
+extra memory: CPU via the process's peak RSS (VmHWM, reset through
+/proc/self/clear_refs), CUDA via max_memory_allocated. Rows go to
+<results>/bench_empirical.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -40,7 +52,7 @@ from _common import (  # noqa: E402
     write_json,
 )
 
-from pydiffgen.ops import empirical_denoiser, reference  # noqa: E402
+from pydiffgen.ops import EmpiricalIndex, empirical_denoiser, reference  # noqa: E402
 
 
 def naive(y, x, sigma):
@@ -107,15 +119,21 @@ def peak_extra_mb(fn, device):
     return (_rss_kb("VmHWM:") - base) / 1024
 
 
-def run_case(device, M, N, D, sigma, rows, ratios, ceil, peers=True):
+def run_case(device, M, N, D, sigma, rows, ratios, ceil, peers=True, gemm64=False):
     x, y, sig = data(M, N, D, sigma, device)
     # correctness first: 16 rows against the float64 reference
-    ours = empirical_denoiser(y, x, sig)
     want = reference.empirical_denoiser(y[:16], x, sig[:16].double())
-    err = float(((ours[:16].double() - want).norm(dim=1) / want.norm(dim=1)).max())
+    t0 = time.perf_counter()
+    index = EmpiricalIndex(x)
+    build_s = time.perf_counter() - t0
+    err = 0.0
+    for out in (empirical_denoiser(y, x, sig), index(y, sig)):
+        err = max(err, float(((out[:16].double() - want).norm(dim=1)
+                              / want.norm(dim=1)).max()))
     assert err <= 1e-6, f"empirical_denoiser differs from the float64 reference by {err}"
     case = f"M={M} N={N} d={D} sigma={sigma}"
-    times = {"empirical_denoiser": bench(lambda: empirical_denoiser(y, x, sig), device)}
+    times = {"empirical_denoiser": bench(lambda: empirical_denoiser(y, x, sig), device),
+             "EmpiricalIndex_held": bench(lambda: index(y, sig), device)}
     mem = {"empirical_denoiser": peak_extra_mb(lambda: empirical_denoiser(y, x, sig), device)}
     if peers:
         naive_err = float(((naive(y[:16], x, sigma).double() - want).norm(dim=1)
@@ -124,6 +142,10 @@ def run_case(device, M, N, D, sigma, rows, ratios, ceil, peers=True):
         mem["naive_cdist_softmax"] = peak_extra_mb(lambda: naive(y, x, sigma), device)
         P = torch.rand(M, N, device=device)
         times["two_gemms_alone"] = bench(lambda: (y @ x.T, P @ x), device)
+        if gemm64:
+            y64, x64, P64 = y.double(), x.double(), P.double()
+            times["two_fp64_gemms_alone"] = bench(lambda: (y64 @ x64.T, P64 @ x64), device)
+            del y64, x64, P64
         del P
         base = baseline_time(M, N, D, sigma, device)
         if base is not None:
@@ -135,30 +157,45 @@ def run_case(device, M, N, D, sigma, rows, ratios, ceil, peers=True):
         rows.append({"kind": "time", "case": case, "impl": name, "time_s": t,
                      "gflops": flops / t / 1e9, "of_gemm_ceiling": flops / t / 1e9
                      / ceil["gemm_fp32_gflops"], "peak_extra_mb": mem.get(name),
-                     "max_rel_err": err if name == "empirical_denoiser" else
-                     (naive_err if name == "naive_cdist_softmax" else None)})
+                     "index_build_s": build_s if name == "EmpiricalIndex_held" else None,
+                     "max_rel_err": err if name in ("empirical_denoiser", "EmpiricalIndex_held")
+                     else (naive_err if name == "naive_cdist_softmax" else None)})
     if peers:
-        ratios += ratio_rows(case, times, "empirical_denoiser")
-        print(f"{case}: vs naive x{times['naive_cdist_softmax'] / times['empirical_denoiser']:.2f}"
-              f", time / two GEMMs alone = "
-              f"{times['empirical_denoiser'] / times['two_gemms_alone']:.2f}, peak extra "
+        for ours in ("empirical_denoiser", "EmpiricalIndex_held"):
+            ratios += ratio_rows(case, {k: v for k, v in times.items()
+                                        if k == ours or k not in ("empirical_denoiser",
+                                                                  "EmpiricalIndex_held")}, ours)
+        t = times["empirical_denoiser"]
+        print(f"{case}: vs naive x{times['naive_cdist_softmax'] / t:.2f} (index held "
+              f"x{times['naive_cdist_softmax'] / times['EmpiricalIndex_held']:.2f}), "
+              f"time / two GEMMs alone = {t / times['two_gemms_alone']:.2f}, peak extra "
               f"memory {mem['empirical_denoiser']:.0f} MB (naive "
               f"{mem['naive_cdist_softmax']:.0f} MB)", flush=True)
 
 
-def sweep(device, M, N, D, rows, ratios):
-    """The σ-sweep row: one call per σ (64 log-spaced in [0.002, 80]), total seconds of
-    ours and of naive, and the largest relative error of ours over 4 rows per σ."""
+def sweep(device, M, N, D, rows, ratios, naive_sigmas=8):
+    """The σ-sweep row: one EmpiricalIndex (its build inside the total) and one call per σ
+    (64 log-spaced in [0.002, 80]), total seconds of ours and of naive (timed at
+    ``naive_sigmas`` of the σ's, evenly spread, and scaled to 64: its time does not depend
+    on σ), and the largest relative error of ours over 4 rows per σ."""
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(N, D, generator=g) * 2 - 1).to(device)
     noise = torch.randn(M, D, generator=g).to(device)
-    total = {"empirical_denoiser": 0.0, "naive_cdist_softmax": 0.0}
+    sigmas = torch.logspace(math.log10(0.002), math.log10(80), 64).tolist()
+    timed_naive = set(range(0, 64, max(1, 64 // naive_sigmas)))
+    sync(device)
+    t0 = time.perf_counter()
+    index = EmpiricalIndex(x)
+    sync(device)
+    total = {"empirical_denoiser": time.perf_counter() - t0, "naive_cdist_softmax": 0.0}
     worst = 0.0
-    for sigma in torch.logspace(math.log10(0.002), math.log10(80), 64).tolist():
+    for k, sigma in enumerate(sigmas):
         y = x[:M] + sigma * noise
         sig = torch.full((M,), sigma, device=device)
-        for name, fn, args in (("empirical_denoiser", empirical_denoiser, (y, x, sig)),
-                               ("naive_cdist_softmax", naive, (y, x, sigma))):
+        calls = [("empirical_denoiser", index, (y, sig))]
+        if k in timed_naive:
+            calls.append(("naive_cdist_softmax", naive, (y, x, sigma)))
+        for name, fn, args in calls:
             sync(device)
             t0 = time.perf_counter()
             out = fn(*args)
@@ -169,15 +206,42 @@ def sweep(device, M, N, D, rows, ratios):
                 worst = max(worst, float(((out[:4].double() - want).norm(dim=1)
                                           / want.norm(dim=1)).max()))
         print(f"sweep sigma={sigma:.4g}: ours {total['empirical_denoiser']:.1f} s, naive "
-              f"{total['naive_cdist_softmax']:.1f} s so far", flush=True)
-    case = f"sweep 64 sigma in [0.002, 80] M={M} N={N} d={D}"
+              f"{total['naive_cdist_softmax']:.1f} s at {len(timed_naive & set(range(k + 1)))}"
+              f" sigmas so far", flush=True)
+    total["naive_cdist_softmax"] *= 64 / len(timed_naive)
+    case = (f"sweep 64 sigma in [0.002, 80] M={M} N={N} d={D} (naive timed at "
+            f"{len(timed_naive)} sigmas, scaled to 64)")
     for name, t in total.items():
         rows.append({"kind": "time", "case": case, "impl": name, "time_s": t,
                      "max_rel_err": worst if name == "empirical_denoiser" else None})
     ratios += ratio_rows(case, total, "empirical_denoiser")
 
 
+# The rows --cases selects: name -> (M, N, D, σ, peers, float64 GEMMs)
+CASES = {"sigma1": (512, 20000, 1024, 1.0, True, False),
+         "sigma0.1": (512, 20000, 1024, 0.1, True, False),
+         "sigma20": (512, 20000, 1024, 20.0, True, True),
+         "memory": (512, 40000, 1024, 1.0, False, False)}
+CUDA_CASES = {"large": (4096, 100000, 3072, 1.0, True, False)}
+
+
+def selected_cases():
+    """(--cases names, --sweep-naive K), removed from sys.argv before _common's parser."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--cases", default=",".join([*CASES, "sweep"]))
+    p.add_argument("--sweep-naive", type=int, default=8)
+    args, rest = p.parse_known_args()
+    sys.argv[1:] = rest
+    names = [c for c in args.cases.split(",") if c]
+    unknown = set(names) - {*CASES, *CUDA_CASES, "sweep"}
+    if unknown:
+        sys.exit(f"unknown --cases {sorted(unknown)}; known: {', '.join([*CASES, 'sweep'])}"
+                 f" (cuda: also {', '.join(CUDA_CASES)})")
+    return names, args.sweep_naive
+
+
 def main():
+    names, naive_sigmas = selected_cases()
     args = parse_args(__doc__.splitlines()[0])
     device = args.device
     meta = metadata(device)
@@ -185,22 +249,20 @@ def main():
     ceil = ceilings(device)
     rows, ratios = [], []
     if args.quick:
-        cases = [(128, 2000, 256, 1.0, True)]
-    elif device == "cuda":
-        cases = [(512, 20000, 1024, 1.0, True), (4096, 100000, 3072, 1.0, True),
-                 (512, 20000, 1024, 0.1, True), (512, 20000, 1024, 20.0, True)]
+        cases = [(128, 2000, 256, 1.0, True, False)]
     else:
-        # sparse softmax (σ = 1, 0.1: the bf16 candidate pass), dense (σ = 20: the float64
-        # pass); N = 40000 shows that the peak memory does not grow with M×N
-        cases = [(512, 20000, 1024, 1.0, True), (512, 20000, 1024, 0.1, True),
-                 (512, 20000, 1024, 20.0, True), (512, 40000, 1024, 1.0, False)]
-    for M, N, D, sigma, peers in cases:
-        run_case(device, M, N, D, sigma, rows, ratios, ceil, peers)
-    if not args.quick:
-        sweep(device, 256, int(os.environ.get("SWEEP_N", 50000)), 3072, rows, ratios)
+        if device == "cuda" and "sigma1" in names:
+            names = [*names, *CUDA_CASES]
+        cases = [{**CASES, **CUDA_CASES}[n] for n in names if n != "sweep"]
+    for case in cases:
+        run_case(device, *case[:4], rows, ratios, ceil, *case[4:])
+    if not args.quick and "sweep" in names:
+        sweep(device, 256, int(os.environ.get("SWEEP_N", 50000)), 3072, rows, ratios,
+              naive_sigmas)
     meta["uptime_after"] = Path("/proc/loadavg").read_text().strip()
+    meta["cases"] = names
     print_table(rows, ["case", "impl", "time_s", "gflops", "of_gemm_ceiling",
-                       "peak_extra_mb", "max_rel_err"])
+                       "peak_extra_mb", "index_build_s", "max_rel_err"])
     print_table(ratios, ["case", "ours", "peer", "speedup"])
     path = write_json("bench_empirical", rows + ratios, {**meta, "ceilings": ceil})
     print(f"wrote {path}")

@@ -21,11 +21,11 @@ Numerics:
   comparable to the data's spread); float32 logits and sums cannot be certified to 1e-6
   relative (docs/science.md#empirical-optimum-numerics). tl.dot with
   input_precision="ieee" (never TF32).
-- μ (the mean of ≤ 8192 strided training rows) is subtracted inside the logit dot, and
+- μ (the caller's centre of the training set) is subtracted inside the logit dot, and
   ‖x − μ‖² is computed once per call by the launcher (chunked).
 - the weighted sum uses the raw x, so a lone dominant point returns x_i exactly.
-- the launcher returns err [M] = 2·u·√D·(‖y − μ‖·R + R²/2)/σ² (R = max ‖x − μ‖, u the
-  unit roundoff of the dtype), the logit-error estimate.
+- the launcher returns R² = max ‖x − μ‖², from which the caller bounds the logit error
+  (pydiffgen.ops.exact.logit_error; kernels do not import ops).
 - masked loads fill 0; masked training columns get logit −inf.
 
 The launcher takes torch tensors on a CUDA device, or on the CPU when TRITON_INTERPRET=1
@@ -38,7 +38,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops.exact import centre, logit_error
 from . import interpreted
 
 
@@ -96,9 +95,10 @@ def empirical_split_kernel(
     tl.store(sum_ptr + pid_s * M + offs_m, l_i, mask=mask_m)
 
 
-def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int = 32,
+def empirical_denoiser(y, x, mu, sigma, *, splits: int | None = None, block_m: int = 32,
                        block_n: int | None = None, block_d: int | None = None):
-    """(D_M [M, D] in y's dtype, err [M] float64) for y [M, D], x [N, D], sigma [M] > 0.
+    """(D_M [M, D] in y's dtype, R² = max_i ‖x_i − μ‖² as a float) for y [M, D], x [N, D]
+    (any float dtype: computed in y's), μ [D] a point near the centre of x, sigma [M] > 0.
 
     ``splits``: how many training-set splits run in parallel (default: enough programs to
     fill the device, at least BLOCK_N rows each).
@@ -113,7 +113,7 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     N = x.shape[0]
     dt = torch.float64 if y.dtype == torch.float64 else torch.float32
     xf = x.to(dt).contiguous()
-    mu = centre(xf).to(dt)  # [D]
+    mu = mu.to(dt)  # [D]
     yc = (y.to(dt) - mu).contiguous()  # [M, D]
     sq = torch.empty(N, dtype=dt, device=x.device)
     rows = max(1, (1 << 22) // D)
@@ -144,5 +144,4 @@ def empirical_denoiser(y, x, sigma, *, splits: int | None = None, block_m: int =
     w = torch.exp(mx64 - top)  # [S, M]
     total = (w * sm.double()).sum(0)  # [M]
     out = (w[:, :, None] * acc.double()).sum(0) / total[:, None]
-    R2 = float(sq.max()) if N else 0.0
-    return out.to(y.dtype), logit_error(yc.double().norm(dim=1), R2, D, dt, sig)
+    return out.to(y.dtype), float(sq.max()) if N else 0.0

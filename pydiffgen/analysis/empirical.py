@@ -21,7 +21,7 @@ import torch
 from .._checks import as_sigma, check_positive_float, check_positive_int, check_tensor
 from ..errors import InputError
 from ..models.base import Denoiser
-from ..ops.empirical import empirical_denoiser
+from ..ops.empirical import EmpiricalIndex, empirical_denoiser
 
 
 def _check_y(y, train):
@@ -38,7 +38,9 @@ class EmpiricalDenoiser(Denoiser):
 
     ``backend`` and ``topk`` are passed to :func:`pydiffgen.ops.empirical_denoiser`.
     The training set is the non-persistent buffer ``train_set`` (``nn.Module.train`` is
-    taken): ``.to(device)`` moves it, checkpoints do not store it.
+    taken): ``.to(device)`` moves it, checkpoints do not store it. Samplers and sweeps call
+    the model at many σ: the training set is prepared once (``pydiffgen.ops.EmpiricalIndex``,
+    2·N·D bytes more), again only when ``train_set`` is replaced (``.to``, assignment).
     """
 
     def __init__(self, train: torch.Tensor, *, backend: str | None = None,
@@ -48,9 +50,18 @@ class EmpiricalDenoiser(Denoiser):
         self.register_buffer("train_set", train.detach(), persistent=False)
         self.backend = backend
         self.topk = topk
+        self.prepared = None  # (train_set, its EmpiricalIndex), built on the first call
 
     def forward(self, y: torch.Tensor, sigma) -> torch.Tensor:
-        return empirical_denoiser(y, self.train_set, sigma, self.backend, topk=self.topk)
+        if self.topk is not None:
+            return empirical_denoiser(y, self.train_set, sigma, self.backend, topk=self.topk)
+        return self.index()(y, sigma)
+
+    def index(self) -> EmpiricalIndex:
+        """The training set prepared for repeated calls, rebuilt when ``train_set`` is."""
+        if self.prepared is None or self.prepared[0] is not self.train_set:
+            self.prepared = self.train_set, EmpiricalIndex(self.train_set, self.backend)
+        return self.prepared[1]
 
     def weights(self, y: torch.Tensor, sigma) -> torch.Tensor:
         """Posterior weights w_i = softmax_i(−‖y − y_i‖²/(2σ²)) as float64 [B, N].

@@ -20,6 +20,8 @@ Backends in priority order (each the candidate pass, then its own float64 dense 
   CPU:  cpp (pydiffgen._C in float64, ATen GEMMs per tile + a fused OpenMP exp/merge
         pass, op pydiffgen::empirical_denoiser) → reference
         (pydiffgen::empirical_denoiser_ref, float64 throughout, no candidate pass).
+``EmpiricalIndex`` prepares a training set once (its check, centre and bf16 rows) for the
+many calls of a σ sweep or a sampler: the same backends, without the per-call preparation.
 Each backend is a custom op registered once (``ops._register``) with a fake kernel and
 autograd (VJP by recomputation, ``pydiffgen::empirical_denoiser_vjp``, float64; the
 Jacobian Cov_w/σ² is symmetric, so the JVP is the same product); the reference and the
@@ -36,7 +38,7 @@ from ..errors import InputError
 from ..kernels import TRITON_WHY_NOT, cuda_why_not
 from . import dispatch, lse, reference
 from ._register import register, transformed
-from .exact import check_finite, softmax_gather64
+from .exact import centre, check_finite, logit_error, softmax_gather64
 from .knn import search
 
 
@@ -63,6 +65,44 @@ def empirical_denoiser(y, train, sigma, backend: str | None = None, *, topk: int
         return _reference(y2, x2.detach(), sig).reshape(shape)
     impl = dispatch.op("empirical_denoiser").select(y.device.type, backend)
     return impl.fn(y2, x2, sig).reshape(shape)
+
+
+class EmpiricalIndex:
+    """A training set prepared once for many ``empirical_denoiser`` calls (σ sweeps,
+    sampling the empirical optimum, ``noise_level_gap``), as ``KnnIndex`` is for ``knn``.
+
+    train [N, *F]: checked once (finite, float32 / float64 compute dtype), its centre, a
+    strided sample and the bf16 rows of the candidate pass (``lse.Keys``, 2·N·(D + 2)
+    bytes beside the training set, which is kept by reference: do not modify it in place
+    while the index is in use) are prepared now. ``index(y, sigma)`` returns what
+    ``empirical_denoiser(y, train, sigma, backend)`` returns (the same certified result,
+    differentiable in y); the reference backend has no candidate pass and prepares nothing.
+    """
+
+    def __init__(self, train, backend: str | None = None):
+        check_tensor(train, "train", min_ndim=2)
+        check_finite(train, "train")
+        self.feature_shape = tuple(train.shape[1:])
+        dtype = train.dtype if train.dtype in (torch.float32, torch.float64) else torch.float32
+        self.rows = train.reshape(len(train), -1).to(dtype)
+        self.impl = dispatch.op("empirical_denoiser").select(train.device.type, backend)
+        self.keys = lse.Keys(self.rows, hold=True) if self.impl.name != "reference" else None
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def __call__(self, y, sigma):
+        """D_M(y; σ) [M, *F] for y [M, *F] on the training set's device, sigma a float or
+        [M] tensor (> 0); in the promoted dtype of y and the training set."""
+        # y and σ are checked against an empty view of the set: its values were checked once
+        y, _, sig = validate(y, self.rows[:0].reshape(0, *self.feature_shape), sigma,
+                             empty_train=True)
+        if y.shape[0] == 0:
+            return y.clone()
+        x = self.rows.to(y.dtype)  # the keys hold float32 values: valid for either dtype
+        if transformed(y, sig):
+            return _reference(y.reshape(len(y), -1), x.detach(), sig).reshape(y.shape)
+        return self.impl.fn(y.reshape(len(y), -1), x, sig, self.keys).reshape(y.shape)
 
 
 def validate(y, train, sigma, topk=None, *, train_name: str = "train", empty_train=False):
@@ -194,14 +234,15 @@ def _register_fast(name):
 
 
 def _certified(dense64):
-    """A backend's forward (y, x, σ) -> D_M in y's dtype (``lse.denoise``): each row's exact
-    softmax over the candidates of the bf16 pass where it certifies the row, the float64
-    pass ``dense64`` (y, x, σ) -> D elsewhere."""
+    """A backend's forward (y, x, σ, keys=None) -> D_M in y's dtype (``lse.denoise``;
+    keys: x prepared, ``lse.Keys``): each row's exact softmax over the candidates of the
+    bf16 pass where it certifies the row, the float64 pass ``dense64`` (y float64, x, σ)
+    -> D elsewhere (x float32 or float64: the kernels upcast it tile by tile)."""
 
     def dense(y, x, sig):
-        return dense64(y.double(), x.double(), sig)
+        return dense64(y.double(), x, sig)
 
-    return lambda y, x, sig: lse.denoise(y, x, sig, dense).to(y.dtype)
+    return lambda y, x, sig, keys=None: lse.denoise(y, x, sig, dense, keys=keys).to(y.dtype)
 
 
 _CPP_WHY_NOT = _native.cpu_why_not("empirical_denoiser")
@@ -220,7 +261,11 @@ if TRITON_WHY_NOT is None:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         from ..kernels.empirical import empirical_denoiser as launch
 
-        return launch(y, train, sigma)
+        mu = centre(train)
+        out, R2 = launch(y, train, mu, sigma)
+        dt = torch.float64 if y.dtype == torch.float64 else torch.float32
+        yc_norm = (y.double() - mu.double()).norm(dim=1)
+        return out, logit_error(yc_norm, R2, y.shape[1], dt, sigma)
 
     _triton_fast = _register_fast("empirical_denoiser_triton")
     _triton = _certified(lambda y, x, sig: _triton_fast(y, x, sig)[0])
@@ -231,9 +276,10 @@ _op.register("triton", ("cuda",), lambda *a: _triton(*a), cuda_why_not)
 _op.register("cpp", ("cpu",), lambda *a: _cpp(*a), lambda: _CPP_WHY_NOT)
 
 
-def _reference_checked(y, x, sig):
-    """The reference backend: float64 throughout (no candidate pass), with the rows whose
-    float64 logits could still move the output by lse.TOL taken from the candidates."""
+def _reference_checked(y, x, sig, keys=None):
+    """The reference backend: float64 throughout (no candidate pass, so no ``keys``), with
+    the rows whose float64 logits could still move the output by lse.TOL taken from the
+    candidates."""
     return lse.denoise(y, x, sig, _reference, candidates=False).to(y.dtype)
 
 

@@ -200,3 +200,21 @@ def test_forced_unavailable_backend_lists_reasons():
     if not _native.has_cpu_ops():
         with pytest.raises(BackendError, match="'cpp' cannot run"):
             empirical_denoiser(y, x, 1.0, backend="cpp")
+
+
+def test_empirical_denoiser_module_prepares_once():
+    """analysis.EmpiricalDenoiser holds one ops.EmpiricalIndex across calls and σ's, and
+    prepares again only when its training set is replaced."""
+    from pydiffgen.analysis import EmpiricalDenoiser
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(50, 3, 4, 4, generator=g) * 2 - 1
+    model = EmpiricalDenoiser(train)
+    y = train[:5] + 0.3 * torch.randn(5, 3, 4, 4, generator=g)
+    for sigma in (0.01, 0.3, 10.0):
+        want = empirical_denoiser(y, train, sigma)
+        assert torch.allclose(model(y, sigma), want, rtol=0, atol=1e-6)
+    index = model.index()
+    assert model.index() is index
+    model.train_set = train.clone()
+    assert model.index() is not index

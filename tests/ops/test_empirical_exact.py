@@ -105,7 +105,7 @@ def test_candidate_pass_keeps_every_point_that_may_carry_weight():
     dense has a float64 logit below the row's largest minus MARGIN + log N; R bounds
     every ‖x_i − μ‖."""
     for name, y, train, sig in _cases(_digits()):
-        rows, cols, dense, mu, R = lse.candidate_pass(y, train, sig, cap=len(train))
+        rows, cols, dense, mu, R = lse.candidate_pass(y, lse.Keys(train), sig, cap=len(train))
         d2 = ((y.double()[:, None] - train.double()[None]) ** 2).sum(-1)  # [M, N]
         logit = -d2 / (2 * sig[:, None] ** 2)
         kept = torch.zeros_like(logit, dtype=torch.bool)
@@ -116,3 +116,55 @@ def test_candidate_pass_keeps_every_point_that_may_carry_weight():
         small = sig < 50 * sig.min()  # σ ≤ 0.1 on [-1, 1] digits (×100 on the scaled case)
         assert not bool(dense[small].any()), name  # a sparse softmax: no dense pass
         assert R >= float((train.double() - mu.double()).norm(dim=1).max()), name
+
+
+def test_index_is_exact_and_reused_across_sigmas():
+    """ops.EmpiricalIndex: one prepared training set (held bf16 keys) answers every σ of
+    every case within 1e-6, float32 and float64 queries alike, as the one-call op."""
+    from pydiffgen.ops import EmpiricalIndex
+
+    for name, y, train, sig in _cases(_digits()):
+        index = EmpiricalIndex(train)
+        assert index.keys is not None and index.keys.held is not None
+        for s in sig.split(16):
+            rows = torch.arange(len(s)) % len(y)
+            want = softmax64(y[rows], train, s)
+            assert rel_error(index(y[rows], s), want) <= TOL, name
+            got64 = index(y[rows].double(), s)
+            assert got64.dtype == torch.float64
+            assert float(((got64 - want).norm(dim=1) / want.norm(dim=1)).max()) <= TOL, name
+
+
+def test_dense_boundary_random_large_norm():
+    """Around the σ where rows turn dense (the sample-spread test, then the candidate cap),
+    on random odd-sized data far from the origin with duplicates: every row within 1e-6,
+    rows on both sides of the boundary in one call, by the op and by an index."""
+    from pydiffgen.ops import EmpiricalIndex
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(1001, 37, generator=g) * 2 - 1
+    x[500:700] = x[:200].clone()
+    y = x[torch.arange(96) % 1001] + 0.3 * torch.randn(96, 37, generator=g)
+    for shift in (0.0, 1000.0):
+        xs, ys = x + shift, y + shift
+        sig = torch.logspace(-1.5, 1.0, 96, dtype=torch.float64)  # sparse → dense within
+        _, _, _, dense, _ = lse.sparse_partials(ys, xs, sig)
+        assert bool(dense.any()) and not bool(dense.all())
+        want = softmax64(ys, xs, sig)
+        assert rel_error(empirical_denoiser(ys, xs, sig), want) <= TOL, shift
+        assert rel_error(EmpiricalIndex(xs)(ys, sig), want) <= TOL, shift
+
+
+def test_cpp_dense_pass_upcasts_float32_train():
+    """The C++ float64 dense pass takes a float32 training set (tile-by-tile upcast, no
+    float64 copy) and gives what the float64 copy gives, to float64 rounding."""
+    if not HAVE_CPP:
+        pytest.skip("no C++ op")
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(9001, 33, generator=g) * 2 - 1 + 7
+    y = (x[:13] + 2 * torch.randn(13, 33, generator=g)).double()
+    sig = torch.logspace(-0.5, 1.5, 13, dtype=torch.float64)
+    a, _ = torch.ops.pydiffgen.empirical_denoiser(y, x, sig)
+    b, _ = torch.ops.pydiffgen.empirical_denoiser(y, x.double(), sig)
+    assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
+    assert float(((a - softmax64(y, x, sig)).norm(dim=1)).max()) <= 1e-10
