@@ -36,12 +36,23 @@ def _same(a, b):
         for k in a)
 
 
-def test_workers_train_the_models_of_one_thread_each(tmp_path):
+@pytest.fixture(scope="module")
+def pairs_run(tmp_path_factory):
+    """A sweep with two workers (two threads): its folder and its log."""
+    out, seen = tmp_path_factory.mktemp("pairs"), []
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        generalization_sweep(PAIRS, out, progress=False, log=seen.append)
+    finally:
+        torch.set_num_threads(n)
+    return out, seen
+
+
+def test_workers_train_the_models_of_one_thread_each(pairs_run, tmp_path):
     """Two workers with two threads: each model is the one a sweep training it with one
     thread gives, bit for bit, and the progress counts the models as they end."""
-    seen = []
-    assert torch.get_num_threads() == 2
-    generalization_sweep(PAIRS, tmp_path / "pairs", progress=False, log=seen.append)
+    out, seen = pairs_run
     assert any("4 models, 2 at once, 1 thread(s) each" in m for m in seen)
     assert [m for m in seen if " done (" in m][-1].startswith("[sweep] model 4/4 done (N=5 B)")
     n = torch.get_num_threads()
@@ -51,23 +62,27 @@ def test_workers_train_the_models_of_one_thread_each(tmp_path):
                              log=lambda m: None)
     finally:
         torch.set_num_threads(n)
-    assert _same(_weights(tmp_path / "pairs"), _weights(tmp_path / "one"))
+    assert _same(_weights(out), _weights(tmp_path / "one"))
 
 
-def test_workers_resume_where_the_sweep_stopped(tmp_path):
-    straight = tmp_path / "straight"
-    generalization_sweep(PAIRS, straight, progress=False, log=lambda m: None)
+def test_workers_resume_where_the_sweep_stopped(pairs_run, tmp_path):
+    straight, _ = pairs_run
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
 
     def killer(msg):  # the sweep stops while it evaluates N = 2
         if "model 2/4 done" in msg:
             raise Killed
 
     resumed = tmp_path / "resumed"
-    with pytest.raises(Killed):
-        generalization_sweep(PAIRS, resumed, progress=False, log=killer)
-    assert not (resumed / "n2" / "metrics.json").exists()
-    seen = []
-    generalization_sweep(PAIRS, resumed, progress=False, log=seen.append)
+    try:
+        with pytest.raises(Killed):
+            generalization_sweep(PAIRS, resumed, progress=False, log=killer)
+        assert not (resumed / "n2" / "metrics.json").exists()
+        seen = []
+        generalization_sweep(PAIRS, resumed, progress=False, log=seen.append)
+    finally:
+        torch.set_num_threads(n)
     assert not any("N=2 A" in m for m in seen)  # trained before the stop: loaded
     assert _per_n(resumed) == _per_n(straight)
     assert _same(_weights(resumed), _weights(straight))
