@@ -30,7 +30,8 @@ _HELD: dict[Path, int] = {}
 
 def log_to_stderr(msg: str) -> None:
     """The default log of a run: one line to stderr, flushed (progress of long runs)."""
-    print(msg, file=sys.stderr, flush=True)
+    sys.stderr.write(msg + "\n")  # one write: lines of processes sharing stderr stay whole
+    sys.stderr.flush()
 
 
 def writable_folder(path) -> Path:
@@ -308,19 +309,30 @@ def training_estimate(images: int, rate: float) -> str:
 
 class Eta:
     """The overall progress of ``total`` similar steps of a run, one log line per step:
-    ``model 3/8 (N=16 B) … ETA 4 min``, the ETA from the mean time of the steps so far."""
+    ``model 3/8 (N=16 B) … ETA 4 min``, the ETA from the mean time of the steps so far.
+    Steps run one after the other (:meth:`step` as each starts) or ``at_once`` at a time
+    (:meth:`finished` as each ends; they end in rounds of ``at_once``)."""
 
-    def __init__(self, total: int, log: Callable[[str], None], what: str = "model"):
-        self.total, self.log, self.what = total, log, what
+    def __init__(self, total: int, log: Callable[[str], None], what: str = "model",
+                 at_once: int = 1):
+        self.total, self.log, self.what, self.at_once = total, log, what, at_once
         self.started = 0
         self.t0 = time.perf_counter()
 
     def step(self, label: str) -> None:
         """Log the start of the next step (``label`` names it)."""
         self.started += 1
-        done = self.started - 1
-        eta = ""
-        if done:
-            left = (time.perf_counter() - self.t0) / done * (self.total - done)
-            eta = f" … ETA {duration(left)}"
-        self.log(f"{self.what} {self.started}/{self.total} ({label}){eta}")
+        self.log(f"{self.what} {self.started}/{self.total} ({label}){self._eta(self.started - 1)}")
+
+    def finished(self, label: str) -> None:
+        """Log the end of one more step (``label`` names it)."""
+        self.started += 1
+        self.log(f"{self.what} {self.started}/{self.total} done ({label})"
+                 f"{self._eta(self.started)}")
+
+    def _eta(self, done: int) -> str:
+        if not done or done == self.total:
+            return ""
+        rounds, begun = -(-self.total // self.at_once), -(-done // self.at_once)
+        left = (time.perf_counter() - self.t0) / begun * (rounds - begun)
+        return f" … ETA {duration(left)}"
