@@ -428,7 +428,7 @@ class CppKeys:
         self.x = x if x.dtype in (torch.float32, torch.float64, torch.uint8) else x.float()
         self.metric, self.precision = metric, precision
         self.mu = centre(self.x) if metric == "l2" else x.new_empty(0, dtype=torch.float)
-        self.prepared = {}  # pass -> (x̃, ‖x̃‖, dx, a, s)
+        self.prepared = {}  # pass -> (x̃, ‖r̃‖, dx, a, s, level)
 
     def pass_keys(self, p: str):
         if p not in self.prepared:
@@ -467,11 +467,12 @@ def _prepare_fake(keys, centre, metric, precision):
     f64 = dict(dtype=torch.float64)
     return (keys.new_empty(N, D, dtype=dtype), keys.new_empty(N, **f64),
             keys.new_empty(N, **f64), keys.new_empty(N, **f64),
-            keys.new_empty(N if precision == 4 else 0, dtype=torch.float32))
+            keys.new_empty(N if precision == 4 else 0, dtype=torch.float32),
+            keys.new_empty(N, 3, **f64))
 
 
-def _candidates_fake(queries, key_gemm, key_norm, key_delta, key_add, key_scale, centre, k,
-                     metric, precision, tile_elems, capacity, offset):
+def _candidates_fake(queries, key_gemm, key_norm, key_delta, key_add, key_scale, key_level,
+                     centre, k, metric, precision, tile_elems, capacity, offset):
     M = queries.shape[0]
     C = torch.library.get_ctx().new_dynamic_size()
     return (queries.new_empty(M, C, dtype=torch.int64),
