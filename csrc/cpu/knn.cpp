@@ -106,6 +106,16 @@ namespace {
 enum Metric : int64_t { kL2 = 0, kIP = 1, kCosine = 2 };
 enum Precision : int64_t { kInt8 = 0, kBF16 = 1, kFP32 = 2, kFP64 = 3, kQ8 = 4 };
 
+// The per-row and per-block loops must be inlined into their AVX-512 / AVX2 clones
+// (PDG_CLONES), or they run as the baseline (SSE2) code
+#if defined(__GNUC__)
+#define PDG_INLINE inline __attribute__((always_inline))
+#define PDG_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define PDG_INLINE inline
+#define PDG_INLINE_LAMBDA
+#endif
+
 constexpr double kU32 = 0x1p-24;
 constexpr double kU64 = 0x1p-53;
 constexpr int64_t kBlock = 64;
@@ -155,7 +165,7 @@ inline float back<float, c10::BFloat16>(c10::BFloat16 v) {
 // rounded operation; for T = double, P = float the float64 difference is rounded again,
 // which the (D+4)·2^-53 part of u_p covers); cosine x·(1/‖x‖) in float64, then rounded.
 template <typename T, typename P>
-inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int64_t c,
+PDG_INLINE P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int64_t c,
                     double scale) {
   if (metric == kL2) {
     if constexpr (std::is_same_v<T, P>) {
@@ -170,7 +180,7 @@ inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int6
 
 // x_p = x* of one row xi [D] rounded once to P, one loop per metric so each vectorizes.
 template <typename T, typename P>
-inline void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const P* mu_p,
+PDG_INLINE void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const P* mu_p,
                      const double* mu_d, P* __restrict__ xp) {
   if (metric == kL2) {
     for (int64_t c = 0; c < D; ++c) xp[c] = prep_value<T, P>(xi[c], kL2, mu_p, mu_d, c, 1.0);
@@ -191,8 +201,7 @@ struct RowStats {
 
 // Level m, r̃ and the float64 sums of the bound for one row, from x_p (xp [D], already x*
 // rounded once to P) and the rounding of r = x_p − m to the GEMM dtype by round_one(r, c)
-// (which stores r̃_c and returns it as a float64). Sums in 16 independent lanes so the loop
-// vectorizes without reassociation.
+// (which stores r̃_c and returns it as a float64).
 //   m = the row's mean, rounded to P: image rows share a large mean level, and removing it
 //       before rounding makes the rounding error relative to ‖x_p − m‖, not ‖x_p‖;
 //   d_c = (x_p,c − m) − r̃_c in float64: each of the two subtractions errs by ≤ 2^-53 of its
@@ -201,47 +210,29 @@ struct RowStats {
 //   S = Σr̃ (float64, error ≤ D·2^-53·√D‖r̃‖) and
 //   σ = |Σd| + √D·(u_p‖x_p‖ + 2^-51(‖x_p‖ + √D|m| + D‖d‖ + D‖r̃‖))  ≥ |Σ(x* − x̂)| + |S − Σr̃|.
 template <typename P>
-inline P mean_of(const P* __restrict__ xp, int64_t D) {
-  constexpr int64_t L = 16;
-  double sm[L] = {};
-  int64_t c = 0;
-  for (; c + L <= D; c += L) {
-    for (int64_t l = 0; l < L; ++l) sm[l] += static_cast<double>(xp[c + l]);
-  }
-  for (; c < D; ++c) sm[0] += static_cast<double>(xp[c]);
-  double mean = 0;
-  for (int64_t l = 0; l < L; ++l) mean += sm[l];
-  return static_cast<P>(mean / static_cast<double>(D));
+PDG_INLINE P mean_of(const P* __restrict__ xp, int64_t D) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < D; ++c) sum += static_cast<double>(xp[c]);
+  return static_cast<P>(sum / static_cast<double>(D));
 }
 
+// (float64 sums in any order: the bounds below hold for every summation order)
 template <typename P, typename F>
-inline RowStats level_row(const P* __restrict__ xp, int64_t D, int64_t metric, double u_p, P m,
+PDG_INLINE RowStats level_row(const P* __restrict__ xp, int64_t D, int64_t metric, double u_p, P m,
                           F&& round_one) {
-  constexpr int64_t L = 16;
   const double md = static_cast<double>(m);
-  double sg[L] = {}, sd[L] = {}, sp[L] = {}, sr[L] = {}, se[L] = {};
-  auto step = [&](int64_t c2, int64_t l) {
-    const double xpd = static_cast<double>(xp[c2]);
-    const double xgd = round_one(static_cast<P>(xp[c2] - m), c2);
-    const double d = (xpd - md) - xgd;
-    sg[l] += xgd * xgd;
-    sd[l] += d * d;
-    sp[l] += xpd * xpd;
-    sr[l] += xgd;
-    se[l] += d;
-  };
-  int64_t c = 0;
-  for (; c + L <= D; c += L) {
-    for (int64_t l = 0; l < L; ++l) step(c + l, l);
-  }
-  for (; c < D; ++c) step(c, 0);
   double g2 = 0, d2 = 0, p2 = 0, rs = 0, ds = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    g2 += sg[l];
-    d2 += sd[l];
-    p2 += sp[l];
-    rs += sr[l];
-    ds += se[l];
+#pragma omp simd reduction(+ : g2, d2, p2, rs, ds)
+  for (int64_t c = 0; c < D; ++c) {
+    const double xpd = static_cast<double>(xp[c]);
+    const double xgd = round_one(static_cast<P>(xp[c] - m), c);
+    const double d = (xpd - md) - xgd;
+    g2 += xgd * xgd;
+    d2 += d * d;
+    p2 += xpd * xpd;
+    rs += xgd;
+    ds += d;
   }
   // float64 norms of float values err by ≤ (D+2)·2^-53 relatively: inflate by 1e-9
   const double inflate = 1 + 1e-9, sqD = std::sqrt(static_cast<double>(D));
@@ -262,10 +253,10 @@ inline RowStats level_row(const P* __restrict__ xp, int64_t D, int64_t metric, d
 // One row of a float pass (x̃ in bf16 / float32 / float64): x_p = x* rounded once to P,
 // then level_row with round to nearest (bf16 on the bits, vectorizable; inputs finite).
 template <typename T, typename P, typename Gt>
-inline RowStats prepare_row_impl(const T* xi, int64_t D, int64_t metric, const P* mu_p,
+PDG_INLINE RowStats prepare_row_impl(const T* xi, int64_t D, int64_t metric, const P* mu_p,
                                  const double* mu_d, double u_p, P* xp, Gt* gi) {
   prep_row<T, P>(xi, D, metric, mu_p, mu_d, xp);
-  return level_row<P>(xp, D, metric, u_p, mean_of(xp, D), [gi](P r, int64_t c) {
+  return level_row<P>(xp, D, metric, u_p, mean_of(xp, D), [gi](P r, int64_t c) PDG_INLINE_LAMBDA {
     if constexpr (std::is_same_v<Gt, c10::BFloat16>) {
       uint32_t bits;
       std::memcpy(&bits, &r, sizeof(bits));
@@ -287,21 +278,23 @@ inline RowStats prepare_row_impl(const T* xi, int64_t D, int64_t metric, const P
 // to nearest makes it tight. s·ι_c is exact in float64 (24 × 7 bits), and the int32 GEMM of
 // ι's is exact for D < 2^17 (127²·D < 2^31).
 template <typename T>
-inline RowStats prepare_row_q8_impl(const T* xi, int64_t D, int64_t metric, const float* mu_p,
+PDG_INLINE RowStats prepare_row_q8_impl(const T* xi, int64_t D, int64_t metric, const float* mu_p,
                                     const double* mu_d, double u_p, float* xp, int8_t* oi,
                                     float* scale) {
   constexpr float kRound = 12582912.0f;  // 1.5·2^23: (v + R) − R rounds |v| < 2^22 to nearest
   prep_row<T, float>(xi, D, metric, mu_p, mu_d, xp);
   const float m = mean_of(xp, D);
   float amax = 0;
+#pragma omp simd reduction(max : amax)
   for (int64_t c = 0; c < D; ++c) amax = std::max(amax, std::abs(xp[c] - m));
   // a row too small for a normal s keeps ι = 0 (x̃ = m: still a bound)
   const float s = amax >= 127 * std::numeric_limits<float>::min() ? amax / 127 : 1.0f;
   const float inv = 1.0f / s;
   *scale = s;
-  return level_row<float>(xp, D, metric, u_p, m, [oi, s, inv](float r, int64_t c) {
+  int8_t* __restrict__ o = oi;  // int8 stores could alias x_p's floats: they do not
+  return level_row<float>(xp, D, metric, u_p, m, [o, s, inv](float r, int64_t c) PDG_INLINE_LAMBDA {
     const float q = std::clamp((r * inv + kRound) - kRound, -127.0f, 127.0f);
-    oi[c] = static_cast<int8_t>(q);
+    o[c] = static_cast<int8_t>(q);
     return static_cast<double>(q) * s;
   });
 }
@@ -476,7 +469,7 @@ struct RowTerms {
 // tile): the scores s_j into out, and whether any is ≤ thr. Float scores (q8, bf16, fp32
 // passes) get AVX-512 / AVX2 clones (PDG_CLONES); the widening of G̃ is exact.
 template <typename O, typename S>
-inline S widen(O v) {
+PDG_INLINE S widen(O v) {
   if constexpr (std::is_same_v<O, uint16_t>) {
     const uint32_t b = static_cast<uint32_t>(v) << 16;  // bfloat16 bits → float
     float f;
@@ -487,28 +480,42 @@ inline S widen(O v) {
   }
 }
 template <typename O, typename S>
-inline bool block_scores_impl(const O* g, const TileTerms<S>& x, int64_t j0,
-                              const RowTerms<S>& q, S thr, S* out, int64_t nb) {
-  bool any = false;
-  const S* add = x.add.data() + j0;
-  const S *cs = x.cs.data() + j0, *m = x.m.data() + j0, *K = x.K.data() + j0;
+PDG_INLINE bool block_scores_impl(const O* __restrict__ g, const TileTerms<S>& x, int64_t j0,
+                              const RowTerms<S>& q, S thr, S* __restrict__ out, int64_t nb) {
+  // locals and restrict pointers: out must not be taken to alias the terms, or the loop
+  // reloads them every iteration and does not vectorize
+  const S* __restrict__ add = x.add.data() + j0;
+  const S* __restrict__ cs = x.cs.data() + j0;
+  const S* __restrict__ m = x.m.data() + j0;
+  const S* __restrict__ K = x.K.data() + j0;
+  const S ws = q.ws, qs = q.qs, mq = q.mq, Sq = q.Sq;
+  int any = 0;  // an int reduction vectorizes, a bool one does not
+#pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < nb; ++j) {
-    out[j] = add[j] - q.ws * (q.qs * (cs[j] * widen<O, S>(g[j])) + (q.mq * K[j] + q.Sq * m[j]));
-    any |= out[j] <= thr;
+    const S s = add[j] - ws * (qs * (cs[j] * widen<O, S>(g[j])) + (mq * K[j] + Sq * m[j]));
+    out[j] = s;
+    any |= static_cast<int>(s <= thr);
   }
-  return any;
+  return any != 0;
 }
 // ... and, for a block where some score passed, the bounds lo/hi = s ∓ e of every score
 template <typename O, typename S>
-inline void block_bounds_impl(const O* g, const TileTerms<S>& x, int64_t j0,
-                              const RowTerms<S>& q, const S* s, S* lo, S* hi, int64_t nb) {
-  const S *add = x.add.data() + j0, *cs = x.cs.data() + j0, *p = x.p.data() + j0;
-  const S *d = x.d.data() + j0, *am = x.am.data() + j0, *sg = x.sg.data() + j0;
-  const S* ak = x.ak.data() + j0;
+PDG_INLINE void block_bounds_impl(const O* __restrict__ g, const TileTerms<S>& x, int64_t j0,
+                              const RowTerms<S>& q, const S* __restrict__ s,
+                              S* __restrict__ lo, S* __restrict__ hi, int64_t nb) {
+  const S* __restrict__ add = x.add.data() + j0;
+  const S* __restrict__ cs = x.cs.data() + j0;
+  const S* __restrict__ p = x.p.data() + j0;
+  const S* __restrict__ d = x.d.data() + j0;
+  const S* __restrict__ am = x.am.data() + j0;
+  const S* __restrict__ sg = x.sg.data() + j0;
+  const S* __restrict__ ak = x.ak.data() + j0;
+  const S qs = q.qs, A = q.A, B = q.B, Cg = q.Cg, Ca = q.Ca, eta = q.eta, Em = q.Em,
+          Es = q.Es, Ek = q.Ek, safety = q.safety;
   for (int64_t j = 0; j < nb; ++j) {
-    const S ga = std::abs(q.qs * (cs[j] * widen<O, S>(g[j])));
-    const S err = q.safety * (q.A * p[j] + q.B * d[j] + q.Cg * ga + q.Ca * std::abs(add[j]) +
-                              q.eta + q.Em * am[j] + q.Es * sg[j] + q.Ek * ak[j]);
+    const S ga = std::abs(qs * (cs[j] * widen<O, S>(g[j])));
+    const S err = safety * (A * p[j] + B * d[j] + Cg * ga + Ca * std::abs(add[j]) + eta +
+                            Em * am[j] + Es * sg[j] + Ek * ak[j]);
     lo[j] = s[j] - err;
     hi[j] = s[j] + err;
   }
