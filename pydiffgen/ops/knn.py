@@ -8,7 +8,9 @@ float64, so near-duplicate keys (memorization) are ordered exactly.
 The ``cpp`` backend is certified: a low-precision candidate pass keeps, per query, every
 key whose score is within a rigorous error bound of the k-th best (the bound and why it
 holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64 (in order of
-their lower bounds, stopping past the k-th exact score). The first pass: q8 (keys and
+their lower bounds, stopping past the k-th exact score). Each row's mean level is scored
+in float32 and only the rest is rounded, so on image rows (a large shared brightness
+level) the bound, and the candidates it keeps, shrink about tenfold. The first pass: q8 (keys and
 queries quantized to int8 with one scale per row, an exact int32 GEMM) on CPUs with int8
 dot products (VNNI / AMX), else bfloat16 on CPUs with AVX-512 BF16 / AMX, else float32;
 an exact int8 GEMM for uint8 data. A query whose candidate set outgrows its budget is

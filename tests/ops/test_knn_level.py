@@ -90,3 +90,11 @@ def test_all_keys_in_one_tile_and_k_equal_n():
     q = _levelled(5, 300, g)
     for k in (1, 70):
         _assert_exact(knn(q, x, k, "l2", "cpp"), q, x, k, "l2")
+
+
+def test_k_beyond_one_key_tile():
+    """D = 20000: key tiles of 256 rows (csrc/cpu/knn.cpp), k = 300 spans two of them."""
+    g = torch.Generator().manual_seed(36)
+    x = _levelled(400, 20000, g)
+    q = _levelled(3, 20000, g)
+    _assert_exact(knn(q, x, 300, "l2", "cpp"), q, x, 300, "l2")
