@@ -51,7 +51,8 @@
 //   of float32 summation errs by ≤ γ_D Σ|q̃_i x̃_i| ≤ γ_D ‖q̃‖‖x̃‖, γ_D = (D+2)u/(1 − (D+2)u)
 //   (Higham, Thm 3.1, for any summation tree; float32/float64 GEMMs: products rounded too,
 //   hence D+2). The bf16 GEMM's output is rounded once to bfloat16, adding
-//   ≤ 2^-8/(1 − 2^-8)·|G̃| (all with ‖r̃_q‖‖r̃_x‖ in place of ‖q̃‖‖x̃‖). ASSUMPTION (true of oneDNN and of ATen's fallback kernel): the
+//   ≤ 2^-8/(1 − 2^-8)·|G̃| (all with ‖r̃_q‖‖r̃_x‖ in place of ‖q̃‖‖x̃‖).
+//   ASSUMPTION (true of oneDNN and of ATen's fallback kernel): the
 //   bf16 GEMM accumulates in float32 and rounds the final sum once. Denormals flushed to
 //   zero (AVX-512 BF16 does) cost ≤ D·2^-126 per product sum: η = 2^-100 covers it.
 //   ‖x*‖² vs the float32 a_j: ≤ (3u_p + 2u)·a_j. Evaluating s̃ = a − w·(G̃ + L) and s̃ ± e
@@ -616,7 +617,8 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t D, int64_t n0, int64_
       const double Ar = qt.A[i], Br = qt.B[i], mq = qt.level[3 * i], Sq = qt.level[3 * i + 1];
       const double Em = w * qt.level[3 * i + 2] + pb.Cl * std::abs(Sq);
       const double Es = w * std::abs(mq), Ek = pb.Cl * std::abs(mq);
-      const RowTerms<S> q{static_cast<S>(w), qt.qscale.empty() ? S(1) : static_cast<S>(qt.qscale[i]),
+      const S qs = qt.qscale.empty() ? S(1) : static_cast<S>(qt.qscale[i]);
+      const RowTerms<S> q{static_cast<S>(w), qs,
                           static_cast<S>(mq), static_cast<S>(Sq), static_cast<S>(Ar),
                           static_cast<S>(Br), static_cast<S>(pb.Cg), static_cast<S>(pb.Ca),
                           static_cast<S>(pb.eta), static_cast<S>(Em), static_cast<S>(Es),
@@ -624,8 +626,9 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t D, int64_t n0, int64_
       // largest e of this row over the tile: |G̃| ≤ ‖q̃‖‖x̃‖(1 + γ)(1 + u_out) = B/w·n_max·g_grow
       const double e_max =
           pb.exact ? 0.0
-                   : (1 + 64 * kU32) * (Ar * mx[0] + Br * mx[1] + pb.Cg * (Br / w) * mx[3] * pb.g_grow +
-                                        pb.Ca * mx[2] + pb.eta + Em * mx[4] + Es * mx[5] + Ek * mx[6]);
+                   : (1 + 64 * kU32) * (Ar * mx[0] + Br * mx[1] +
+                                        pb.Cg * (Br / w) * mx[3] * pb.g_grow + pb.Ca * mx[2] +
+                                        pb.eta + Em * mx[4] + Es * mx[5] + Ek * mx[6]);
       if (!std::isfinite(e_max)) {
         st.overflow = true;  // data too large for this precision: the next pass redoes it
         continue;
