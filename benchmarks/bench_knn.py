@@ -2,8 +2,14 @@
 
 Correctness first: on a subset of queries, pydiffgen's neighbours must equal the float64
 exact answer in order (ties to the lower index); the recall of the peers against it is
-reported too. Then times, each checked by a second, bare perf_counter timing
-(``_common.timed``), GFLOP/s of the 2·M·N·D distance work, and ratios from this run.
+reported too. Then times, interleaved so that ours and the peers see the same machine
+state: each implementation is warmed up, then ROUNDS rounds each call every
+implementation once (in an order rotated per round) under a bare perf_counter pair; the
+figure is the median over rounds, reported with the min, max and spread (max − min over
+median) and the load average before and after. Each median is checked against a second,
+independent timing (``_common.harness_time``: torch.utils.benchmark's blocked_autorange)
+and flagged ``agree: false`` beyond ``CHECK_TOLERANCE``. Ratios ours / peer come from the
+medians (and the mins) of this run; GFLOP/s of the 2·M·N·D distance work.
 
     python benchmarks/bench_knn.py [--device cpu|cuda] [--quick]
 
@@ -23,21 +29,25 @@ The issue's CPU target: M=2000 N=50000 D=1024 k=10 at ≤ 0.5 × faiss IndexFlat
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    CHECK_TOLERANCE,
+    CHECKS,
     ceilings,
     fmt_s,
+    harness_time,
     load_average,
     metadata,
     parse_args,
     peer_threads,
     print_table,
-    timed,
     write_json,
 )
 
@@ -131,6 +141,50 @@ def make(M, N, D, data, dev):
     return image_rows(M, N, D, dev, eight_bit=data == "patches-uint8")
 
 
+# ---- timing -------------------------------------------------------------------------------
+
+ROUNDS = 7  # interleaved rounds for ours and faiss (the figures the ratios are made of)
+SLOW_ROUNDS = 2  # cdist + topk, several times slower and only a reference point
+
+
+def interleaved(fns, label_prefix):
+    """Times of the callables fns {label: fn()} (module doc): {label: {"time_s": median,
+    "min_s", "max_s", "spread", "times", "check_s", "agree", "load_before", "load_after"}}."""
+    for fn in fns.values():
+        fn()  # warm-up (allocations, lazy init, caches, the index's later passes)
+    labels = list(fns)
+    rounds = {lab: SLOW_ROUNDS if lab == "cdist+topk" else ROUNDS for lab in labels}
+    times = {lab: [] for lab in labels}
+    load_before = load_average()
+    for r in range(max(rounds.values())):
+        for lab in labels[r % len(labels):] + labels[: r % len(labels)]:
+            if len(times[lab]) < rounds[lab]:
+                t0 = time.perf_counter()
+                fns[lab]()
+                times[lab].append(time.perf_counter() - t0)
+    load_after = load_average()
+    out = {}
+    for lab, ts in times.items():
+        med = statistics.median(ts)
+        check = harness_time(fns[lab], "cpu", min_run_time=0.3)
+        agree = abs(med - check) <= CHECK_TOLERANCE * min(med, check)
+        out[lab] = {"label": f"{label_prefix} | {lab}", "time_s": med, "min_s": min(ts),
+                    "max_s": max(ts), "spread": (max(ts) - min(ts)) / med, "times": ts,
+                    "check_s": check, "agree": agree, "load_before": load_before,
+                    "load_after": load_after}
+        CHECKS.append(out[lab])
+        if not agree:
+            print(f"warning: {lab}: rounds' median {fmt_s(med)} and harness {fmt_s(check)} "
+                  f"disagree by more than {CHECK_TOLERANCE:.0%} (load {load_after})", flush=True)
+    return out
+
+
+def report(label, r):
+    print(f"  {label:<20} median {fmt_s(r['time_s'])} min {fmt_s(r['min_s'])} spread "
+          f"{r['spread']:.0%} over {len(r['times'])} (harness {fmt_s(r['check_s'])}, agree "
+          f"{r['agree']}, load {r['load_before']} -> {r['load_after']})", flush=True)
+
+
 # ---- one case -----------------------------------------------------------------------------
 
 def check_exact(name, q, x, k, impls):
@@ -163,17 +217,16 @@ def run_case(dev, name, M, N, D, data, k, rows):
             fa.search(qq.float().cpu().numpy(), k)[1])
     recall = check_exact(name, q, x, k, searches)
     case = f"{name}: M={M} N={N} D={D} k={k} {x.dtype}".replace("torch.", "")
-    times = {}
-    for label, fn in searches.items():
-        qq = q if label.startswith(("knn", "KnnIndex")) else qf
-        r = timed(lambda fn=fn, qq=qq: fn(qq), dev, f"{case} | {label}")
-        times[label] = r["time_s"]
+    ours = {label: label.startswith(("knn", "KnnIndex")) for label in searches}
+    calls = {label: (lambda fn=fn, qq=q if ours[label] else qf: fn(qq))
+             for label, fn in searches.items()}
+    timing = interleaved(calls, case)
+    for label, r in timing.items():
         rows.append({"kind": "time", "case": case, "impl": label, **r,
                      "gflops": 2 * M * N * D / r["time_s"] / 1e9,
                      "recall@k_vs_fp64": recall[label], "peer_note": note})
-        print(f"  {label:<20} {fmt_s(r['time_s'])} (check {fmt_s(r['check_s'])}, "
-              f"agree {r['agree']}, load {r['load_after']})", flush=True)
-    return case, times
+        report(label, r)
+    return case, timing
 
 
 def run_reuse(dev, quick, k, rows):
@@ -192,49 +245,57 @@ def run_reuse(dev, quick, k, rows):
         want = exact_float64(b[:32], x, k).cpu()
         assert torch.equal(index.search(b[:32], k)[1], want), "index reuse differs from float64"
     case = f"index reuse (photo patches): {batches} batches of M={M}, N={N} D={D} k={k}"
-    times = {}
-    for label, fn in impls.items():
-        r = timed(fn, dev, f"{case} | {label}")
-        times[label] = r["time_s"]
+    timing = interleaved(impls, case)
+    for label, r in timing.items():
         rows.append({"kind": "time", "case": case, "impl": label, **r, "peer_note": note})
-        print(f"  {label:<20} {fmt_s(r['time_s'])} (check {fmt_s(r['check_s'])}, "
-              f"agree {r['agree']}, load {r['load_after']})", flush=True)
-    return case, times
+        report(label, r)
+    return case, timing
 
 
-def ratios(case, times, ours_labels):
+def ratios(case, timing, ours_labels):
+    """ours / peer from this run's medians and mins, with the load beside them."""
     out = []
     for ours in ours_labels:
-        for peer, t in times.items():
-            if peer not in ours_labels and ours in times:
+        for peer, t in timing.items():
+            if peer not in ours_labels and ours in timing:
+                o = timing[ours]
                 out.append({"kind": "ratio", "case": case, "ours": ours, "peer": peer,
-                            "ours_s": times[ours], "peer_s": t,
-                            "ours_over_peer": times[ours] / t})
+                            "ours_s": o["time_s"], "peer_s": t["time_s"],
+                            "ours_over_peer": o["time_s"] / t["time_s"],
+                            "ours_over_peer_min": o["min_s"] / t["min_s"],
+                            "peer_spread": t["spread"], "load_after": t["load_after"]})
     return out
 
 
-def markdown(results, rows):
-    """The RESULTS.md rows: times (⚠: the two timings disagreed), ours / faiss, cdist / ours."""
-    agree = {(r["case"], r["impl"]): r["agree"] for r in rows if r["kind"] == "time"}
+def markdown(results):
+    """The RESULTS.md rows: medians over the rounds with their spread (⚠: the harness check
+    disagreed), ours / faiss from the medians (and the mins), cdist / ours, the load."""
     lines = ["| case | knn (one call) | KnnIndex.search | faiss IndexFlatL2 | cdist + topk "
-             "| one call / faiss | index / faiss | cdist / index |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| one call / faiss | index / faiss | cdist / index | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for case, t in results:
         one_label = "knn (one call)" if "knn (one call)" in t else "knn per batch"
 
-        def cell(label, t=t, case=case):
+        def cell(label, t=t):
             if label not in t:
                 return "-"
-            return fmt_s(t[label]) + ("" if agree.get((case, label), True) else " ⚠")
+            r = t[label]
+            return (f"{fmt_s(r['time_s'])} ±{r['spread'] / 2:.0%}"
+                    + ("" if r["agree"] else " ⚠"))
 
         def ratio(a, b, t=t, suffix=""):
-            return f"{t[a] / t[b]:.2f}{suffix}" if a in t and b in t else "-"
+            if a not in t or b not in t:
+                return "-"
+            med = t[a]["time_s"] / t[b]["time_s"]
+            low = t[a]["min_s"] / t[b]["min_s"]
+            return f"{med:.2f}{suffix}" + (f" (min {low:.2f})" if not suffix else "")
 
+        load = max(r["load_after"] or 0.0 for r in t.values())
         lines.append(" | ".join([
             f"| {case}", cell(one_label), cell("KnnIndex.search"), cell("faiss.IndexFlatL2"),
             cell("cdist+topk"), ratio(one_label, "faiss.IndexFlatL2"),
             ratio("KnnIndex.search", "faiss.IndexFlatL2"),
-            ratio("cdist+topk", "KnnIndex.search", suffix="×")]) + " |")
+            ratio("cdist+topk", "KnnIndex.search", suffix="×"), f"{load:.2f}"]) + " |")
     return "\n".join(lines)
 
 
@@ -257,15 +318,18 @@ def main():
         results.append((case, times))
         ratio_rows += ratios(case, times, ["KnnIndex.search", "knn per batch"])
     meta = {**metadata(dev), "ceilings": ceil, "threads_set": set_threads,
-            "knn_backends": dispatch.op("knn").reasons(dev), "quick": args.quick}
-    table = markdown(results, rows)
+            "knn_backends": dispatch.op("knn").reasons(dev), "quick": args.quick,
+            "timing": {"method": "interleaved rounds, median (min, spread), harness check",
+                       "rounds": ROUNDS, "slow_rounds": SLOW_ROUNDS}}
+    table = markdown(results)
     header = (f"`python benchmarks/bench_knn.py{' --quick' if args.quick else ''}` "
               f"({meta['time']}, git {meta['git_sha']}, {meta['device_name']}, torch "
               f"{meta['torch']}, threads {set_threads}, load average after: {load_average()})")
     path = write_json("bench_knn", rows + ratio_rows, {**meta, "markdown": f"{header}\n\n{table}"})
     print()
     print_table([r for r in rows if r["kind"] == "time"],
-                ["case", "impl", "time_s", "check_s", "agree", "load_after", "recall@k_vs_fp64"])
+                ["case", "impl", "time_s", "min_s", "spread", "check_s", "agree", "load_after",
+                 "recall@k_vs_fp64"])
     print()
     print(header)
     print()

@@ -10,13 +10,15 @@ TORCH_LIBRARY(pydiffgen, m) {
   // sigma [M] float64 -> (out [M, D], per-row logit error estimate [M] float64).
   m.def("empirical_denoiser(Tensor y, Tensor train, Tensor sigma) -> (Tensor, Tensor)");
   // Exact knn (pydiffgen.ops.knn), keys prepared once per pass: keys [N, D], centre [D]
-  // -> (x̃ [N, D] in the pass's GEMM dtype, ‖x̃‖ [N] f64, dx [N] f64, a [N] f64, s [N] f32 or []).
+  // -> (x̃ [N, D] in the pass's GEMM dtype, ‖r̃‖ [N] f64, dx [N] f64, a [N] f64, s [N] f32 or [],
+  //     level [N, 3] f64).
   m.def("knn_prepare(Tensor keys, Tensor centre, int metric, int precision)"
-        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // ... its certified candidate pass: queries [M, D] against the prepared keys
   // -> (candidates [M, C] int64, lower bounds [M, C] f64, tau [M] f64, overflow [M]).
   m.def("knn_candidates(Tensor queries, Tensor key_gemm, Tensor key_norm, Tensor key_delta,"
-        " Tensor key_add, Tensor key_scale, Tensor centre, int k, int metric, int precision,"
+        " Tensor key_add, Tensor key_scale, Tensor key_level, Tensor centre, int k, int metric,"
+        " int precision,"
         " int tile_elems, int capacity, int offset) -> (Tensor, Tensor, Tensor, Tensor)");
   // ... and its float64 re-rank: cand [M, C] rows of keys -> (values f64 [M, k], indices);
   // with the candidates' lower bounds [M, C] f64 (and the l2 centre) it stops early.

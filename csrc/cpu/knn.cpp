@@ -7,16 +7,22 @@
 //   ip / cosine: s(q, x) = −⟨q*, x*⟩         (cosine: q* = q/‖q‖, x* = x/‖x‖; ip: q* = q)
 //
 // knn_prepare, once per key set and pass (pydiffgen.ops.KnnIndex keeps the result):
-//   x_p = x* in float32 (float64 in the fp64 pass), x̃ = x_p rounded to the GEMM dtype
-//   (bfloat16 / float32 / float64; int8 = uint8 − 128 for 8-bit data; q8: x̃ = s·ι with
-//   ι int8 and one float32 scale s per row, for float data on CPUs with int8 dot
-//   products), and the per-key terms of the bound (‖x̃‖, dx, a_j; s).
+//   x_p = x* in float32 (float64 in the fp64 pass); its level m = mean_c x_p,c (rounded to
+//   x_p's dtype) and r̃ = x_p − m rounded to the GEMM dtype (bfloat16 / float32 / float64;
+//   q8: r̃ = s·ι with ι int8 and one float32 scale s per row, for float data on CPUs with
+//   int8 dot products); x̂ = m·1 + r̃ is what the pass scores with. 8-bit data: x̃ = uint8
+//   − 128 in int8, exact, no level. Also the per-key terms of the bound (‖r̃‖, dx, a_j, s;
+//   the level (m, S = Σr̃, σ)). Why the level: image rows share a large mean level (a
+//   patch's brightness), ‖x_p − m‖ ≈ 0.3‖x_p‖ on photographs, and the rounding errors,
+//   hence the bound, scale with ‖r̃_q‖‖r̃_x‖, not ‖q*‖‖x*‖: about 12× fewer near-ties
+//   survive the pass, and the level itself is scored in float32 (L below).
 // knn_candidates, per tile x̃_t [t, D] of the prepared keys (the whole loop is here):
 //   1. prepare the queries once, as the keys;
-//   2. G̃ = q̃·x̃ᵀ for a chunk of queries (one ATen GEMM: oneDNN / MKL, multithreaded; q8:
-//      the exact int32 GEMM of the ι's, scaled by s_q·s_x in float32);
-//   3. fused pass over the rows (at::parallel_for): s̃ = a_j − w·G̃ (a_j = ‖x_p‖², w = 2 for
-//      l2; a_j = 0, w = 1 otherwise), a rigorous bound e ≥ |s̃ − s| (below), and per row
+//   2. G̃ = r̃_q·r̃_xᵀ for a chunk of queries (one ATen GEMM: oneDNN / MKL, multithreaded;
+//      q8: the exact int32 GEMM of the ι's, scaled by s_q·s_x in float32);
+//   3. fused pass over the rows (at::parallel_for): s̃ = a_j − w·(G̃ + L), L = m_q·K_x +
+//      S_q·m_x with K_x = D·m_x + S_x, so G̃ + L ≈ ⟨q̂, x̂⟩ (a_j = ‖x_p‖², w = 2 for l2;
+//      a_j = 0, w = 1 otherwise), a rigorous bound e ≥ |s̃ − s| (below), and per row
 //        τ  = the k-th smallest upper bound s̃ + e seen so far (a k-heap of values),
 //        C  = every key with lower bound s̃ − e ≤ τ (pruned as τ falls).
 //      A block of 64 scores is skipped at once when none is below τ + (the tile's largest
@@ -32,23 +38,32 @@
 //   x* differs from the prepared x_p by the rounding of the preparation, elementwise
 //   |x*_i − x_p,i| ≤ u_p |x_p,i| (u_p = 1.01u + (D+4)·2^-53: one float32 rounding of a
 //   float64 (x − μ) or x/‖x‖ whose own relative error is ≤ (D+4)·2^-53); so with
-//   Δx = x* − x̃:  ‖Δx‖ ≤ dx := ‖x_p − x̃‖ + u_p‖x_p‖ (all norms in float64), same for q.
-//   Exact identity: ⟨q*, x*⟩ = ⟨q̃, x̃⟩ + ⟨Δq, x*⟩ + ⟨q̃, Δx⟩, and Cauchy–Schwarz gives
-//     |⟨q*, x*⟩ − ⟨q̃, x̃⟩| ≤ dq·(‖x̃‖ + dx) + ‖q̃‖·dx.
+//   Δx = x* − x̂:  ‖Δx‖ ≤ dx := ‖d‖ + u_p‖x_p‖ + (the float64 rounding of d, level_row),
+//   d = x_p − m·1 − r̃ computed in float64, and |ΣΔx| ≤ σ := |Σd| + (its roundings); same
+//   for q. Exact identity, x̂ = m_x·1 + r̃_x, q̂ = m_q·1 + r̃_q:
+//     ⟨q*, x*⟩ = ⟨q̂, x̂⟩ + ⟨Δq, x̂⟩ + ⟨q̂, Δx⟩ + ⟨Δq, Δx⟩,
+//     ⟨q̂, x̂⟩ = ⟨r̃_q, r̃_x⟩ + D·m_q·m_x + m_q·Σr̃_x + m_x·Σr̃_q   (= G + L exactly),
+//     ⟨Δq, x̂⟩ = m_x·ΣΔq + ⟨Δq, r̃_x⟩,  ⟨q̂, Δx⟩ = m_q·ΣΔx + ⟨r̃_q, Δx⟩,
+//   and Cauchy–Schwarz gives
+//     |⟨q*, x*⟩ − ⟨q̂, x̂⟩| ≤ dq·(‖r̃_x‖ + dx) + ‖r̃_q‖·dx + |m_x|·σ_q + |m_q|·σ_x
+//   (σ also covers the float64 error of S = Σr̃; with m = 0 this is the bound without level).
 //   The GEMM: products of bfloat16 (8-bit significands) are exact in float32 and any order
 //   of float32 summation errs by ≤ γ_D Σ|q̃_i x̃_i| ≤ γ_D ‖q̃‖‖x̃‖, γ_D = (D+2)u/(1 − (D+2)u)
 //   (Higham, Thm 3.1, for any summation tree; float32/float64 GEMMs: products rounded too,
 //   hence D+2). The bf16 GEMM's output is rounded once to bfloat16, adding
-//   ≤ 2^-8/(1 − 2^-8)·|G̃|. ASSUMPTION (true of oneDNN and of ATen's fallback kernel): the
+//   ≤ 2^-8/(1 − 2^-8)·|G̃| (all with ‖r̃_q‖‖r̃_x‖ in place of ‖q̃‖‖x̃‖).
+//   ASSUMPTION (true of oneDNN and of ATen's fallback kernel): the
 //   bf16 GEMM accumulates in float32 and rounds the final sum once. Denormals flushed to
 //   zero (AVX-512 BF16 does) cost ≤ D·2^-126 per product sum: η = 2^-100 covers it.
-//   ‖x*‖² vs the float32 a_j: ≤ (3u_p + 2u)·a_j. Evaluating s̃ = a − w·G̃ and s̃ ± e in
-//   float32: ≤ u(a + w|G̃| + e) each.
-//   Together:  e = (1 + 64u)·[ w·(dq + γ‖q̃‖)·(‖x̃‖ + dx) + w‖q̃‖·dx
-//                             + (w·u_out + 2w·u)·|G̃| + (3u_p + 4u)·a + η ]
-//   whose own float32 evaluation (≤ 8 roundings) and the rounding of its float64 inputs
-//   (A, B, P, dx, constants) to float32 (≤ 4 more, each ≤ u) are covered by (1 + 64u):
-//   (1 − u)^12 > 1/(1 + 64u).
+//   ‖x*‖² vs the float32 a_j: ≤ (3u_p + 2u)·a_j. Evaluating s̃ = a − w·(G̃ + L) and s̃ ± e
+//   in float32: ≤ u(a + w|G̃| + w|L| + e) per operation; L itself (K_x rounded to float32,
+//   two products, a sum) ≤ 4u(|m_q||K_x| + |S_q||m_x|).
+//   Together:  e = (1 + 64u)·[ w·(dq + γ‖r̃_q‖)·(‖r̃_x‖ + dx) + w‖r̃_q‖·dx
+//                             + (w·u_out + 3w·u)·|G̃| + (3u_p + 4u)·a + η
+//                             + w·(|m_x|σ_q + |m_q|σ_x) + 8w·u·(|m_q||K_x| + |S_q||m_x|) ]
+//   whose own float32 evaluation (≤ 14 roundings) and the rounding of its float64 inputs
+//   (A, B, P, dx, σ, m, K, constants) to float32 (each ≤ u) are covered by (1 + 64u):
+//   (1 − u)^24 > 1/(1 + 64u).
 //   int8 pass (uint8 inputs): int32 accumulation of |x'_i q'_i| ≤ 2^14 is exact for
 //   D < 2^17 and scores are formed in float64 (exact below 2^53), so e = 0.
 //   q8 pass (float inputs): x̃ = s·ι is exact in float64 (24-bit s times 7-bit ι), so dx
@@ -72,6 +87,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -91,6 +107,16 @@ namespace {
 enum Metric : int64_t { kL2 = 0, kIP = 1, kCosine = 2 };
 enum Precision : int64_t { kInt8 = 0, kBF16 = 1, kFP32 = 2, kFP64 = 3, kQ8 = 4 };
 
+// The per-row and per-block loops must be inlined into their AVX-512 / AVX2 clones
+// (PDG_CLONES), or they run as the baseline (SSE2) code
+#if defined(__GNUC__)
+#define PDG_INLINE inline __attribute__((always_inline))
+#define PDG_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define PDG_INLINE inline
+#define PDG_INLINE_LAMBDA
+#endif
+
 constexpr double kU32 = 0x1p-24;
 constexpr double kU64 = 0x1p-53;
 constexpr int64_t kBlock = 64;
@@ -98,10 +124,12 @@ constexpr int64_t kBlock = 64;
 // Rows prepared for the GEMM: x̃ (GEMM dtype) and the per-row quantities of the bound.
 struct Prepared {
   at::Tensor gemm;   // [n, D] bf16 / f32 / f64 / int8
-  at::Tensor norm;   // [n] float64 ‖x̃‖ (float modes)
-  at::Tensor delta;  // [n] float64 dx = ‖x_p − x̃‖ + u_p‖x_p‖
+  at::Tensor norm;   // [n] float64 ‖r̃‖ (float modes; r̃ = x̃ without its level, below)
+  at::Tensor delta;  // [n] float64 dx ≥ ‖x* − x̂‖ (level_row)
   at::Tensor add;    // [n] float64 a_j (l2: ‖x_p‖²; int8 ip: −128·Σx'; else 0)
   at::Tensor scale;  // [n] float32 s of the q8 pass (x̃ = s·ι, ι int8); empty otherwise
+  at::Tensor level;  // [n, 3] float64 (m, S, σ): the row's level m (x̂ = m·1 + r̃), S = Σr̃,
+                     // σ ≥ |Σ(x* − x̂)|; zeros in the int8 pass
 };
 
 // Round-to-nearest-even float32 → bfloat16 on the bits (inputs are finite), vectorizable.
@@ -138,7 +166,7 @@ inline float back<float, c10::BFloat16>(c10::BFloat16 v) {
 // rounded operation; for T = double, P = float the float64 difference is rounded again,
 // which the (D+4)·2^-53 part of u_p covers); cosine x·(1/‖x‖) in float64, then rounded.
 template <typename T, typename P>
-inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int64_t c,
+PDG_INLINE P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int64_t c,
                     double scale) {
   if (metric == kL2) {
     if constexpr (std::is_same_v<T, P>) {
@@ -153,7 +181,7 @@ inline P prep_value(T v, int64_t metric, const P* mu_p, const double* mu_d, int6
 
 // x_p = x* of one row xi [D] rounded once to P, one loop per metric so each vectorizes.
 template <typename T, typename P>
-inline void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const P* mu_p,
+PDG_INLINE void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const P* mu_p,
                      const double* mu_d, P* __restrict__ xp) {
   if (metric == kL2) {
     for (int64_t c = 0; c < D; ++c) xp[c] = prep_value<T, P>(xi[c], kL2, mu_p, mu_d, c, 1.0);
@@ -167,109 +195,164 @@ inline void prep_row(const T* __restrict__ xi, int64_t D, int64_t metric, const 
   }
 }
 
-// One fused pass per row (rows in parallel): x_p (x* rounded once to the preparation dtype
-// P), x̃ (x_p rounded to the GEMM dtype Gt), and the float64 sums ‖x̃‖², ‖x_p − x̃‖², ‖x_p‖²
-// of the bound, in 16 independent lanes so the loop vectorizes without reassociation.
+// The per-row results of the preparation (all float64): ‖r̃‖, dx, a, and the level terms.
+struct RowStats {
+  double norm, delta, add, mean, sum, sigma;
+};
+
+// Level m, r̃ and the float64 sums of the bound for one row, from x_p (xp [D], already x*
+// rounded once to P) and the rounding of r = x_p − m to the GEMM dtype by round_one(r, c)
+// (which stores r̃_c and returns it as a float64).
+//   m = the row's mean, rounded to P: image rows share a large mean level, and removing it
+//       before rounding makes the rounding error relative to ‖x_p − m‖, not ‖x_p‖;
+//   d_c = (x_p,c − m) − r̃_c in float64: each of the two subtractions errs by ≤ 2^-53 of its
+//       result, so ‖d_true‖ ≤ ‖d‖ + 2^-52(‖x_p‖ + √D|m| + ‖d‖);
+//   dx = ‖d‖ + u_p‖x_p‖ + 2^-51(‖x_p‖ + √D|m| + ‖d‖)  ≥ ‖x* − x̂‖, x̂ = m·1 + r̃;
+//   S = Σr̃ (float64, error ≤ D·2^-53·√D‖r̃‖) and
+//   σ = |Σd| + √D·(u_p‖x_p‖ + 2^-51(‖x_p‖ + √D|m| + D‖d‖ + D‖r̃‖))  ≥ |Σ(x* − x̂)| + |S − Σr̃|.
+template <typename P>
+PDG_INLINE P mean_of(const P* __restrict__ xp, int64_t D) {
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < D; ++c) sum += static_cast<double>(xp[c]);
+  return static_cast<P>(sum / static_cast<double>(D));
+}
+
+// (float64 sums in any order: the bounds below hold for every summation order)
+template <typename P, typename F>
+PDG_INLINE RowStats level_row(const P* __restrict__ xp, int64_t D, int64_t metric, double u_p, P m,
+                          F&& round_one) {
+  const double md = static_cast<double>(m);
+  double g2 = 0, d2 = 0, p2 = 0, rs = 0, ds = 0;
+#pragma omp simd reduction(+ : g2, d2, p2, rs, ds)
+  for (int64_t c = 0; c < D; ++c) {
+    const double xpd = static_cast<double>(xp[c]);
+    const double xgd = round_one(static_cast<P>(xp[c] - m), c);
+    const double d = (xpd - md) - xgd;
+    g2 += xgd * xgd;
+    d2 += d * d;
+    p2 += xpd * xpd;
+    rs += xgd;
+    ds += d;
+  }
+  // float64 norms of float values err by ≤ (D+2)·2^-53 relatively: inflate by 1e-9
+  const double inflate = 1 + 1e-9, sqD = std::sqrt(static_cast<double>(D));
+  const double np = std::sqrt(p2), nd = std::sqrt(d2), ng = std::sqrt(g2);
+  const double slack = 0x1p-51 * (np + sqD * std::abs(md) + nd);
+  RowStats r;
+  r.norm = ng * inflate;
+  r.delta = (nd + u_p * np + slack) * inflate;
+  r.add = metric == kL2 ? p2 : 0.0;
+  r.mean = md;
+  r.sum = rs;
+  r.sigma = (std::abs(ds) +
+             sqD * (u_p * np + 0x1p-51 * (np + sqD * std::abs(md) + D * nd + D * ng))) *
+            inflate;
+  return r;
+}
+
+// One row of a float pass (x̃ in bf16 / float32 / float64): x_p = x* rounded once to P,
+// then level_row with round to nearest (bf16 on the bits, vectorizable; inputs finite).
+template <typename T, typename P, typename Gt>
+PDG_INLINE RowStats prepare_row_impl(const T* xi, int64_t D, int64_t metric, const P* mu_p,
+                                 const double* mu_d, double u_p, P* xp, Gt* gi) {
+  prep_row<T, P>(xi, D, metric, mu_p, mu_d, xp);
+  return level_row<P>(xp, D, metric, u_p, mean_of(xp, D), [gi](P r, int64_t c) PDG_INLINE_LAMBDA {
+    if constexpr (std::is_same_v<Gt, c10::BFloat16>) {
+      uint32_t bits;
+      std::memcpy(&bits, &r, sizeof(bits));
+      const uint32_t b = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
+      float f;
+      std::memcpy(&f, &b, sizeof(f));
+      reinterpret_cast<uint16_t*>(gi)[c] = static_cast<uint16_t>(b >> 16);
+      return static_cast<double>(f);
+    } else {
+      const Gt g = static_cast<Gt>(r);
+      gi[c] = g;
+      return static_cast<double>(g);
+    }
+  });
+}
+
+// One row of the q8 pass: x̃ = m + s·ι, ι ∈ [−127, 127]^D in int8 and one float32
+// s = max|x_p − m|/127. Any ι keeps the bound valid (it is computed from x̃ itself); rounding
+// to nearest makes it tight. s·ι_c is exact in float64 (24 × 7 bits), and the int32 GEMM of
+// ι's is exact for D < 2^17 (127²·D < 2^31).
+template <typename T>
+PDG_INLINE RowStats prepare_row_q8_impl(const T* xi, int64_t D, int64_t metric, const float* mu_p,
+                                    const double* mu_d, double u_p, float* xp, int8_t* oi,
+                                    float* scale) {
+  constexpr float kRound = 12582912.0f;  // 1.5·2^23: (v + R) − R rounds |v| < 2^22 to nearest
+  prep_row<T, float>(xi, D, metric, mu_p, mu_d, xp);
+  const float m = mean_of(xp, D);
+  float amax = 0;
+#pragma omp simd reduction(max : amax)
+  for (int64_t c = 0; c < D; ++c) amax = std::max(amax, std::abs(xp[c] - m));
+  // a row too small for a normal s keeps ι = 0 (x̃ = m: still a bound)
+  const float s = amax >= 127 * std::numeric_limits<float>::min() ? amax / 127 : 1.0f;
+  const float inv = 1.0f / s;
+  *scale = s;
+  int8_t* __restrict__ o = oi;  // int8 stores could alias x_p's floats: they do not
+  return level_row<float>(xp, D, metric, u_p, m, [o, s, inv](float r, int64_t c) PDG_INLINE_LAMBDA {
+    const float q = std::clamp((r * inv + kRound) - kRound, -127.0f, 127.0f);
+    o[c] = static_cast<int8_t>(q);
+    return static_cast<double>(q) * s;
+  });
+}
+
+// AVX-512 / AVX2 clones of the per-row preparation (the build has no -march flags)
+#define PDG_PREPARE_ROW(T, P, Gt)                                                              \
+  PDG_CLONES RowStats prepare_row(const T* xi, int64_t D, int64_t metric, const P* mu_p,       \
+                                  const double* mu_d, double u_p, P* xp, Gt* gi) {             \
+    return prepare_row_impl<T, P, Gt>(xi, D, metric, mu_p, mu_d, u_p, xp, gi);               \
+  }
+PDG_PREPARE_ROW(float, float, c10::BFloat16)
+PDG_PREPARE_ROW(double, float, c10::BFloat16)
+PDG_PREPARE_ROW(float, float, float)
+PDG_PREPARE_ROW(double, float, float)
+PDG_PREPARE_ROW(float, double, double)
+PDG_PREPARE_ROW(double, double, double)
+#undef PDG_PREPARE_ROW
+PDG_CLONES RowStats prepare_row(const float* xi, int64_t D, int64_t metric, const float* mu_p,
+                                const double* mu_d, double u_p, float* xp, int8_t* oi,
+                                float* scale) {
+  return prepare_row_q8_impl<float>(xi, D, metric, mu_p, mu_d, u_p, xp, oi, scale);
+}
+PDG_CLONES RowStats prepare_row(const double* xi, int64_t D, int64_t metric, const float* mu_p,
+                                const double* mu_d, double u_p, float* xp, int8_t* oi,
+                                float* scale) {
+  return prepare_row_q8_impl<double>(xi, D, metric, mu_p, mu_d, u_p, xp, oi, scale);
+}
+
+// Every row of x [n, D] (rows in parallel) into the prepared tensors of p: x̃ (GEMM dtype
+// Gt; q8: ι and s), ‖r̃‖, dx, a and level [n, 3] = (m, S, σ).
 template <typename T, typename P, typename Gt>
 void prepare_rows(const T* x, const P* mu_p, const double* mu_d, int64_t n, int64_t D,
-                  int64_t metric, double u_p, Gt* out, double* norm, double* delta, double* add) {
-  constexpr int64_t L = 16;
+                  int64_t metric, double u_p, Prepared& p) {
+  Gt* out = p.gemm.mutable_data_ptr<Gt>();
+  float* scale = p.scale.defined() ? p.scale.mutable_data_ptr<float>() : nullptr;
+  double* norm = p.norm.mutable_data_ptr<double>();
+  double* delta = p.delta.mutable_data_ptr<double>();
+  double* add = p.add.mutable_data_ptr<double>();
+  double* level = p.level.mutable_data_ptr<double>();
   // small blocks run inline: a parallel region costs more than ~64 K elements of work
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1));
   at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
     std::vector<P> buf(D);  // x_p of one row
     for (int64_t i = b; i < e; ++i) {
-      P* __restrict__ xp = buf.data();
-      prep_row<T, P>(x + i * D, D, metric, mu_p, mu_d, xp);
-      // pass 2: x̃ and the float64 sums in L independent lanes
-      Gt* __restrict__ gi = out + i * D;
-      double sg[L] = {}, sd[L] = {}, sp[L] = {};
-      auto step = [&](int64_t c, int64_t l) {
-        double xgd;
-        if constexpr (std::is_same_v<Gt, c10::BFloat16> && std::is_same_v<P, float>) {
-          // round to nearest even on the bits (vectorizes; inputs finite)
-          uint32_t bits;
-          std::memcpy(&bits, &xp[c], sizeof(bits));
-          const uint32_t r = (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u;
-          float f;
-          std::memcpy(&f, &r, sizeof(f));
-          reinterpret_cast<uint16_t*>(gi)[c] = static_cast<uint16_t>(r >> 16);
-          xgd = static_cast<double>(f);
-        } else {
-          const Gt xg = round_to<Gt, P>(xp[c]);
-          gi[c] = xg;
-          xgd = static_cast<double>(back<P, Gt>(xg));
-        }
-        const double xpd = static_cast<double>(xp[c]);
-        sg[l] += xgd * xgd;
-        sd[l] += (xpd - xgd) * (xpd - xgd);
-        sp[l] += xpd * xpd;
-      };
-      int64_t c = 0;
-      for (; c + L <= D; c += L) {
-        for (int64_t l = 0; l < L; ++l) step(c + l, l);
+      RowStats r;
+      if constexpr (std::is_same_v<Gt, int8_t>) {
+        r = prepare_row(x + i * D, D, metric, mu_p, mu_d, u_p, buf.data(), out + i * D,
+                        scale + i);
+      } else {
+        r = prepare_row(x + i * D, D, metric, mu_p, mu_d, u_p, buf.data(), out + i * D);
       }
-      for (; c < D; ++c) step(c, 0);
-      double g2 = 0, d2 = 0, p2 = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        g2 += sg[l];
-        d2 += sd[l];
-        p2 += sp[l];
-      }
-      // float64 norms of float values err by ≤ (D+2)·2^-53 relatively: inflate by 1e-9
-      norm[i] = std::sqrt(g2) * (1 + 1e-9);
-      delta[i] = (std::sqrt(d2) + u_p * std::sqrt(p2)) * (1 + 1e-9);
-      add[i] = metric == kL2 ? p2 : 0.0;
-    }
-  });
-}
-
-// The q8 pass: x̃ = s·ι, ι ∈ [−127, 127]^D in int8 and one float32 s = max|x_p|/127 per
-// row. Any ι keeps the bound valid (it is computed from x̃ itself); rounding to nearest
-// makes it tight. s·ι_i is exact in float64 (24 × 7 bits), so ‖x̃‖ and dx are as exact as
-// in the float passes, and the int32 GEMM of ι's is exact for D < 2^17 (127²·D < 2^31).
-template <typename T>
-void prepare_rows_q8(const T* x, const float* mu_p, const double* mu_d, int64_t n, int64_t D,
-                     int64_t metric, double u_p, int8_t* out, float* scale, double* norm,
-                     double* delta, double* add) {
-  constexpr int64_t L = 16;
-  constexpr float kRound = 12582912.0f;  // 1.5·2^23: (v + R) − R rounds |v| < 2^22 to nearest
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(D, 1));
-  at::parallel_for(0, n, grain, [&](int64_t b, int64_t e) {
-    std::vector<float> buf(D);
-    for (int64_t i = b; i < e; ++i) {
-      float* __restrict__ xp = buf.data();
-      prep_row<T, float>(x + i * D, D, metric, mu_p, mu_d, xp);
-      float amax = 0;
-      for (int64_t c = 0; c < D; ++c) amax = std::max(amax, std::abs(xp[c]));
-      // a row too small for a normal s keeps ι = 0 (x̃ = 0, dx = ‖x_p‖: still a bound)
-      const float s = amax >= 127 * std::numeric_limits<float>::min() ? amax / 127 : 1.0f;
-      const float inv = 1.0f / s;
-      int8_t* __restrict__ oi = out + i * D;
-      double sg[L] = {}, sd[L] = {}, sp[L] = {};
-      auto step = [&](int64_t c, int64_t l) {
-        const float r = std::clamp((xp[c] * inv + kRound) - kRound, -127.0f, 127.0f);
-        oi[c] = static_cast<int8_t>(r);
-        const double xgd = static_cast<double>(r) * s, xpd = xp[c];
-        sg[l] += xgd * xgd;
-        sd[l] += (xpd - xgd) * (xpd - xgd);
-        sp[l] += xpd * xpd;
-      };
-      int64_t c = 0;
-      for (; c + L <= D; c += L) {
-        for (int64_t l = 0; l < L; ++l) step(c + l, l);
-      }
-      for (; c < D; ++c) step(c, 0);
-      double g2 = 0, d2 = 0, p2 = 0;
-      for (int64_t l = 0; l < L; ++l) {
-        g2 += sg[l];
-        d2 += sd[l];
-        p2 += sp[l];
-      }
-      scale[i] = s;
-      norm[i] = std::sqrt(g2) * (1 + 1e-9);
-      delta[i] = (std::sqrt(d2) + u_p * std::sqrt(p2)) * (1 + 1e-9);
-      add[i] = metric == kL2 ? p2 : 0.0;
+      norm[i] = r.norm;
+      delta[i] = r.delta;
+      add[i] = r.add;
+      level[3 * i] = r.mean;
+      level[3 * i + 1] = r.sum;
+      level[3 * i + 2] = r.sigma;
     }
   });
 }
@@ -280,9 +363,7 @@ void prepare_typed(const at::Tensor& x, const at::Tensor& mu, int64_t metric, do
   const at::Tensor mu_p = mu.numel() ? mu.to(c10::CppTypeToScalarType<P>::value) : mu;
   prepare_rows<T, P, Gt>(x.const_data_ptr<T>(), mu.numel() ? mu_p.const_data_ptr<P>() : nullptr,
                          mu.numel() ? mu.const_data_ptr<double>() : nullptr, x.size(0),
-                         x.size(1), metric, u_p, p.gemm.mutable_data_ptr<Gt>(),
-                         p.norm.mutable_data_ptr<double>(), p.delta.mutable_data_ptr<double>(),
-                         p.add.mutable_data_ptr<double>());
+                         x.size(1), metric, u_p, p);
 }
 
 // x̃ and the per-row quantities of the bound, for a contiguous block of rows x [n, D];
@@ -299,6 +380,7 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int6
     p.norm = at::zeros({n}, dopt);
     p.delta = p.norm;
     p.add = at::empty({n}, dopt);
+    p.level = at::zeros({n, 3}, dopt);  // no level: the int8 pass is exact
     const uint8_t* X = x.const_data_ptr<uint8_t>();
     int8_t* O = p.gemm.mutable_data_ptr<int8_t>();
     double* A = p.add.mutable_data_ptr<double>();
@@ -329,17 +411,11 @@ Prepared prepare(const at::Tensor& x, const at::Tensor& mu, int64_t metric, int6
   p.delta = at::empty({n}, dopt);
   p.add = at::empty({n}, dopt);
   const bool in64 = x.scalar_type() == at::kDouble;
+  p.level = at::empty({n, 3}, dopt);
   if (precision == kQ8) {
     p.scale = at::empty({n}, x.options().dtype(at::kFloat));
-    const at::Tensor mu_p = mu.numel() ? mu.to(at::kFloat) : mu;
-    const float* mp = mu.numel() ? mu_p.const_data_ptr<float>() : nullptr;
-    const double* md = mu.numel() ? mu.const_data_ptr<double>() : nullptr;
-    auto run = [&](auto* xs) {
-      prepare_rows_q8(xs, mp, md, n, D, metric, u_p, p.gemm.mutable_data_ptr<int8_t>(),
-                      p.scale.mutable_data_ptr<float>(), p.norm.mutable_data_ptr<double>(),
-                      p.delta.mutable_data_ptr<double>(), p.add.mutable_data_ptr<double>());
-    };
-    in64 ? run(x.const_data_ptr<double>()) : run(x.const_data_ptr<float>());
+    in64 ? prepare_typed<double, float, int8_t>(x, mu, metric, u_p, p)
+         : prepare_typed<float, float, int8_t>(x, mu, metric, u_p, p);
   } else if (precision == kBF16) {
     in64 ? prepare_typed<double, float, c10::BFloat16>(x, mu, metric, u_p, p)
          : prepare_typed<float, float, c10::BFloat16>(x, mu, metric, u_p, p);
@@ -374,109 +450,155 @@ void prune(RowState<S>& st, S tau) {
           c.end());
 }
 
-// The hot loop of the selection, per block of nb ≤ 64 scores of one row: s_j = a_j −
-// w·(s_q·(c_j·G̃_j)) into out, and whether any is ≤ thr. Float scores (q8, bf16, fp32
+// The float copies of one tile's key terms that the hot loops read (index j of the tile).
+template <typename S>
+struct TileTerms {
+  std::vector<S> add, cs, p, d, m, K, am, sg, ak;
+};
+
+// One row's terms of the score and of its bound (the bound at the top of the file):
+//   s_j = a_j − w·(s_q·(c_j·G̃_j) + m_q·K_j + S_q·m_j),  K_j = D·m_j + S_j,
+//   e_j = safety·(A·p_j + B·dx_j + Cg·|s_q·c_j·G̃_j| + Ca·|a_j| + η
+//                 + Em·|m_j| + Es·σ_j + Ek·|K_j|),
+// Em = w·σ_q + Cl·|S_q|, Es = w·|m_q|, Ek = Cl·|m_q|.
+template <typename S>
+struct RowTerms {
+  S ws, qs, mq, Sq, A, B, Cg, Ca, eta, Em, Es, Ek, safety;
+};
+
+// The hot loop of the selection, per block of nb ≤ 64 scores of one row (from key j0 of the
+// tile): the scores s_j into out, and whether any is ≤ thr. Float scores (q8, bf16, fp32
 // passes) get AVX-512 / AVX2 clones (PDG_CLONES); the widening of G̃ is exact.
 template <typename O, typename S>
-inline bool block_scores_impl(const O* g, const S* add, const S* cs, S ws, S qs, S thr, S* out,
-                              int64_t nb) {
-  bool any = false;
-  for (int64_t j = 0; j < nb; ++j) {
-    S gj;
-    if constexpr (std::is_same_v<O, uint16_t>) {
-      const uint32_t b = static_cast<uint32_t>(g[j]) << 16;  // bfloat16 bits → float
-      float f;
-      std::memcpy(&f, &b, sizeof(f));
-      gj = f;
-    } else {
-      gj = static_cast<S>(g[j]);
-    }
-    out[j] = add[j] - ws * (qs * (cs[j] * gj));
-    any |= out[j] <= thr;
+PDG_INLINE S widen(O v) {
+  if constexpr (std::is_same_v<O, uint16_t>) {
+    const uint32_t b = static_cast<uint32_t>(v) << 16;  // bfloat16 bits → float
+    float f;
+    std::memcpy(&f, &b, sizeof(f));
+    return f;
+  } else {
+    return static_cast<S>(v);
   }
-  return any;
 }
-PDG_CLONES bool block_scores(const int32_t* g, const float* add, const float* cs, float ws,
-                             float qs, float thr, float* out, int64_t nb) {
-  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
-}
-PDG_CLONES bool block_scores(const uint16_t* g, const float* add, const float* cs, float ws,
-                             float qs, float thr, float* out, int64_t nb) {
-  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
-}
-PDG_CLONES bool block_scores(const float* g, const float* add, const float* cs, float ws,
-                             float qs, float thr, float* out, int64_t nb) {
-  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
-}
-// ... and, for a block where some score passed, the bounds lo/hi = s ∓ e of every score,
-// e = safety·(A·p_j + B·dx_j + Cg·|G̃_j| + Ca·|a_j| + η) (the bound at the top of the file).
 template <typename O, typename S>
-inline void block_bounds_impl(const O* g, const S* add, const S* cs, const S* p, const S* d,
-                              S qs, S A, S B, S Cg, S Ca, S eta, S safety, const S* s, S* lo,
-                              S* hi, int64_t nb) {
+PDG_INLINE bool block_scores_impl(const O* __restrict__ g, const TileTerms<S>& x, int64_t j0,
+                              const RowTerms<S>& q, S thr, S* __restrict__ out, int64_t nb) {
+  // locals and restrict pointers: out must not be taken to alias the terms, or the loop
+  // reloads them every iteration and does not vectorize
+  const S* __restrict__ add = x.add.data() + j0;
+  const S* __restrict__ cs = x.cs.data() + j0;
+  const S* __restrict__ m = x.m.data() + j0;
+  const S* __restrict__ K = x.K.data() + j0;
+  const S ws = q.ws, qs = q.qs, mq = q.mq, Sq = q.Sq;
+  int any = 0;  // an int reduction vectorizes, a bool one does not
+#pragma omp simd reduction(| : any)
   for (int64_t j = 0; j < nb; ++j) {
-    S gj;
-    if constexpr (std::is_same_v<O, uint16_t>) {
-      const uint32_t b = static_cast<uint32_t>(g[j]) << 16;
-      float f;
-      std::memcpy(&f, &b, sizeof(f));
-      gj = f;
-    } else {
-      gj = static_cast<S>(g[j]);
-    }
-    const S ga = std::abs(qs * (cs[j] * gj));
-    const S err = safety * (A * p[j] + B * d[j] + Cg * ga + Ca * std::abs(add[j]) + eta);
+    const S s = add[j] - ws * (qs * (cs[j] * widen<O, S>(g[j])) + (mq * K[j] + Sq * m[j]));
+    out[j] = s;
+    any |= static_cast<int>(s <= thr);
+  }
+  return any != 0;
+}
+// ... and, for a block where some score passed, the bounds lo/hi = s ∓ e of every score
+template <typename O, typename S>
+PDG_INLINE void block_bounds_impl(const O* __restrict__ g, const TileTerms<S>& x, int64_t j0,
+                              const RowTerms<S>& q, const S* __restrict__ s,
+                              S* __restrict__ lo, S* __restrict__ hi, int64_t nb) {
+  const S* __restrict__ add = x.add.data() + j0;
+  const S* __restrict__ cs = x.cs.data() + j0;
+  const S* __restrict__ p = x.p.data() + j0;
+  const S* __restrict__ d = x.d.data() + j0;
+  const S* __restrict__ am = x.am.data() + j0;
+  const S* __restrict__ sg = x.sg.data() + j0;
+  const S* __restrict__ ak = x.ak.data() + j0;
+  const S qs = q.qs, A = q.A, B = q.B, Cg = q.Cg, Ca = q.Ca, eta = q.eta, Em = q.Em,
+          Es = q.Es, Ek = q.Ek, safety = q.safety;
+  for (int64_t j = 0; j < nb; ++j) {
+    const S ga = std::abs(qs * (cs[j] * widen<O, S>(g[j])));
+    const S err = safety * (A * p[j] + B * d[j] + Cg * ga + Ca * std::abs(add[j]) + eta +
+                            Em * am[j] + Es * sg[j] + Ek * ak[j]);
     lo[j] = s[j] - err;
     hi[j] = s[j] + err;
   }
 }
-#define PDG_BLOCK_BOUNDS(O)                                                                   \
-  PDG_CLONES void block_bounds(const O* g, const float* add, const float* cs, const float* p, \
-                               const float* d, float qs, float A, float B, float Cg, float Ca, \
-                               float eta, float safety, const float* s, float* lo, float* hi, \
-                               int64_t nb) {                                                  \
-    block_bounds_impl(g, add, cs, p, d, qs, A, B, Cg, Ca, eta, safety, s, lo, hi, nb);        \
+#define PDG_BLOCK(O)                                                                         \
+  PDG_CLONES bool block_scores(const O* g, const TileTerms<float>& x, int64_t j0,            \
+                               const RowTerms<float>& q, float thr, float* out, int64_t nb) { \
+    return block_scores_impl(g, x, j0, q, thr, out, nb);                                     \
+  }                                                                                          \
+  PDG_CLONES void block_bounds(const O* g, const TileTerms<float>& x, int64_t j0,            \
+                               const RowTerms<float>& q, const float* s, float* lo,          \
+                               float* hi, int64_t nb) {                                      \
+    block_bounds_impl(g, x, j0, q, s, lo, hi, nb);                                           \
   }
-PDG_BLOCK_BOUNDS(int32_t)
-PDG_BLOCK_BOUNDS(uint16_t)
-PDG_BLOCK_BOUNDS(float)
-#undef PDG_BLOCK_BOUNDS
+PDG_BLOCK(int32_t)
+PDG_BLOCK(uint16_t)
+PDG_BLOCK(float)
+#undef PDG_BLOCK
+// double scores (fp64 pass, exact int8 pass): the generic loops
 template <typename O, typename S>
-void block_bounds(const O* g, const S* add, const S* cs, const S* p, const S* d, S qs, S A, S B,
-                  S Cg, S Ca, S eta, S safety, const S* s, S* lo, S* hi, int64_t nb) {
-  block_bounds_impl(g, add, cs, p, d, qs, A, B, Cg, Ca, eta, safety, s, lo, hi, nb);
+bool block_scores(const O* g, const TileTerms<S>& x, int64_t j0, const RowTerms<S>& q, S thr,
+                  S* out, int64_t nb) {
+  return block_scores_impl(g, x, j0, q, thr, out, nb);
+}
+template <typename O, typename S>
+void block_bounds(const O* g, const TileTerms<S>& x, int64_t j0, const RowTerms<S>& q,
+                  const S* s, S* lo, S* hi, int64_t nb) {
+  block_bounds_impl(g, x, j0, q, s, lo, hi, nb);
 }
 
-// double scores (fp64 pass, exact int8 pass): the generic loop
-template <typename O, typename S>
-bool block_scores(const O* g, const S* add, const S* cs, S ws, S qs, S thr, S* out, int64_t nb) {
-  return block_scores_impl(g, add, cs, ws, qs, thr, out, nb);
+// The constants of the bound for one pass (run_candidates).
+struct PassBound {
+  double w, Cg, Ca, Cl, eta, g_grow;
+  bool exact;
+};
+
+// The prepared queries' per-row terms: A = w(dq + γ‖r̃_q‖), B = w‖r̃_q‖, s_q (q8), level.
+struct QueryTerms {
+  std::vector<double> A, B, qscale;
+  const double* level;  // [M, 3] (m, S, σ)
+};
+
+// One tile's key terms in float copies, and its maxima for the block pre-check
+// (xa, xn, xd, xl: the tile's a, ‖r̃‖, dx, level [t, 3]; xs: q8 scales or null).
+template <typename S>
+TileTerms<S> tile_terms(int64_t t, int64_t D, const double* xa, const double* xn,
+                        const double* xd, const double* xl, const float* xs,
+                        std::array<double, 7>& mx) {
+  TileTerms<S> x;
+  x.add.assign(xa, xa + t);
+  x.d.assign(xd, xd + t);
+  x.cs.assign(t, S(1));
+  // q8: G̃ = s_q·s_x·(ι_q·ι_x) (exact int32 dot, then ≤ 3 float32 roundings: u_out);
+  // the other passes multiply by 1 (exact)
+  if (xs != nullptr) std::copy(xs, xs + t, x.cs.begin());
+  x.p.resize(t), x.m.resize(t), x.K.resize(t), x.am.resize(t), x.sg.resize(t), x.ak.resize(t);
+  mx.fill(0.0);  // p, dx, |a|, ‖r̃‖, |m|, σ, |K|
+  for (int64_t j = 0; j < t; ++j) {
+    const double m = xl[3 * j], K = static_cast<double>(D) * m + xl[3 * j + 1];
+    x.p[j] = static_cast<S>(xn[j] + xd[j]);
+    x.m[j] = static_cast<S>(m);
+    x.K[j] = static_cast<S>(K);
+    x.am[j] = std::abs(x.m[j]);
+    x.sg[j] = static_cast<S>(xl[3 * j + 2]);
+    x.ak[j] = std::abs(x.K[j]);
+    const double v[7] = {xn[j] + xd[j], xd[j], std::abs(xa[j]), xn[j], std::abs(m),
+                         xl[3 * j + 2], std::abs(K)};
+    for (int i = 0; i < 7; ++i) mx[i] = std::max(mx[i], v[i]);
+  }
+  return x;
 }
 
 // Score type S: float for the q8/bf16/fp32 passes, double for fp64 and int8.
 template <typename O, typename S>
-void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int64_t k,
-                 int64_t capacity, const double* add, const double* xnorm, const double* xdelta,
-                 const std::vector<double>& A, const std::vector<double>& B,
-                 const float* xscale, const std::vector<double>& qscale, double Cg, double Ca,
-                 double eta, double w, double g_grow, bool exact,
-                 std::vector<RowState<S>>& state) {
-  // tile maxima for the block pre-check
-  double p_max = 0, d_max = 0, a_max = 0, n_max = 0;
-  for (int64_t j = 0; j < t; ++j) {
-    p_max = std::max(p_max, xnorm[j] + xdelta[j]);
-    d_max = std::max(d_max, xdelta[j]);
-    a_max = std::max(a_max, std::abs(add[j]));
-    n_max = std::max(n_max, xnorm[j]);
-  }
-  std::vector<S> add_s(add, add + t), p_s(t), d_s(xdelta, xdelta + t), cs(t, S(1));
-  for (int64_t j = 0; j < t; ++j) p_s[j] = static_cast<S>(xnorm[j] + xdelta[j]);
-  // q8: G̃ = s_q·s_x·(ι_q·ι_x) (exact int32 dot, then ≤ 3 float32 roundings: u_out);
-  // the other passes multiply by 1 (exact)
-  if (xscale != nullptr) std::copy(xscale, xscale + t, cs.begin());
+void select_tile(const O* G, int64_t m, int64_t t, int64_t D, int64_t n0, int64_t row0,
+                 int64_t k, int64_t capacity, const double* add, const double* xnorm,
+                 const double* xdelta, const double* xlevel, const float* xscale,
+                 const QueryTerms& qt, const PassBound& pb, std::vector<RowState<S>>& state) {
+  std::array<double, 7> mx;  // tile maxima: p, dx, |a|, ‖r̃‖, |m|, σ, |K|
+  const TileTerms<S> x = tile_terms<S>(t, D, add, xnorm, xdelta, xlevel, xscale, mx);
   const S inf = std::numeric_limits<S>::infinity();
-  const S safety = static_cast<S>(1 + 64 * kU32);
-  const S ws = static_cast<S>(w);
+  const double w = pb.w;
   at::parallel_for(0, m, std::max<int64_t>(1, (int64_t{1} << 16) / t), [&](int64_t b, int64_t e_) {
     std::vector<S> s_blk(kBlock), lo_blk(kBlock), hi_blk(kBlock);
     for (int64_t r = b; r < e_; ++r) {
@@ -491,13 +613,22 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
           return g;
         }
       }();
-      const S Ar = static_cast<S>(A[row0 + r]), Br = static_cast<S>(B[row0 + r]);
-      const S qs = qscale.empty() ? S(1) : static_cast<S>(qscale[row0 + r]);
+      const int64_t i = row0 + r;
+      const double Ar = qt.A[i], Br = qt.B[i], mq = qt.level[3 * i], Sq = qt.level[3 * i + 1];
+      const double Em = w * qt.level[3 * i + 2] + pb.Cl * std::abs(Sq);
+      const double Es = w * std::abs(mq), Ek = pb.Cl * std::abs(mq);
+      const S qs = qt.qscale.empty() ? S(1) : static_cast<S>(qt.qscale[i]);
+      const RowTerms<S> q{static_cast<S>(w), qs,
+                          static_cast<S>(mq), static_cast<S>(Sq), static_cast<S>(Ar),
+                          static_cast<S>(Br), static_cast<S>(pb.Cg), static_cast<S>(pb.Ca),
+                          static_cast<S>(pb.eta), static_cast<S>(Em), static_cast<S>(Es),
+                          static_cast<S>(Ek), static_cast<S>(1 + 64 * kU32)};
       // largest e of this row over the tile: |G̃| ≤ ‖q̃‖‖x̃‖(1 + γ)(1 + u_out) = B/w·n_max·g_grow
       const double e_max =
-          exact ? 0.0
-                : (1 + 64 * kU32) * (A[row0 + r] * p_max + B[row0 + r] * d_max +
-                                     Cg * (B[row0 + r] / w) * n_max * g_grow + Ca * a_max + eta);
+          pb.exact ? 0.0
+                   : (1 + 64 * kU32) * (Ar * mx[0] + Br * mx[1] +
+                                        pb.Cg * (Br / w) * mx[3] * pb.g_grow + pb.Ca * mx[2] +
+                                        pb.eta + Em * mx[4] + Es * mx[5] + Ek * mx[6]);
       if (!std::isfinite(e_max)) {
         st.overflow = true;  // data too large for this precision: the next pass redoes it
         continue;
@@ -508,19 +639,12 @@ void select_tile(const O* G, int64_t m, int64_t t, int64_t n0, int64_t row0, int
         // lower bounds above τ + e_max (with margin for this sum's rounding) cannot qualify
         const S thr = tau == inf ? inf
                                  : static_cast<S>(tau + e_max * 1.0001 + std::abs(tau) * 1e-6);
-        // w·G̃ exact (w = 1, 2)
-        if (!block_scores(gbits + j0, add_s.data() + j0, cs.data() + j0, ws, qs, thr,
-                          s_blk.data(), nb)) {
-          continue;
-        }
-        if (exact) {
+        if (!block_scores(gbits + j0, x, j0, q, thr, s_blk.data(), nb)) continue;
+        if (pb.exact) {
           std::copy(s_blk.begin(), s_blk.begin() + nb, lo_blk.begin());
           std::copy(s_blk.begin(), s_blk.begin() + nb, hi_blk.begin());
         } else {
-          block_bounds(gbits + j0, add_s.data() + j0, cs.data() + j0, p_s.data() + j0,
-                       d_s.data() + j0, qs, Ar, Br, static_cast<S>(Cg), static_cast<S>(Ca),
-                       static_cast<S>(eta), safety, s_blk.data(), lo_blk.data(), hi_blk.data(),
-                       nb);
+          block_bounds(gbits + j0, x, j0, q, s_blk.data(), lo_blk.data(), hi_blk.data(), nb);
         }
         for (int64_t j = 0; j < nb; ++j) {
           const S lo = lo_blk[j], hi = hi_blk[j];
@@ -586,24 +710,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
   // q8: the int32 dot of ι's is exact (γ = 0); its three float32 scalings are u_out
   const double gamma = exact || q8 ? 0.0 : (D + 2) * u_acc / (1 - (D + 2) * u_acc);
   const double u_out = precision == kBF16 ? 0x1p-8 / (1 - 0x1p-8) : q8 ? 4 * kU32 : 0.0;
-  const double Cg = exact ? 0.0 : w * u_out + 2 * w * u_acc;
-  const double Ca = exact ? 0.0 : 3 * u_p + 4 * u_acc;
-  const double eta = exact ? 0.0 : 0x1p-100;
-  const double g_grow = (1 + gamma) * (1 + u_out) * (1 + 1e-6);
+  // Cg: the rounding of s̃'s evaluation proportional to |G̃| (G̃ + L, a − w·(·), s̃ ± e);
+  // Cl: that of the level term L = m_q·K_x + S_q·m_x (K_x's rounding, 2 products, 4 sums)
+  const PassBound pb{w,
+                     exact ? 0.0 : w * u_out + 3 * w * u_acc,
+                     exact ? 0.0 : 3 * u_p + 4 * u_acc,
+                     exact ? 0.0 : 8 * w * u_acc,
+                     exact ? 0.0 : 0x1p-100,
+                     (1 + gamma) * (1 + u_out) * (1 + 1e-6),
+                     exact};
 
-  // queries once: q̃ and per-row coefficients A = w(dq + γ‖q̃‖), B = w‖q̃‖ (and s_q for q8)
+  // queries once: q̃ and per-row coefficients A = w(dq + γ‖r̃_q‖), B = w‖r̃_q‖ (and s_q for
+  // q8), their level terms
   const Prepared pq = prepare(q, mu, metric, precision, true);
-  std::vector<double> A(M), B(M), qscale;
+  QueryTerms qt{std::vector<double>(M), std::vector<double>(M), {},
+                pq.level.const_data_ptr<double>()};
   {
     const double* qn = pq.norm.const_data_ptr<double>();
     const double* qd = pq.delta.const_data_ptr<double>();
     for (int64_t r = 0; r < M; ++r) {
-      A[r] = w * (qd[r] + gamma * qn[r]);
-      B[r] = w * qn[r];
+      qt.A[r] = w * (qd[r] + gamma * qn[r]);
+      qt.B[r] = w * qn[r];
     }
     if (q8) {
       const float* sq = pq.scale.const_data_ptr<float>();
-      qscale.assign(sq, sq + M);
+      qt.qscale.assign(sq, sq + M);
     }
   }
   // tiles: ≈ 4 M key elements (GEMM-efficient), ≤ tile_elems scores per query chunk
@@ -619,12 +750,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
   const double* xn_all = keys.norm.const_data_ptr<double>();
   const double* xd_all = keys.delta.const_data_ptr<double>();
   const double* xa_all = keys.add.const_data_ptr<double>();
+  const double* xl_all = keys.level.const_data_ptr<double>();
   const float* xs_all = q8 ? keys.scale.const_data_ptr<float>() : nullptr;
 
   for (int64_t n0 = 0; n0 < N; n0 += t) {
     const int64_t tn = std::min(t, N - n0);
     const at::Tensor xg = keys.gemm.narrow(0, n0, tn);
     const double *xn = xn_all + n0, *xd = xd_all + n0, *xa = xa_all + n0;
+    const double* xl = xl_all + 3 * n0;
     const float* xs = q8 ? xs_all + n0 : nullptr;
     for (int64_t m0 = 0; m0 < M; m0 += m_chunk) {
       const int64_t mm = std::min(m_chunk, M - m0);
@@ -638,8 +771,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
       const int64_t off = offset + n0;
       auto select = [&](auto* g) {
         using O = std::remove_const_t<std::remove_pointer_t<decltype(g)>>;
-        select_tile<O, S>(g, mm, tn, off, m0, k, capacity, xa, xn, xd, A, B, xs, qscale, Cg, Ca,
-                          eta, w, g_grow, exact, state);
+        select_tile<O, S>(g, mm, tn, D, off, m0, k, capacity, xa, xn, xd, xl, xs, qt, pb, state);
       };
       if (exact || q8) {
         select(G.const_data_ptr<int32_t>());
@@ -681,7 +813,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> run_candidates(
 }
 
 // Keys prepared once for a pass (the reusable part of a search: pydiffgen.ops.KnnIndex).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_prepare_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_prepare_cpu(
     const at::Tensor& keys, const at::Tensor& centre, int64_t metric, int64_t precision) {
   TORCH_CHECK(keys.dim() == 2, "knn_prepare: keys must be [N, D], got ", keys.sizes());
   TORCH_CHECK(keys.device().is_cpu(), "knn_prepare (C++ CPU): keys must be on the CPU");
@@ -698,12 +830,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_prepa
   Prepared p = prepare(rows_for(keys, precision), centre_point(centre, metric, precision), metric,
                        precision, false);
   if (!p.scale.defined()) p.scale = keys.new_empty({0}, at::kFloat);
-  return {p.gemm, p.norm, p.delta, p.add, p.scale};
+  return {p.gemm, p.norm, p.delta, p.add, p.scale, p.level};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_candidates_cpu(
     const at::Tensor& queries, const at::Tensor& key_gemm, const at::Tensor& key_norm,
     const at::Tensor& key_delta, const at::Tensor& key_add, const at::Tensor& key_scale,
+    const at::Tensor& key_level,
     const at::Tensor& centre, int64_t k, int64_t metric, int64_t precision, int64_t tile_elems,
     int64_t capacity, int64_t offset) {
   check_codes("knn_candidates", metric, precision);
@@ -748,7 +881,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> knn_candidates_cpu(
             at::full({M}, std::numeric_limits<double>::infinity(), o.dtype(at::kDouble)),
             at::zeros({M}, o.dtype(at::kBool))};
   }
-  const Prepared keys{key_gemm, key_norm, key_delta, key_add, key_scale};
+  TORCH_CHECK(key_level.scalar_type() == at::kDouble && key_level.dim() == 2 &&
+                  key_level.size(0) == N && key_level.size(1) == 3 && key_level.is_contiguous(),
+              "knn_candidates: prepared level must be float64 [N, 3]");
+  const Prepared keys{key_gemm, key_norm, key_delta, key_add, key_scale, key_level};
   const auto q = rows_for(queries, precision);
   const auto mu = centre_point(centre, metric, precision);
   const int64_t te = std::max<int64_t>(tile_elems, 1);

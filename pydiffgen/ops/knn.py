@@ -8,7 +8,9 @@ float64, so near-duplicate keys (memorization) are ordered exactly.
 The ``cpp`` backend is certified: a low-precision candidate pass keeps, per query, every
 key whose score is within a rigorous error bound of the k-th best (the bound and why it
 holds are at the top of csrc/cpu/knn.cpp), then re-ranks those in float64 (in order of
-their lower bounds, stopping past the k-th exact score). The first pass: q8 (keys and
+their lower bounds, stopping past the k-th exact score). Each row's mean level is scored
+in float32 and only the rest is rounded, so on image rows (a large shared brightness
+level) the bound, and the candidates it keeps, shrink about tenfold. The first pass: q8 (keys and
 queries quantized to int8 with one scale per row, an exact int32 GEMM) on CPUs with int8
 dot products (VNNI / AMX), else bfloat16 on CPUs with AVX-512 BF16 / AMX, else float32;
 an exact int8 GEMM for uint8 data. A query whose candidate set outgrows its budget is
@@ -428,7 +430,7 @@ class CppKeys:
         self.x = x if x.dtype in (torch.float32, torch.float64, torch.uint8) else x.float()
         self.metric, self.precision = metric, precision
         self.mu = centre(self.x) if metric == "l2" else x.new_empty(0, dtype=torch.float)
-        self.prepared = {}  # pass -> (x̃, ‖x̃‖, dx, a, s)
+        self.prepared = {}  # pass -> (x̃, ‖r̃‖, dx, a, s, level)
 
     def pass_keys(self, p: str):
         if p not in self.prepared:
@@ -467,11 +469,12 @@ def _prepare_fake(keys, centre, metric, precision):
     f64 = dict(dtype=torch.float64)
     return (keys.new_empty(N, D, dtype=dtype), keys.new_empty(N, **f64),
             keys.new_empty(N, **f64), keys.new_empty(N, **f64),
-            keys.new_empty(N if precision == 4 else 0, dtype=torch.float32))
+            keys.new_empty(N if precision == 4 else 0, dtype=torch.float32),
+            keys.new_empty(N, 3, **f64))
 
 
-def _candidates_fake(queries, key_gemm, key_norm, key_delta, key_add, key_scale, centre, k,
-                     metric, precision, tile_elems, capacity, offset):
+def _candidates_fake(queries, key_gemm, key_norm, key_delta, key_add, key_scale, key_level,
+                     centre, k, metric, precision, tile_elems, capacity, offset):
     M = queries.shape[0]
     C = torch.library.get_ctx().new_dynamic_size()
     return (queries.new_empty(M, C, dtype=torch.int64),
