@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from pydiffgen.errors import InputError
 from pydiffgen.metrics import (
     authpct,
+    authpct_extraction,
     confidence_interval,
     copy_score,
     ct_score,
@@ -266,6 +267,17 @@ def test_extraction_distance_matches_dense(digits):
         np.testing.assert_allclose(got.ratio.numpy(), want, rtol=1e-12, atol=1e-12)
         assert got.fraction == pytest.approx((want < 1 / 3).mean())
     assert extraction_distance(train[:40], train, k=20).fraction == 1.0  # copies
+
+
+def test_authpct_extraction_shares_one_search_and_matches_each(digits):
+    train, gen = tie_pair(digits)
+    for g, t, k in ((gen, train, 20), (train[:40], train, 5), (*random_pair()[::-1], 50)):
+        both = authpct_extraction(g, t, k=k)
+        assert both["authpct"] == pytest.approx(dense_authpct(t, g), abs=1e-9)
+        assert both["extraction.fraction"] == extraction_distance(g, t, k=k).fraction
+    est = authpct_extraction(gen, train, k=20, ci=0.9, n_boot=4)
+    assert est["authpct"].value == authpct(train, gen)
+    assert est["extraction.fraction"].low <= est["extraction.fraction"].high
 
 
 def dense_top1_cosine(a, b, exclude_self=False):
