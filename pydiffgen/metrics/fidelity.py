@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_positive_int
-from ..ops.exact import score64
 from ..ops.knn import KnnIndex
 from .bootstrap import confidence_interval
 from .inputs import agree, as_features
@@ -34,6 +33,12 @@ BALL_ELEMS = 1 << 22
 # Scores a search holds at once (its tiles): 4M float32 = 16 MiB, where the default (16M)
 # would make a search's tiles most of PRDC's peak memory
 TILE_ELEMS = 1 << 22
+# Queries per search call: a search's working memory grows with its queries (≈ 17 KiB
+# each at 512 features, measured), so 2048 keep it near 35 MiB at any N
+QUERY_ROWS = 2048
+# float64 entries of a difference chunk (4 MiB): score64's 4M-entry gathers took a third
+# of PRDC's peak memory
+DIFF_ELEMS = 1 << 19
 # float32 ulps (relative) within which a distance and a radius are compared in float64
 TIE_ULPS = 4
 
@@ -55,8 +60,18 @@ def kth_radius2(index: KnnIndex, k: int) -> torch.Tensor:
     sits at distance 0 like the row itself, so the multiset argument holds with
     duplicates)."""
     x = index.rows
-    _, idx = index.search_rows(x, k + 1, tile_elems=TILE_ELEMS)
-    return score64(x, x, idx[:, k:], "l2")[:, 0]
+    idx = torch.cat([index.search_rows(q, k + 1, tile_elems=TILE_ELEMS)[1][:, k]
+                     for q in x.split(QUERY_ROWS)])
+    return dist2(x, torch.arange(len(x), device=x.device), x, idx)
+
+
+def dist2(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
+    """‖a_ia_n − b_ib_n‖² float64 [n] for rows a [A, F], b [B, F] and indices ia, ib int64
+    [n], from direct float64 differences (every exact comparison here uses this one
+    formula), gathered in chunks of ≤ DIFF_ELEMS entries (never an [n, F] copy)."""
+    rows = max(1, DIFF_ELEMS // a.shape[1])
+    return torch.cat([(a[ia[r0:r0 + rows]].double() - b[ib[r0:r0 + rows]].double())
+                      .square().sum(-1) for r0 in range(0, len(ia), rows)])
 
 
 def within(d2: torch.Tensor, idx: torch.Tensor, centres: torch.Tensor,
@@ -73,8 +88,7 @@ def within(d2: torch.Tensor, idx: torch.Tensor, centres: torch.Tensor,
     close = (d2 - r32).abs() <= TIE_ULPS * torch.finfo(torch.float32).eps * r32
     if bool(close.any()):
         i, j = close.nonzero(as_tuple=True)
-        exact = (centres[i].double() - points[idx[i, j]].double()).square().sum(-1)
-        hit[i, j] = exact <= radius2[i, j]
+        hit[i, j] = dist2(centres, i, points, idx[i, j]) <= radius2[i, j]
     return hit
 
 
@@ -99,9 +113,9 @@ def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: KnnIndex,
 
     The neighbours of a centre come sorted by exact distance, so the points inside its ball
     form a prefix; a row whose last neighbour is still inside is searched again with twice
-    the k (at most P), in row chunks of ≤ BALL_ELEMS scores. The first pass (start_k
-    neighbours for every centre) also tells which centres one of those neighbours' balls
-    holds (``Balls.real_inside``)."""
+    the k (at most P), in row chunks of ≤ QUERY_ROWS rows and BALL_ELEMS scores. The first
+    pass (start_k neighbours for every centre) also tells which centres one of those
+    neighbours' balls holds (``Balls.real_inside``)."""
     P, C, device = len(points), centres.shape[0], centres.device
     counts = torch.zeros(C, dtype=torch.int64, device=device)
     fake_inside = torch.zeros(P, dtype=torch.bool, device=device)
@@ -112,7 +126,7 @@ def ball_hits(centres: torch.Tensor, radius2: torch.Tensor, points: KnnIndex,
     first = True
     while len(rows):
         again = []
-        for chunk in rows.split(max(1, BALL_ELEMS // k)):
+        for chunk in rows.split(max(1, min(QUERY_ROWS, BALL_ELEMS // k))):
             q = centres[chunk]
             d2, idx = points.search_rows(q, k, tile_elems=TILE_ELEMS)
             hit = within(d2, idx, q, points.rows, radius2[chunk, None])  # [r, k]
@@ -163,7 +177,7 @@ def covered(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor,
         pts = points if len(keys) == P else points[keys]
         index = KnnIndex.of_rows(pts)
         again = []
-        for chunk in rows.split(max(1, BALL_ELEMS // k)):
+        for chunk in rows.split(max(1, min(QUERY_ROWS, BALL_ELEMS // k))):
             q = centres[chunk]
             d2, idx = index.search_rows(q, k, tile_elems=TILE_ELEMS)
             hit = within(d2, idx, q, pts, radius2[chunk, None])  # [r, k]
