@@ -14,7 +14,18 @@ fake is still inside is searched again with twice the k) and, from the same neig
 recall for almost every real: a real is in a fake ball if one of its 2k nearest fakes
 holds it, and in none if its 2k-th fake lies beyond the largest fake radius (every other
 fake is farther). Only the reals left undecided are searched for, from the fakes whose
-ball reaches past those reals' 2k-th fake. Memory: O((N + M)·k) plus one search's tiles.
+ball reaches past those reals' 2k-th fake. Memory: O((N + M)·k) plus one search call's
+(``QUERY_ROWS`` queries, ``TILE_ELEMS`` scores).
+
+Ties: balls are closed (‖·‖ ≤ r, where the package writes <), and every comparison is
+decided on exact float64 distances from direct differences, so identical real and fake
+sets give precision = recall = coverage = 1 (the package's strict < gives 0 wherever a
+radius is 0, i.e. k+1 duplicates) and equal numbers come out equal. Without exact ties the
+two agree. The search already returns its neighbours' float64 distances rounded to
+float32; rounding is monotone, so a float32 comparison can only be wrong where the two
+float32 numbers lie within a few ulps of each other, and only those pairs (ties among
+them) are recomputed in float64 (``within``): the rest of the float64 work the search
+has done once.
 """
 
 from __future__ import annotations
@@ -157,20 +168,20 @@ def recall_inside(real: torch.Tensor, fake: torch.Tensor, r_fake: torch.Tensor,
     if bool(open_.any()):
         reach = balls.reach2[open_].min() * (1 - slack)
         big = (r32 >= reach).nonzero()[:, 0]
-        inside[open_] = covered(fake[big], r_fake[big], real[open_], start_k)
+        inside[open_] = covered(fake, r_fake, big, real[open_], start_k)
     return inside
 
 
-def covered(centres: torch.Tensor, radius2: torch.Tensor, points: torch.Tensor,
-            start_k: int) -> torch.Tensor:
+def covered(centres: torch.Tensor, radius2: torch.Tensor, rows: torch.Tensor,
+            points: torch.Tensor, start_k: int) -> torch.Tensor:
     """inside bool [P]: the point of points [P, F] lies in at least one closed ball
-    B(centres_i, √radius2_i). As ``ball_hits`` without counts, so a row searched again
-    looks only among the points no ball has been seen to hold yet: a ball's unseen points
-    lie beyond its last neighbour and are among those, and after the first pass few remain
-    (fewer keys for every later search)."""
+    B(centres_i, √radius2_i) for i in rows (int64, indices into centres [C, F] and
+    radius2 [C], gathered a chunk at a time). As ``ball_hits`` without counts, so a row
+    searched again looks only among the points no ball has been seen to hold yet: a ball's
+    unseen points lie beyond its last neighbour and are among those, and after the first
+    pass few remain (fewer keys for every later search)."""
     P = points.shape[0]
     inside = torch.zeros(P, dtype=torch.bool, device=points.device)
-    rows = torch.arange(centres.shape[0], device=points.device)
     keys = torch.arange(P, device=points.device)
     k = min(start_k, P)
     while len(rows) and k > 0:
