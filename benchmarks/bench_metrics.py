@@ -14,13 +14,18 @@
 Each row: seconds of one call, peak resident memory above what the process held before
 the call (Linux: VmHWM after resetting it through /proc/self/clear_refs), the speedup
 (peer / ours) and the values side by side; PRDC rows also give the share of the time spent
-in the kNN searches (``ops.knn.search``) and their count. Every row carries the load
+in the kNN searches (``KnnIndex.search_rows``) and their count. Every row carries the load
 average (``uptime``) when it was measured: the machine is shared. Data: Gaussian features
 with a shifted fake set and a tenth of gen copied from train (so AuthPct and C_T see
 copying).
 
-    python benchmarks/bench_metrics.py [--quick]      # prdc, authpct, ct: ≈ 5 min quiet
-    PYDIFFGEN_BENCH_CASES=prdc-large nice -n 19 python benchmarks/bench_metrics.py
+    python benchmarks/bench_metrics.py [--quick]
+    PYDIFFGEN_BENCH_CASES=prdc-large OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_metrics.py
+
+The first (cases prdc, authpct, ct) took 13.5 min wall at load 12–16 on the shared 2-core
+machine (2026-12-06; timed calls: ours 45 s, the peers 364 s, the dense AuthPct alone
+275 s and 12 GB), so a quiet 2-core machine does it within 12 min. The second: one thread, because a
+starved nice-19 process with two spin-waiting OpenMP threads burns its share waiting.
 
 ``PYDIFFGEN_BENCH_CASES``: a comma list of ``prdc`` (10,000 × 10,000 × 512), ``authpct``
 and ``ct`` (50,000 × 10,000 × 768; ``ct`` includes ``authpct``'s data generation) and
