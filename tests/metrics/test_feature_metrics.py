@@ -75,6 +75,20 @@ def test_prdc_matches_the_prdc_package_on_random_features():
             assert getattr(got, name) == pytest.approx(float(value), abs=1e-12), name
 
 
+def test_prdc_recall_paths_match_dense():
+    """Recall is decided from the real→fake search where it can be, else by the residual
+    search: fewer fakes than 2k (every fake seen), a far fake set (every real certainly
+    out), rounded features (ties at the radii) and the random pair (residual reals)."""
+    real, fake = random_pair(120, 90, 6, seed=4)
+    cases = [(real[:12], fake[:7]), (real, fake * 0.2 + 5.0), (np.round(real), np.round(fake)),
+             (real, fake)]
+    for r, f in cases:
+        for k in (1, 3, 5):
+            got = prdc(torch.from_numpy(r), torch.from_numpy(f), k)
+            for name, value in dense_prdc(r, f, k).items():
+                assert getattr(got, name) == pytest.approx(value, abs=1e-12), (name, k)
+
+
 def test_prdc_matches_dense_closed_balls_on_tied_digits(digits):
     real, fake = tie_pair(digits)
     got = prdc(torch.from_numpy(real), torch.from_numpy(fake), 5)
