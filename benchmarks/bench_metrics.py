@@ -9,17 +9,27 @@
   mannwhitneyu) vs ``pydiffgen.metrics.ct_score`` on the same PCA features and cells.
 
 - PRDC k=5 at 100,000 × 100,000 × 768 (dense matrices would need 120 GB): ours alone,
-  its time and peak memory (``PYDIFFGEN_BENCH_PRDC_LARGE=N`` sets the size, 0 skips it).
+  its time and peak memory (case ``prdc-large``; ``PYDIFFGEN_BENCH_PRDC_LARGE=N`` sets N).
 
 Each row: seconds of one call, peak resident memory above what the process held before
 the call (Linux: VmHWM after resetting it through /proc/self/clear_refs), the speedup
 (peer / ours) and the values side by side; PRDC rows also give the share of the time spent
-in the kNN searches (``ops.knn.search``) and their count. Every row carries the load
+in the kNN searches (``KnnIndex.search_rows``) and their count. Every row carries the load
 average (``uptime``) when it was measured: the machine is shared. Data: Gaussian features
 with a shifted fake set and a tenth of gen copied from train (so AuthPct and C_T see
 copying).
 
     python benchmarks/bench_metrics.py [--quick]
+    PYDIFFGEN_BENCH_CASES=prdc-large OMP_NUM_THREADS=1 nice -n 19 python benchmarks/bench_metrics.py
+
+The first (cases prdc, authpct, ct) took 13.5 min wall at load 12–16 on the shared 2-core
+machine (2026-12-06; timed calls: ours 45 s, the peers 364 s, the dense AuthPct alone
+275 s and 12 GB), so a quiet 2-core machine does it within 12 min. The second: one thread, because a
+starved nice-19 process with two spin-waiting OpenMP threads burns its share waiting.
+
+``PYDIFFGEN_BENCH_CASES``: a comma list of ``prdc`` (10,000 × 10,000 × 512), ``authpct``
+and ``ct`` (50,000 × 10,000 × 768; ``ct`` includes ``authpct``'s data generation) and
+``prdc-large``; default ``prdc,authpct,ct``.
 
 The issue's targets: PRDC ≥ 10× faster with ≤ 10% of the package's peak memory;
 AuthPct and C_T ≥ 10× faster than dgm-eval's formulas.
@@ -40,7 +50,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import metadata, parse_args, print_table, ratio_rows, write_json  # noqa: E402
 
-from pydiffgen.metrics import authpct, ct_score, fidelity, prdc  # noqa: E402
+from pydiffgen.metrics import authpct, ct_score, prdc  # noqa: E402
+from pydiffgen.ops import KnnIndex  # noqa: E402
 
 
 def rss_kib(field: str) -> int:
@@ -129,16 +140,17 @@ def load() -> str:
 
 
 def row(case, impl, value, seconds, peak, **extra):
+    print(f"{case}, {impl}: {seconds:.1f} s, load {load()}", flush=True)  # progress
     return {"kind": "time", "case": case, "impl": impl, "value": value, "time_s": seconds,
             "peak_mib": peak, "load": load(), **extra}
 
 
 @contextlib.contextmanager
 def knn_timer():
-    """Seconds spent in, and number of, the kNN searches PRDC makes (the module's
-    ``search`` wrapped for the call)."""
+    """Seconds spent in, and number of, the kNN searches PRDC makes (``KnnIndex``'s
+    ``search_rows``, the one search path, wrapped for the call)."""
     spent = {"s": 0.0, "calls": 0}
-    inner = fidelity.search
+    inner = KnnIndex.search_rows
 
     def timed(*args, **kwargs):
         t0 = time.perf_counter()
@@ -148,11 +160,11 @@ def knn_timer():
             spent["s"] += time.perf_counter() - t0
             spent["calls"] += 1
 
-    fidelity.search = timed
+    KnnIndex.search_rows = timed
     try:
         yield spent
     finally:
-        fidelity.search = inner
+        KnnIndex.search_rows = inner
 
 
 def our_prdc(real, fake):
@@ -199,40 +211,61 @@ def copying_sets(n_train, n_gen, d, rng):
     return train, test, gen
 
 
-def copying_rows(n_train, n_gen, d, rng):
-    train, test, gen = copying_sets(n_train, n_gen, d, rng)
-    case = f"authpct {n_train}x{n_gen}x{d}"
+def authpct_rows(train, gen):
+    case = f"authpct {len(train)}x{len(gen)}x{train.shape[1]}"
     ours = run(lambda: authpct(torch.from_numpy(train), torch.from_numpy(gen)))
     peer = run(lambda: dgm_authpct(train, gen))
     rows = [row(case, "pydiffgen", ours[0], ours[1], ours[2]),
             row(case, "dgm-eval cdist", peer[0], peer[1], peer[2])]
-    rows += ratio_rows(case, {"pydiffgen": ours[1], "dgm-eval cdist": peer[1]}, "pydiffgen")
+    return rows + ratio_rows(case, {"pydiffgen": ours[1], "dgm-eval cdist": peer[1]},
+                             "pydiffgen")
+
+
+def ct_rows(train, test, gen):
+    case = f"C_T {len(train)}x{len(test)}x{len(gen)}x{train.shape[1]} (pca 64)"
     tr, te, ge = pca64(train, test, gen)
     labels = kmeans_labels(tr, te, ge)
-    case = f"C_T {n_train}x{n_gen}x{d} (pca 64)"
     ours = run(lambda: ct_score(torch.from_numpy(tr), torch.from_numpy(te), torch.from_numpy(ge),
                                 cells=3, seed=0))
     peer = run(lambda: dgm_ct(tr, te, ge, labels))
     kmeans = run(lambda: kmeans_labels(tr, te, ge))
-    rows += [row(case, "pydiffgen (with its KMeans)", ours[0], ours[1], ours[2]),
-             row(case, "dgm-eval sklearn NN (cells given)", peer[0], peer[1], peer[2]),
-             row(case, "KMeans(3, n_init=10) alone", None, kmeans[1], kmeans[2])]
+    rows = [row(case, "pydiffgen (with its KMeans)", ours[0], ours[1], ours[2]),
+            row(case, "dgm-eval sklearn NN (cells given)", peer[0], peer[1], peer[2]),
+            row(case, "KMeans(3, n_init=10) alone", None, kmeans[1], kmeans[2])]
     return rows + ratio_rows(case, {"pydiffgen": ours[1], "dgm-eval": peer[1] + kmeans[1]},
                              "pydiffgen")
+
+
+CASES = ("prdc", "authpct", "ct", "prdc-large")
+
+
+def selected_cases() -> list[str]:
+    names = [c.strip() for c in os.environ.get("PYDIFFGEN_BENCH_CASES",
+                                               "prdc,authpct,ct").split(",") if c.strip()]
+    unknown = [c for c in names if c not in CASES]
+    if unknown:
+        sys.exit(f"PYDIFFGEN_BENCH_CASES: unknown {', '.join(unknown)}; expected a comma "
+                 f"list of {', '.join(CASES)}")
+    return names
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0])
     if args.device != "cpu":
         print("note: the metrics run on the features' device; this script keeps them on the CPU")
-    rng = np.random.default_rng(0)
-    large = int(os.environ.get("PYDIFFGEN_BENCH_PRDC_LARGE", "100000"))
-    if args.quick:
-        rows = prdc_rows(2000, 128, rng) + copying_rows(5000, 1000, 128, rng)
-    else:
-        rows = prdc_rows(10_000, 512, rng) + copying_rows(50_000, 10_000, 768, rng)
-        if large:
-            rows += large_prdc_rows(large, 768, rng)
+    cases = selected_cases()
+    n_prdc, d_prdc, n_train, n_gen, d = (2000, 128, 5000, 1000, 128) if args.quick else \
+        (10_000, 512, 50_000, 10_000, 768)
+    # one generator per case: a case's data do not depend on which others run
+    rows = prdc_rows(n_prdc, d_prdc, np.random.default_rng(0)) if "prdc" in cases else []
+    if "authpct" in cases or "ct" in cases:
+        train, test, gen = copying_sets(n_train, n_gen, d, np.random.default_rng(1))
+        rows += authpct_rows(train, gen) if "authpct" in cases else []
+        rows += ct_rows(train, test, gen) if "ct" in cases else []
+        del train, test, gen
+    if "prdc-large" in cases:
+        rows += large_prdc_rows(int(os.environ.get("PYDIFFGEN_BENCH_PRDC_LARGE", "100000")),
+                                768, np.random.default_rng(2))
     print_table([r for r in rows if r["kind"] == "time"],
                 ["case", "impl", "time_s", "peak_mib", "knn_share", "knn_calls", "load",
                  "value"])

@@ -62,6 +62,10 @@ METRICS = {
                    "> 0.5, and train-vs-train 95th percentile"),
 }
 
+# asked for together, these come from one training index and one gen→train search over
+# the same half-samples (``metrics.authpct_extraction``)
+JOINT = ("authpct", "extraction")
+
 # what an audit can measure from its samples and training set alone
 TRAIN_GEN_METRICS = ("prdc", "authpct", "extraction", "copy")
 
@@ -86,17 +90,23 @@ def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float
     and skipped ``{metric: why}`` for a metric whose sets are not all given. ``k``: PRDC's
     neighbours; ``options``: keyword arguments of a metric by name (``{"ct": {"tau":
     0.05}}``); ``skip_small``: a metric whose sets (or half-samples) are too small for it
-    is skipped with the reason, not an error (a sweep's smallest N)."""
+    is skipped with the reason, not an error (a sweep's smallest N). ``JOINT`` metrics
+    asked for together share their searches and half-samples (``joint_rows``)."""
     check_positive_int(k, "k")
-    rows, skipped = {}, {}
-    for name in parse_metrics(",".join(metrics)):
+    options = options or {}
+    names = parse_metrics(",".join(metrics))
+    rows, skipped = joint_rows(features, names, n_boot=n_boot, ci=ci, seed=seed,
+                               options=options), {}
+    for name in names:
         spec = METRICS[name]
         missing = [s for s in spec.sets if features.get(s) is None]
         if missing:
             skipped[name] = f"needs --{' and --'.join(missing)}"
             continue
+        if name in JOINT and any(row.split(".")[0] == name for row in rows):
+            continue
         kwargs = {"prdc": {"k": k}, "kid": {"subsets": 10}}.get(name, {})
-        kwargs.update((options or {}).get(name, {}))
+        kwargs.update(options.get(name, {}))
         try:
             est = spec.fn(*(features[s] for s in spec.sets), ci=ci, n_boot=n_boot, seed=seed,
                           **kwargs)
@@ -107,9 +117,30 @@ def measure(features: dict, metrics, *, k: int = 5, n_boot: int = 200, ci: float
             continue
         parts = {name: est} if spec.fields is None else \
             {f"{name}.{f}": getattr(est, f) for f in spec.fields}
-        rows.update({row: {"value": e.value, "low": e.low, "high": e.high, "ci": e.ci}
-                     for row, e in parts.items()})
-    return rows, skipped
+        rows.update({row: estimate_row(e) for row, e in parts.items()})
+    order = {name: i for i, name in enumerate(METRICS)}  # table order, joint rows too
+    return dict(sorted(rows.items(), key=lambda row: order[row[0].split(".")[0]])), skipped
+
+
+def estimate_row(e) -> dict:
+    """An ``Estimate`` as a table row."""
+    return {"value": e.value, "low": e.low, "high": e.high, "ci": e.ci}
+
+
+def joint_rows(features: dict, names, *, n_boot: int, ci: float, seed: int,
+               options: dict) -> dict:
+    """The rows of the ``JOINT`` metrics when all of them are asked for and their sets
+    given, from one ``authpct_extraction`` call; {} otherwise, or when a set is too small
+    for one of them (each then runs, or is skipped, on its own)."""
+    if not all(n in names for n in JOINT) or features.get("fake") is None \
+            or features.get("train") is None or options.get("authpct"):
+        return {}
+    try:
+        est = mt.authpct_extraction(features["fake"], features["train"], ci=ci,
+                                    n_boot=n_boot, seed=seed, **options.get("extraction", {}))
+    except InputError:
+        return {}
+    return {row: estimate_row(e) for row, e in est.items()}
 
 
 def encode_sets(sources: dict, encoder, *, cache=None, batch_size: int = 64,

@@ -6,7 +6,15 @@ score, each with ``ci=`` confidence intervals (``confidence_interval``: half-sam
 """
 
 from .bootstrap import Estimate, confidence_interval
-from .copying import CopyScore, Extraction, authpct, copy_score, ct_score, extraction_distance
+from .copying import (
+    CopyScore,
+    Extraction,
+    authpct,
+    authpct_extraction,
+    copy_score,
+    ct_score,
+    extraction_distance,
+)
 from .distribution import frechet_distance, kernel_distance
 from .fidelity import PRDC, prdc
 from .likelihood import FLD, fld
@@ -22,6 +30,7 @@ __all__ = [
     "Extraction",
     "MemorizationReport",
     "authpct",
+    "authpct_extraction",
     "closest_pairs_cosine",
     "confidence_interval",
     "copy_score",

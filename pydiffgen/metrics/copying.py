@@ -1,5 +1,5 @@
 """Do generated samples copy the training set? Four tests from the literature, each on
-encoder features [N, F] and exact neighbours (``pydiffgen.ops.knn.search``, distances
+encoder features [N, F] and exact neighbours (``pydiffgen.ops.KnnIndex``, distances
 recomputed from direct float64 differences).
 
 - ``authpct``: Alaa et al. (ICML 2022) authenticity, as layer6ai-labs dgm-eval computes it.
@@ -20,17 +20,47 @@ import torch
 from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
 from ..ops.exact import score64
-from ..ops.knn import search
+from ..ops.knn import KnnIndex
 from .bootstrap import confidence_interval
 from .inputs import agree, as_features
 from .similarity import nearest_cosine
 
 
-def nearest(q: torch.Tensor, x: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest(index: KnnIndex, q: torch.Tensor,
+            k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact float64 Euclidean distances [M, k] (ascending) and indices [M, k] of the k
-    nearest rows of x [N, F] for q [M, F]; ties to the lower index."""
-    _, idx = search(q, x, k, "l2")
+    nearest key rows x [N, F] of ``index`` (l2) for q [M, F]; ties to the lower index."""
+    x = index.rows
+    _, idx = index.search_rows(q, k)
     return score64(q, x, idx, "l2").clamp_min(0).sqrt(), idx
+
+
+class GenTrain:
+    """Generated features gen [M, F] against training features train [N, F] (checked,
+    one width, device and dtype), with the searches AuthPct and the extraction distance
+    share made once: the training set's index and gen's nearest training points (one
+    search for the most neighbours asked; fewer are its prefix, since neighbours come
+    ordered by distance, ties to the lower index)."""
+
+    def __init__(self, gen: torch.Tensor, train: torch.Tensor):
+        self.gen, self.train = gen, train
+        self.index = KnnIndex.of_rows(train)
+        self.found: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def nearest(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float64 distances [M, k] ascending and indices [M, k] of each generated point's
+        k nearest training points."""
+        if self.found is None or self.found[1].shape[1] < k:
+            self.found = nearest(self.index, self.gen, k)
+        d, idx = self.found
+        return d[:, :k], idx[:, :k]
+
+    def gap(self, rows: torch.Tensor) -> torch.Tensor:
+        """float64 [R]: the distance from each training point train[rows] (rows int64 [R])
+        to its nearest *other* training point, the 2nd smallest counting itself (0 for a
+        duplicate); searched once per distinct row, not for the whole training set."""
+        distinct, back = torch.unique(rows, return_inverse=True)
+        return nearest(self.index, self.train[distinct], 2)[0][back, 1]
 
 
 def authpct(train, gen, *, ci: float | None = None, n_boot: int = 100,
@@ -49,9 +79,14 @@ def authpct(train, gen, *, ci: float | None = None, n_boot: int = 100,
     train = as_features(train, "train", min_rows=2)
     gen = as_features(gen, "gen")
     train, gen = agree(train=train, gen=gen)
-    d_other = nearest(train, train, 2)[0][:, 1]  # the 2nd smallest counting itself
-    d1, j = nearest(gen, train)
-    authentic = d_other[j[:, 0]] < d1[:, 0]
+    return authentic_percent(GenTrain(gen, train))
+
+
+def authentic_percent(pair: GenTrain) -> float:
+    """``authpct`` of a ``GenTrain`` (train with ≥ 2 rows): only the training points that
+    are some sample's nearest need their own nearest-other distance."""
+    d1, j = pair.nearest(1)
+    authentic = pair.gap(j[:, 0]) < d1[:, 0]
     return 100.0 * int(authentic.sum()) / len(authentic)
 
 
@@ -116,7 +151,8 @@ def ct_score(train, test, gen, cells: int = 3, *, seed: int = 0, tau: float | No
                              f"expected every cell to hold both (use fewer than {cells} cells)")
         if len(Qm) / m <= tau:
             continue
-        z.append(mann_whitney_z(nearest(Qm, T)[0][:, 0], nearest(Pn, T)[0][:, 0]))
+        cell = KnnIndex.of_rows(T)
+        z.append(mann_whitney_z(nearest(cell, Qm)[0][:, 0], nearest(cell, Pn)[0][:, 0]))
         weight.append(len(Pn) / n)
     if not z:
         raise InputError(f"ct_score: no cell holds more than tau={tau:g} of gen; expected "
@@ -155,12 +191,38 @@ def extraction_distance(gen, train, alpha: float = 0.5, k: int = 50,
     gen = as_features(gen, "gen")
     train = as_features(train, "train", min_rows=k)
     gen, train = agree(gen=gen, train=train)
-    d, idx = nearest(gen, train, k)
+    return extraction_of(GenTrain(gen, train), alpha, k, threshold)
+
+
+def extraction_of(pair: GenTrain, alpha: float, k: int, threshold: float) -> Extraction:
+    """``extraction_distance`` of a ``GenTrain`` (train with ≥ k rows)."""
+    d, idx = pair.nearest(k)
     scale = alpha * d.mean(1)
     ratio = torch.where(scale > 0, d[:, 0] / scale.clamp_min(1e-300), 0.0)
     return Extraction(ratio=ratio, nn_index=idx[:, 0],
                       fraction=float((ratio < threshold).double().mean()),
                       threshold=threshold)
+
+
+def authpct_extraction(gen, train, alpha: float = 0.5, k: int = 50, threshold: float = 1 / 3,
+                       *, ci: float | None = None, n_boot: int = 100,
+                       seed: int = 0) -> dict[str, float]:
+    """``{"authpct": authpct(train, gen), "extraction.fraction":
+    extraction_distance(gen, train, alpha, k, threshold).fraction}`` from one training
+    index and one gen→train search (``GenTrain``): what ``pydiffgen metrics`` and the
+    sweep compute when both are asked for. ``ci``: a level makes both Estimates over the
+    same half-samples (``confidence_interval``, ``n_boot`` seeded with ``seed``)."""
+    if ci is not None:
+        return confidence_interval(authpct_extraction, gen, train, alpha=alpha, k=k,
+                                   threshold=threshold, ci=ci, n_boot=n_boot, seed=seed)
+    check_positive_int(k, "k")
+    alpha = check_positive_float(alpha, "alpha")
+    threshold = check_positive_float(threshold, "threshold")
+    gen = as_features(gen, "gen")
+    train = as_features(train, "train", min_rows=max(k, 2))
+    pair = GenTrain(*agree(gen=gen, train=train))
+    return {"authpct": authentic_percent(pair),
+            "extraction.fraction": extraction_of(pair, alpha, k, threshold).fraction}
 
 
 @dataclass(frozen=True)

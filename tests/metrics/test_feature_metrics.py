@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from pydiffgen.errors import InputError
 from pydiffgen.metrics import (
     authpct,
+    authpct_extraction,
     confidence_interval,
     copy_score,
     ct_score,
@@ -72,6 +73,20 @@ def test_prdc_matches_the_prdc_package_on_random_features():
         got = prdc(real, fake, k)
         for name, value in want.items():
             assert getattr(got, name) == pytest.approx(float(value), abs=1e-12), name
+
+
+def test_prdc_recall_paths_match_dense():
+    """Recall is decided from the real→fake search where it can be, else by the residual
+    search: fewer fakes than 2k (every fake seen), a far fake set (every real certainly
+    out), rounded features (ties at the radii) and the random pair (residual reals)."""
+    real, fake = random_pair(120, 90, 6, seed=4)
+    cases = [(real[:12], fake[:7]), (real, fake * 0.2 + 5.0), (np.round(real), np.round(fake)),
+             (real, fake)]
+    for r, f in cases:
+        for k in (1, 3, 5):
+            got = prdc(torch.from_numpy(r), torch.from_numpy(f), k)
+            for name, value in dense_prdc(r, f, k).items():
+                assert getattr(got, name) == pytest.approx(value, abs=1e-12), (name, k)
 
 
 def test_prdc_matches_dense_closed_balls_on_tied_digits(digits):
@@ -266,6 +281,17 @@ def test_extraction_distance_matches_dense(digits):
         np.testing.assert_allclose(got.ratio.numpy(), want, rtol=1e-12, atol=1e-12)
         assert got.fraction == pytest.approx((want < 1 / 3).mean())
     assert extraction_distance(train[:40], train, k=20).fraction == 1.0  # copies
+
+
+def test_authpct_extraction_shares_one_search_and_matches_each(digits):
+    train, gen = tie_pair(digits)
+    for g, t, k in ((gen, train, 20), (train[:40], train, 5), (*random_pair()[::-1], 50)):
+        both = authpct_extraction(g, t, k=k)
+        assert both["authpct"] == pytest.approx(dense_authpct(t, g), abs=1e-9)
+        assert both["extraction.fraction"] == extraction_distance(g, t, k=k).fraction
+    est = authpct_extraction(gen, train, k=20, ci=0.9, n_boot=4)
+    assert est["authpct"].value == authpct(train, gen)
+    assert est["extraction.fraction"].low <= est["extraction.fraction"].high
 
 
 def dense_top1_cosine(a, b, exclude_self=False):
