@@ -76,8 +76,9 @@ def case_empirical(mod):
     data, unaligned)."""
     for dtype in (torch.float32, torch.float64):
         for d in (3072, 2):
-            mod.empirical_denoiser(torch.randn(8, d, dtype=dtype),
-                                   torch.randn(256, d, dtype=dtype), torch.ones(8))
+            x = torch.randn(256, d, dtype=dtype)
+            mod.empirical_denoiser(torch.randn(8, d, dtype=dtype), x, x.mean(0),
+                                   torch.ones(8))
 
 
 def case_knn_bound_tile(mod):
