@@ -185,13 +185,18 @@ def extraction_distance(gen, train, alpha: float = 0.5, k: int = 50,
     if ci is not None:
         return confidence_interval(extraction_distance, gen, train, alpha=alpha, k=k,
                                    threshold=threshold, ci=ci, n_boot=n_boot, seed=seed)
+    pair, alpha, threshold = _extraction_inputs(gen, train, alpha, k, threshold, min_rows=k)
+    return extraction_of(pair, alpha, k, threshold)
+
+
+def _extraction_inputs(gen, train, alpha, k, threshold, *, min_rows: int):
+    """Validated (GenTrain(gen, train), alpha, threshold) of the extraction distance."""
     check_positive_int(k, "k")
     alpha = check_positive_float(alpha, "alpha")
     threshold = check_positive_float(threshold, "threshold")
     gen = as_features(gen, "gen")
-    train = as_features(train, "train", min_rows=k)
-    gen, train = agree(gen=gen, train=train)
-    return extraction_of(GenTrain(gen, train), alpha, k, threshold)
+    train = as_features(train, "train", min_rows=min_rows)
+    return GenTrain(*agree(gen=gen, train=train)), alpha, threshold
 
 
 def extraction_of(pair: GenTrain, alpha: float, k: int, threshold: float) -> Extraction:
@@ -215,12 +220,8 @@ def authpct_extraction(gen, train, alpha: float = 0.5, k: int = 50, threshold: f
     if ci is not None:
         return confidence_interval(authpct_extraction, gen, train, alpha=alpha, k=k,
                                    threshold=threshold, ci=ci, n_boot=n_boot, seed=seed)
-    check_positive_int(k, "k")
-    alpha = check_positive_float(alpha, "alpha")
-    threshold = check_positive_float(threshold, "threshold")
-    gen = as_features(gen, "gen")
-    train = as_features(train, "train", min_rows=max(k, 2))
-    pair = GenTrain(*agree(gen=gen, train=train))
+    pair, alpha, threshold = _extraction_inputs(gen, train, alpha, k, threshold,
+                                                min_rows=max(k, 2))
     return {"authpct": authentic_percent(pair),
             "extraction.fraction": extraction_of(pair, alpha, k, threshold).fraction}
 

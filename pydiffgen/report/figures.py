@@ -15,6 +15,7 @@ BASELINE = "#95a5a6"
 
 
 PAGE_WIDTH = 10.0  # inches: the report's 1100 px column at the figures' 110 dpi
+PANELS_PER_ROW = 4
 
 
 def similarity_histograms(per_n: dict):
@@ -31,30 +32,16 @@ def similarity_histograms(per_n: dict):
     lo, hi = float(values.min()), min(1.0, float(values.max()))
     pad = max(0.02, 0.04 * (hi - lo))
     bins = np.linspace(lo - pad, min(1.0 + 1e-9, hi + pad), 41)
-    cols = min(4, len(ns))
-    rows = -(-len(ns) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.6 * rows + 0.5), sharex=True,
-                             squeeze=False)
     style = {"baseline": (BASELINE, 0.6, "closest S1–S2 pair"),
              "nearest": (NEAREST, 0.6, "sample vs nearest training image"),
              "paired": (PAIRED, 0.7, "model A vs model B (same seed)")}
-    for i, ax in enumerate(axes.ravel()):
-        if i >= len(ns):
-            ax.set_visible(False)
-            continue
-        d = per_n[ns[i]]
+    fig, panels = panel_grid(ns, 2.6, sharex=True)
+    for n, ax in panels:
         for key in keys:
             color, alpha, label = style[key]
-            ax.hist(d[key], bins=bins, color=color, alpha=alpha, density=True, label=label)
-        ax.set_title(f"N = {ns[i]}", fontsize=10)
-        ax.set_xlabel("cosine similarity")
-        if i % cols == 0:
-            ax.set_ylabel("density")
-        ax.grid(alpha=0.25)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08 / rows, 1, 1))
-    return fig
+            ax.hist(per_n[n][key], bins=bins, color=color, alpha=alpha, density=True,
+                    label=label)
+    return finish_panels(fig, panels, "cosine similarity", "density", ncol=3)
 
 
 def median_curves(ns, paired, nearest, baseline):
@@ -129,6 +116,36 @@ def finish(fig, ax, xlabel: str, ylabel: str, *, grid: bool = True, **legend):
         ax.grid(alpha=0.3)
     ax.legend(**{"fontsize": 7, **legend})
     fig.tight_layout()
+    return fig
+
+
+def panel_grid(ns, height: float, **share):
+    """One panel per N (``PANELS_PER_ROW`` per row, page-wide, ``height`` inches each;
+    ``share``: ``sharex``/``sharey``); unused cells hidden. Returns (fig, [(N, ax)])."""
+    cols = min(PANELS_PER_ROW, len(ns))
+    rows = -(-len(ns) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, height * rows + 0.5),
+                             squeeze=False, **share)
+    flat = axes.ravel()
+    for ax in flat[len(ns):]:
+        ax.set_visible(False)
+    return fig, list(zip(ns, flat))
+
+
+def finish_panels(fig, panels, xlabel: str, ylabel: str, *, ncol: int):
+    """Title each panel "N = …", label x everywhere and y on the first column, one
+    figure legend below (from the first panel, ``ncol`` columns); returns ``fig``."""
+    cols = min(PANELS_PER_ROW, len(panels))
+    for i, (n, ax) in enumerate(panels):
+        ax.set_title(f"N = {n}", fontsize=10)
+        ax.set_xlabel(xlabel)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.25)
+    rows = -(-len(panels) // cols)
+    handles, labels = panels[0][1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1 / rows, 1, 1))
     return fig
 
 

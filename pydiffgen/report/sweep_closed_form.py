@@ -5,14 +5,9 @@ and local patch models at large N."""
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are written on headless machines
-import matplotlib.pyplot as plt  # noqa: E402
-
-from .closed_form import STYLE  # noqa: E402
-from .figures import PAGE_WIDTH  # noqa: E402
-from .html import Report  # noqa: E402
+from .closed_form import STYLE
+from .figures import finish_panels, panel_grid
+from .html import Report
 
 
 def r2_panels(per_n: dict):
@@ -23,29 +18,15 @@ def r2_panels(per_n: dict):
     ns = sorted(per_n)
     lows = [v for n in ns for curve in per_n[n]["r2"].values() for v in curve]
     bottom = max(-0.5, min(lows) - 0.05)
-    cols = min(4, len(ns))
-    rows = -(-len(ns) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(PAGE_WIDTH, 2.8 * rows + 0.6), sharey=True,
-                             squeeze=False)
-    for i, ax in enumerate(axes.ravel()):
-        if i >= len(ns):
-            ax.set_visible(False)
-            continue
-        r = per_n[ns[i]]
+    fig, panels = panel_grid(ns, 2.8, sharey=True)
+    for n, ax in panels:
+        r = per_n[n]
         for model, values in r["r2"].items():
             label, color, style = STYLE.get(model, (model, None, "-"))
             ax.plot(r["sigma"], values, style, marker="o", ms=3, color=color, label=label)
         ax.set_xscale("log")
         ax.set_ylim(bottom, 1.02)
-        ax.set_title(f"N = {ns[i]}", fontsize=10)
-        ax.set_xlabel("noise level σ")
-        if i % cols == 0:
-            ax.set_ylabel("r² for model A")
-        ax.grid(alpha=0.25)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.12 / rows, 1, 1))
-    return fig
+    return finish_panels(fig, panels, "noise level σ", "r² for model A", ncol=4)
 
 
 def sweep_closed_form_section(rep: Report, per_n: dict) -> None:
