@@ -87,6 +87,12 @@ class OptimalBasisConfig:
     lr_halve_every: int | None = field(
         default=None, metadata={"help": "halve the learning rate every this many steps "
                                         "(none: constant)"})
+    sigma_dist: str = field(
+        default="kadkhodaie",
+        metadata={"help": "training noise levels: kadkhodaie (σ = U²·2, unweighted loss) or "
+                          "edm (ln σ ~ N(P_mean, P_std²), λ(σ)-weighted loss)"})
+    P_mean: float = -1.2
+    P_std: float = 1.2
     psnr_levels: tuple[float, ...] = field(
         default=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 27.0, 30.0),
         metadata={"help": "input PSNRs (dB) of the C^α curves"})
@@ -222,8 +228,9 @@ def _train_config(config: OptimalBasisConfig):
     from ..training import TrainConfig
 
     return TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
-                       lr_halve_every=config.lr_halve_every, sigma_dist="kadkhodaie",
-                       sigma_max=2.0, seed=config.seed, device=config.device)
+                       lr_halve_every=config.lr_halve_every, sigma_dist=config.sigma_dist,
+                       sigma_max=2.0, P_mean=config.P_mean, P_std=config.P_std,
+                       seed=config.seed, device=config.device)
 
 
 def _analyse_calpha(config, model, key):
