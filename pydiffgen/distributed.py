@@ -19,6 +19,9 @@ Dataset-scale search shards the *training set* across ranks (rank r holds rows
   the states rescaled by exp(m − m*) gives Σ and Σ·D_M (8·(D + 1) bytes per row). Rows
   any rank leaves dense (σ comparable to the data's spread) or that the bound of
   ``ops.lse`` does not certify take every shard's float64 pass, merged the same way.
+  A rank that passes ``ops.EmpiricalIndex(train_shard)`` prepares its shard once (the
+  single-process index: bf16 keys and the kNN index of exact rows, ``ops.lse.Keys``) for
+  every later call and σ.
 """
 
 from __future__ import annotations
@@ -308,18 +311,26 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
     """``ops.empirical_denoiser`` over a training set split across the ranks of ``group``.
 
     y [M, *F] and sigma (a float or [M]) the same on every rank; train_shard [N_r, *F]
-    this rank's training points (may be empty). Returns D_M(y; σ) [M, *F] on every rank,
+    this rank's training points (may be empty), or ``ops.EmpiricalIndex(train_shard)``:
+    the shard prepared once (bf16 keys, the kNN index of exact rows) for every call and σ
+    of a sweep or a sampler, as in one process. Returns D_M(y; σ) [M, *F] on every rank,
     equal to the single-process result (exact small-σ rows included). Not differentiable.
     """
     from .ops import empirical as E  # the module: ops.empirical_denoiser is the function
 
+    index = train_shard if isinstance(train_shard, E.EmpiricalIndex) else None
     if world_size(group) == 1:
+        if index is not None:
+            return index(y, sigma)
         return E.empirical_denoiser(y, train_shard, sigma)
     # check locally, then agree: an error on one rank is raised on every rank, no hang
     error, meta = None, [0, 0, 0]
     try:
-        y, train_shard, sig = E.validate(y, train_shard, sigma, train_name="train_shard",
-                                         empty_train=True)
+        if index is None:
+            y, train_shard, sig = E.validate(y, train_shard, sigma, train_name="train_shard",
+                                             empty_train=True)
+        else:
+            y, train_shard, sig = index.inputs(y, sigma)
         meta = [y.shape[0], y.shape[1:].numel(), train_shard.shape[0]]
     except InputError as err:
         error = str(err)
@@ -334,7 +345,8 @@ def empirical_denoiser(y, train_shard, sigma, *, group=None):
         return y.clone()
     _agree("empirical_denoiser", [float(sig.sum()), float(sig.min())], ["sigma", "sigma"],
            group)
-    out = _sharded_denoise(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group)
+    keys = index.keys if index is not None else None
+    out = _sharded_denoise(y.reshape(M, D), train_shard.reshape(n_local, D), sig, group, keys)
     return out.to(y.dtype).reshape(shape)
 
 
@@ -348,12 +360,13 @@ def _merge(m, s, a, group):
     return merged[:, 1:] / merged[:, :1]
 
 
-def _sharded_denoise(y, x, sig, group):
+def _sharded_denoise(y, x, sig, group, keys=None):
     """D_M [M, D] float64 for rows y [M, D] over every rank's shard x, by the reduction of
     ``ops.empirical_denoiser`` (``ops.lse.denoise``): each rank's exact softmax over its
     bf16 pass's candidates (every point a shard omits lies MARGIN + log N_r below its own
     largest kept logit, hence below the global one), merged; rows any rank leaves dense or
-    uncertified by the float64 pass of every shard, merged."""
+    uncertified by the float64 pass of every shard, merged. keys: x prepared
+    (``ops.lse.Keys``, held by an ``ops.EmpiricalIndex``); default: prepared per call."""
     from .ops import lse
 
     def merge(m, s, a):
@@ -365,4 +378,4 @@ def _sharded_denoise(y, x, sig, group):
     def dense(y, x, sig):
         return merge(*lse.partials(y, x, sig, torch.float64)[:3])
 
-    return lse.denoise(y, x, sig, dense, merge, agree, parts=world_size(group))
+    return lse.denoise(y, x, sig, dense, merge, agree, parts=world_size(group), keys=keys)

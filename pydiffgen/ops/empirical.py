@@ -74,19 +74,23 @@ class EmpiricalIndex:
     train [N, *F]: checked once (finite, float32 / float64 compute dtype), its centre, a
     strided sample and the bf16 rows of the candidate pass (``lse.Keys``, 2·N·(D + 2)
     bytes beside the training set, which is kept by reference: do not modify it in place
-    while the index is in use) are prepared now. ``index(y, sigma)`` returns what
+    while the index is in use) are prepared now, and the kNN index of its exact rows on
+    their first use. ``index(y, sigma)`` returns what
     ``empirical_denoiser(y, train, sigma, backend)`` returns (the same certified result,
     differentiable in y); the reference backend has no candidate pass and prepares nothing.
+    N may be 0 only for a rank's shard of ``distributed.empirical_denoiser``, which
+    takes an index of each rank's shard; calling an empty index raises InputError.
     """
 
     def __init__(self, train, backend: str | None = None):
-        check_tensor(train, "train", min_ndim=2)
+        check_tensor(train, "train", min_ndim=2, finite=False, nonempty=False)
         check_finite(train, "train")
         self.feature_shape = tuple(train.shape[1:])
         dtype = train.dtype if train.dtype in (torch.float32, torch.float64) else torch.float32
-        self.rows = train.reshape(len(train), -1).to(dtype)
+        self.rows = train.reshape(len(train), train.shape[1:].numel()).to(dtype)
         self.impl = dispatch.op("empirical_denoiser").select(train.device.type, backend)
-        self.keys = lse.Keys(self.rows, hold=True) if self.impl.name != "reference" else None
+        candidates = self.impl.name != "reference" and len(train) > 0
+        self.keys = lse.Keys(self.rows, hold=True) if candidates else None
 
     def __len__(self) -> int:
         return self.rows.shape[0]
@@ -94,15 +98,22 @@ class EmpiricalIndex:
     def __call__(self, y, sigma):
         """D_M(y; σ) [M, *F] for y [M, *F] on the training set's device, sigma a float or
         [M] tensor (> 0); in the promoted dtype of y and the training set."""
-        # y and σ are checked against an empty view of the set: its values were checked once
-        y, _, sig = validate(y, self.rows[:0].reshape(0, *self.feature_shape), sigma,
-                             empty_train=True)
+        if len(self) == 0:
+            raise InputError("this EmpiricalIndex holds no training points")
+        y, x, sig = self.inputs(y, sigma)
         if y.shape[0] == 0:
             return y.clone()
-        x = self.rows.to(y.dtype)  # the keys hold float32 values: valid for either dtype
         if transformed(y, sig):
             return _reference(y.reshape(len(y), -1), x.detach(), sig).reshape(y.shape)
         return self.impl.fn(y.reshape(len(y), -1), x, sig, self.keys).reshape(y.shape)
+
+    def inputs(self, y, sigma):
+        """(y [M, *F], the set's rows x [N, D], σ float64 [M]): y and σ checked against the
+        set, y and x in their compute dtype (as ``validate``)."""
+        # against an empty view of the set: its values were checked once
+        y, _, sig = validate(y, self.rows[:0].reshape(0, *self.feature_shape), sigma,
+                             empty_train=True)
+        return y, self.rows.to(y.dtype), sig  # the keys hold float32: valid for either
 
 
 def validate(y, train, sigma, topk=None, *, train_name: str = "train", empty_train=False):

@@ -46,7 +46,7 @@ import math
 import torch
 
 from .exact import GATHER_ELEMS, centre, logit_error, radius, softmax_gather64
-from .knn import search
+from .knn import KnnIndex, search
 from .knn_certified import U32, U_ACC_TC
 
 # The relative output error allotted to logit errors and omitted points (bound above).
@@ -110,16 +110,17 @@ def partials(y, x, sig, dtype=None):
     return m - 0.5 * yn2 * iv, s, a, logit_error(yn2.sqrt(), R2, D, dtype, sig)
 
 
-def candidate_partials(y, x, sig, C: int = CANDIDATES):
+def candidate_partials(y, x, sig, C: int = CANDIDATES, keys: Keys | None = None):
     """The state (m, s, a) over the C nearest points of x (``knn``, direct float64
     logits) and c [M], the smallest candidate logit, which bounds every other point's logit
-    (−inf when all of x are candidates). Float64; differentiable in y."""
+    (−inf when all of x are candidates). Float64; differentiable in y. keys: x prepared
+    (``Keys``), whose kNN index a held set keeps; default: the search prepares x per call."""
     M, D = y.shape
     C = min(C, x.shape[0])
     if C == 0:
         m, s, a = empty(M, D, y.device)
         return m, s, a, m.clone()
-    _, idx = search(y.detach(), x, C)  # [M, C]
+    idx = keys.nearest(y.detach(), C) if keys is not None else search(y.detach(), x, C)[1]
     m, s, a, c = softmax_gather64(y, x, idx, sig)
     if C == x.shape[0]:
         c = torch.full_like(c, float("-inf"))
@@ -170,12 +171,14 @@ def pair_partials(y, x, sig, rows, cols):
 
 
 class Keys:
-    """The training set x [N, D] prepared for ``candidate_pass``: μ and the strided sample
-    (``_shift``), and per tile of ``n_tile`` rows the bf16 augmented rows
-    [x − μ, a_hi, a_lo] (a = ‖x − μ‖² in two bf16 parts) with A ≥ max ‖x − μ‖² of the tile.
-    ``hold=True`` builds every tile now and keeps them (2·N·(D + 2) bytes: the training set
-    is queried many times, ``pydiffgen.ops.EmpiricalIndex``); else each scan rebuilds them
-    one tile at a time (memory O(tile))."""
+    """The training set x [N ≥ 1, D] prepared for ``candidate_pass``: μ and the strided
+    sample (``_shift``), and per tile of ``n_tile`` rows the bf16 augmented rows
+    [x − μ, a_hi, a_lo] (a = ‖x − μ‖² in two bf16 parts) with A ≥ max ‖x − μ‖² of the tile;
+    and for the exact rows of ``dense_exact`` the kNN index of x (``nearest``), built on
+    first use. ``hold=True`` builds every tile now and keeps them and the kNN index
+    (2·N·(D + 2) bytes, and the index's prepared keys once built: the training set is
+    queried many times, ``pydiffgen.ops.EmpiricalIndex``); else each scan rebuilds the
+    tiles one at a time (memory O(tile)) and each call its own index."""
 
     def __init__(self, x, hold: bool = False):
         N, D = x.shape
@@ -183,10 +186,17 @@ class Keys:
         self.mu, self.sample = _shift(x)  # float32 [D], [s, D]
         self.n_tile = min(N, max(64, (1 << 22) // D))
         self.held = None
+        self.index = None  # the held kNN index of x, once built
         if hold:
             self.held = [self.tile(n0, True) for n0 in range(0, N, self.n_tile)]
-            A = max(A for A, _ in self.held)
-            self.ball = self.mu.double(), A**0.5
+
+    def nearest(self, y, C: int):
+        """Indices [M, C] of the C nearest points of x to each row of y [M, D] (exact,
+        ``knn``; 1 ≤ C ≤ N). A held set prepares its index once, for every later call."""
+        index = KnnIndex.of_rows(self.x) if self.index is None else self.index
+        if self.held is not None:
+            self.index = index
+        return index.search_rows(y, C)[1]
 
     def tile(self, n0: int, rows: bool):
         """(A, xa [t, D + 2] bf16, or None unless ``rows``) of the tile starting at n0."""
@@ -344,7 +354,8 @@ def denoise(y, x, sig, dense, merge=None, agree=None, parts: int = 1, candidates
     shard, ``merge`` (m, s, a) -> D merges every rank's states, ``agree`` (t) -> the
     elementwise max of t [M] over the ranks, ``parts`` the number of ranks, and ``dense``
     runs on every rank; defaults: one process. ``candidates=False`` skips the pass;
-    ``keys``: x prepared for it (``Keys``; default: prepared per call, tile by tile)."""
+    ``keys``: x prepared for it and for the exact rows' kNN search (``Keys``; default:
+    prepared per call, tile by tile)."""
     merge = merge or (lambda m, s, a: a / s[:, None])
     agree = agree or (lambda t: t)
     M, D = y.shape
@@ -361,16 +372,16 @@ def denoise(y, x, sig, dense, merge=None, agree=None, parts: int = 1, candidates
         dense_rows |= ~omission_certified(out, spread, parts)
     rows = dense_rows.nonzero().squeeze(1)
     if len(rows):
-        out[rows] = dense_exact(y[rows], x, sig[rows], dense, merge, agree, ball)
+        out[rows] = dense_exact(y[rows], x, sig[rows], dense, merge, agree, ball, keys)
     return out
 
 
-def dense_exact(y, x, sig, dense, merge, agree, ball=None):
+def dense_exact(y, x, sig, dense, merge, agree, ball=None, keys: Keys | None = None):
     """D_M float64 [M, D] by the float64 pass ``dense`` (y, x, σ) -> D, with the rows whose
     logit error (bound 1) and rounding (bound 3) could move D by TOL taken from the
-    CANDIDATES nearest points where those certify it (bound 2); ``merge`` and ``agree`` as
-    in ``denoise``; ball (μ [D] float64, R) with every x_i within R of μ (default: the
-    centre and radius of x)."""
+    CANDIDATES nearest points where those certify it (bound 2); ``merge``, ``agree`` and
+    ``keys`` (whose kNN index finds the candidates) as in ``denoise``; ball (μ [D] float64,
+    R) with every x_i within R of μ (default: the centre and radius of x)."""
     M, D = y.shape
     out = dense(y, x, sig).double()
     if ball is None:
@@ -384,7 +395,7 @@ def dense_exact(y, x, sig, dense, merge, agree, ball=None):
     bad = (torch.expm1(2 * err) * spread + rounding > TOL * out.norm(dim=1)).nonzero()
     bad = bad.squeeze(1)
     if len(bad):
-        m, s, a, c = candidate_partials(y[bad], x, sig[bad])
+        m, s, a, c = candidate_partials(y[bad], x, sig[bad], keys=keys)
         ok = ~agree(uncertified(agree(m), c).double()).bool()
         out[bad[ok]] = merge(m, s, a)[ok]
     return out

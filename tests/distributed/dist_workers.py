@@ -272,4 +272,97 @@ def sweep(rank, world, out, die_after_first_run=False):
     generalization_sweep(sweep_config(), out, progress=False, log=log)
 
 
-WORKERS = {"sweep": sweep, "search": search, "train_ddp": train_ddp}
+def index_cases():
+    """(name, y [M, D], train [N, D], σ calls: a list of [M] tensors) of the sharded
+    EmpiricalIndex test: 64 midpoints of two digits (8×8, [-1, 1]; the first is digits 4
+    and 14) with one σ per row over 64 log-spaced σ in [0.002, 80] (and reversed), then
+    16 σ's per call; the same ×100 + 50 (large norm); random odd sizes; a tight cluster of
+    150 points whose exact rows need the kNN candidates."""
+    import math
+
+    from pydiffgen.data.builtin import digits
+
+    x = digits()[0].reshape(-1, 64).float()
+    g = torch.Generator().manual_seed(0)
+    pairs = torch.cat([torch.tensor([[4, 14]]), torch.randint(0, len(x), (63, 2), generator=g)])
+    mid = (x[pairs[:, 0]] + x[pairs[:, 1]]) / 2  # [64, 64]
+    sig = torch.logspace(math.log10(0.002), math.log10(80), 64, dtype=torch.float64)
+    odd = torch.rand(127, 37, generator=g) * 2 - 1
+    odd[100:] = odd[:27].clone()  # duplicated rows
+    y_odd = (odd[:7] + odd[1:8]) / 2 + 0.01 * torch.randn(7, 37, generator=g)
+    s_odd = torch.logspace(math.log10(0.002), math.log10(80), 63, dtype=torch.float64)
+    c0 = odd[0, :18]
+    cluster = torch.cat([c0 + 3e-4 * torch.randn(150, 18, generator=g), odd[1:41, :18]])
+    y_cl = c0 + 3e-4 * torch.randn(5, 18, generator=g)
+    s_cl = torch.tensor([3e-4, 5e-4, 1e-3, 0.01, 0.5], dtype=torch.float64)
+    return [
+        ("digits-midpoints", mid, x, [sig, sig.flip(0), *(s.repeat(4) for s in sig.split(16))]),
+        ("digits-large-norm", mid * 100 + 50, x * 100 + 50, [sig * 100, sig.flip(0) * 100]),
+        ("odd-sizes", y_odd, odd, list(s_odd.split(7))),
+        ("cluster-knn-rows", y_cl, cluster, [s_cl, s_cl.flip(0), s_cl.roll(2)]),
+    ]
+
+
+def index_splits(n, world):
+    """Shard sizes per rank for ``world`` ranks (every layout holds a single image;
+    uneven; 4 ranks: an empty shard too)."""
+    return {1: [n], 2: [1, n - 1], 3: [n // 2, 1, n - n // 2 - 1],
+            4: [n - 8, 7, 1, 0]}[world]
+
+
+def empirical_index(rank, world, out):
+    """distributed.empirical_denoiser with an ops.EmpiricalIndex of each rank's shard, on
+    groups of 1 to ``world`` ranks: the outputs of every σ call, how often a rank
+    prepared bf16 keys (lse.Keys) or a kNN index during the calls, and whether the held
+    keys are the same objects after them; the plain-tensor call's output beside."""
+    from pydiffgen import distributed
+    from pydiffgen.ops import EmpiricalIndex, lse
+    from pydiffgen.ops.knn import KnnIndex
+
+    prepared = {"keys": 0, "knn": 0}
+    keys_init, of_rows = lse.Keys.__init__, KnnIndex.of_rows.__func__
+
+    def counted_keys(self, *a, **k):
+        prepared["keys"] += 1
+        keys_init(self, *a, **k)
+
+    def counted_knn(cls, *a, **k):
+        prepared["knn"] += 1
+        return of_rows(cls, *a, **k)
+
+    lse.Keys.__init__, KnnIndex.of_rows = counted_keys, classmethod(counted_knn)
+    results = {}
+    for R in range(1, world + 1):
+        group = torch.distributed.new_group(list(range(R)))  # every rank takes part
+        if rank >= R:
+            continue
+        for name, y, train, sigmas in index_cases():
+            sizes = index_splits(len(train), R)
+            start = sum(sizes[:rank])
+            shard = train[start : start + sizes[rank]]
+            index = EmpiricalIndex(shard)
+            held = [id(t) for _, t in index.keys.held] if index.keys else []
+            prepared.update(keys=0, knn=0)
+            for c, sig in enumerate(sigmas):
+                d = distributed.empirical_denoiser(y, index, sig, group=group)
+                results[f"{R}/{name}/{c}"] = d
+            reheld = [id(t) for _, t in index.keys.held] if index.keys else []
+            results[f"{R}/{name}/prepared-keys"] = torch.tensor(prepared["keys"])
+            results[f"{R}/{name}/prepared-knn"] = torch.tensor(prepared["knn"])
+            results[f"{R}/{name}/same-held"] = torch.tensor(int(held == reheld))
+            results[f"{R}/{name}/tensor"] = distributed.empirical_denoiser(
+                y, shard, sigmas[0], group=group)
+            # every rank's counts, so the test sees each shard's (the largest here)
+            for what in ("prepared-keys", "prepared-knn"):
+                results[f"{R}/{name}/{what}"] = distributed._all_reduce(
+                    results[f"{R}/{name}/{what}"].double(), torch.distributed.ReduceOp.MAX,
+                    group)
+            results[f"{R}/{name}/same-held"] = distributed._all_reduce(
+                results[f"{R}/{name}/same-held"].double(), torch.distributed.ReduceOp.MIN,
+                group)
+    if rank == 0:
+        torch.save(results, out)
+
+
+WORKERS = {"sweep": sweep, "search": search, "train_ddp": train_ddp,
+           "empirical_index": empirical_index}

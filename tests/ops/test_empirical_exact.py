@@ -168,3 +168,36 @@ def test_cpp_dense_pass_upcasts_float32_train():
     b, _ = torch.ops.pydiffgen.empirical_denoiser(y, x.double(), sig)
     assert float((a - b).abs().max()) <= 1e-12 * float(b.abs().max())
     assert float(((a - softmax64(y, x, sig)).norm(dim=1)).max()) <= 1e-10
+
+
+def test_index_exact_rows_search_one_held_knn_index(monkeypatch):
+    """The exact rows of the float64 pass (bound 2: the kNN candidates of rows the logit
+    error bound does not certify, here a tight cluster at σ below its spread) search the
+    kNN index an EmpiricalIndex holds: built on its first use, never again over later
+    calls and σ's, with the results of the one-call op, which prepares one per call."""
+    from pydiffgen.ops import EmpiricalIndex
+    from pydiffgen.ops.knn import KnnIndex
+
+    built = []
+    of_rows = KnnIndex.of_rows.__func__
+
+    def counted(cls, x, *args, **kwargs):
+        built.append(len(x))
+        return of_rows(cls, x, *args, **kwargs)
+
+    monkeypatch.setattr(KnnIndex, "of_rows", classmethod(counted))
+    g = torch.Generator().manual_seed(1)
+    base = torch.rand(41, 18, generator=g) * 2 - 1
+    x = torch.cat([base[0] + 3e-4 * torch.randn(150, 18, generator=g), base[1:]])
+    y = base[0] + 3e-4 * torch.randn(5, 18, generator=g)
+    sigmas = [torch.full((5,), s, dtype=torch.float64) for s in (3e-4, 5e-4, 4e-4)]
+    want = [empirical_denoiser(y, x, s) for s in sigmas]
+    assert len(built) == len(sigmas)  # the op: one kNN index per call, each needed
+    built.clear()
+    index = EmpiricalIndex(x)
+    for _ in range(2):
+        for s, w in zip(sigmas, want, strict=True):
+            got = index(y, s)
+            assert torch.equal(got, w)
+            assert rel_error(got, softmax64(y, x, s)) <= TOL
+    assert built == [len(x)] and index.keys.index is not None
