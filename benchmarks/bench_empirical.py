@@ -2,7 +2,10 @@
 
     python benchmarks/bench_empirical.py [--device cpu|cuda|auto] [--quick]
         [--cases sigma0.1,sigma1,sigma20,memory,sweep] [--sweep-naive K]
-    PYDIFFGEN_BASELINE=/path/to/other/checkout  (optional: also time that tree's op)
+    PYDIFFGEN_BASELINE=/path/to/other/checkout  (optional: also time that tree's op;
+        issue 16's "today's op" is a6ae0f7, the main commit its empirical work started
+        from: `git worktree add --detach DIR a6ae0f7`, `ln -s ../kernels
+        DIR/pydiffgen/kernels`, `python setup.py build_ext --inplace` in DIR)
     SWEEP_N=50000  (training rows of the σ-sweep row; smaller on a busy machine)
 
 The issue's target rows, about 8 minutes on a quiet 2-core CPU:
@@ -30,6 +33,7 @@ extra memory: CPU via the process's peak RSS (VmHWM, reset through
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
 import os
@@ -69,13 +73,14 @@ def data(M, N, D, sigma, device):
 
 
 # Times the op of another checkout (PYDIFFGEN_BASELINE) on the same data, in a subprocess
-# (its custom ops would clash with ours in this process).
+# (its custom ops would clash with ours in this process). ``data`` goes in as source: this
+# module imports names (EmpiricalIndex) an older tree does not have.
 _BASELINE = """
 import json, sys, torch
 sys.path.insert(0, {bench!r})
-from bench_empirical import data
 from _common import bench
 from pydiffgen.ops import empirical_denoiser
+{data}
 x, y, sig = data({M}, {N}, {D}, {sigma}, {device!r})
 print(json.dumps(bench(lambda: empirical_denoiser(y, x, sig), {device!r})))
 """
@@ -87,7 +92,7 @@ def baseline_time(M, N, D, sigma, device):
     if not tree:
         return None
     code = _BASELINE.format(bench=str(Path(__file__).resolve().parent), M=M, N=N, D=D,
-                            sigma=sigma, device=device)
+                            sigma=sigma, device=device, data=inspect.getsource(data))
     env = {**os.environ, "PYTHONPATH": tree}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, check=True, cwd=tree)
