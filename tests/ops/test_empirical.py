@@ -218,3 +218,19 @@ def test_empirical_denoiser_module_prepares_once():
     assert model.index() is index
     model.train_set = train.clone()
     assert model.index() is not index
+
+
+def test_empty_index_is_a_shard_only():
+    """An EmpiricalIndex of no training points (a rank's empty shard for
+    distributed.empirical_denoiser) prepares nothing and refuses to be called alone;
+    its inputs are still checked against the feature shape."""
+    from pydiffgen.ops import EmpiricalIndex
+
+    index = EmpiricalIndex(torch.empty(0, 3, 2))
+    assert len(index) == 0 and index.keys is None
+    with pytest.raises(InputError, match="no training points"):
+        index(torch.rand(2, 3, 2), 1.0)
+    with pytest.raises(InputError, match="feature shape"):
+        index.inputs(torch.rand(2, 6), 1.0)
+    y, x, sig = index.inputs(torch.rand(2, 3, 2, dtype=torch.float64), 0.5)
+    assert y.dtype == x.dtype == torch.float64 and x.shape == (0, 6) and sig.shape == (2,)
