@@ -200,4 +200,7 @@ def test_index_exact_rows_search_one_held_knn_index(monkeypatch):
             got = index(y, s)
             assert torch.equal(got, w)
             assert rel_error(got, softmax64(y, x, s)) <= TOL
-    assert built == [len(x)] and index.keys.index is not None
+    # float64 queries search the float32 rows' held index: the one-call op's result
+    assert torch.equal(index(y.double(), sigmas[0]), empirical_denoiser(y.double(), x, sigmas[0]))
+    assert built == [len(x), len(x)]  # the index's one kNN index, then the op's own
+    assert index.keys.index is not None
