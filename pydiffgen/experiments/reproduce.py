@@ -223,7 +223,8 @@ CLAIMS: tuple[Claim, ...] = (
             # on a CPU the networks stay near the best linear denoiser's slopes and more
             # training is what they lack, so the GPU trains 10× longer than the CPU preset
             "paper": _preset("optimal-basis", "paper", experiments=("calpha",),
-                             alphas=(1.0, 2.0, 3.0), steps=40000, lr_halve_every=10000)}),
+                             alphas=(1.0, 2.0, 3.0), steps=40000, lr_halve_every=10000,
+                             n_eval=512)}),
         _measure_calpha),
     Claim(
         "disks", "Kadkhodaie et al. 2024, §4 (disks)",
