@@ -221,7 +221,7 @@ CLAIMS: tuple[Claim, ...] = (
                            experiments=("calpha",), alphas=(1.0, 2.0, 3.0), n_train=4096,
                            steps=4000, n_eval=128, lr=2e-3, lr_halve_every=2000),
             # on a CPU the networks stay near the best linear denoiser's slopes and more
-            # training is what they lack, so the GPU trains 10× longer than the CPU preset
+            # training is what they lack, so the GPU takes 10× the CPU preset's steps
             "paper": _preset("optimal-basis", "paper", experiments=("calpha",),
                              alphas=(1.0, 2.0, 3.0), steps=40000, lr_halve_every=10000,
                              n_eval=512)}),
