@@ -7,7 +7,10 @@ paper checks that a trained network finds the optimal basis:
 
 - **C^α images** (two C^α backgrounds separated by a C^α contour): the optimal MSE decays
   like σ^(2α/(α+1)), so output PSNR grows with input PSNR at slope α/(α+1); we fit the
-  slope of the trained network's output-vs-input PSNR curve over ``fit_range``.
+  slope of the trained network's output-vs-input PSNR curve over ``fit_range``, beside
+  the slope of the best linear denoiser (the Gaussian D_G of the training images), which
+  cannot use the contour's geometry: a network only shows the α/(α+1) rate where it
+  beats that reference.
 - **Disks** (5 parameters: centre, radius, two intensities): near the manifold the optimum
   projects the noise onto its 5-dimensional tangent space, so MSE ≈ 5σ² (summed over the
   d pixels: 5σ²/d per pixel) and the top 5 Jacobian eigenvectors span the tangent space.
@@ -234,15 +237,24 @@ def _train_config(config: OptimalBasisConfig):
 
 
 def _analyse_calpha(config, model, key):
+    from ..analysis import GaussianDenoiser
     from ..metrics import denoising_psnr_curve, sigma_for_psnr
 
     alpha = float(key[len("calpha_a"):])
     x, _ = _dataset(config, key, config.n_eval, config.seed + 1)
+    x = x.to(config.device)
     sigmas = [sigma_for_psnr(p) for p in config.psnr_levels]
-    curve = denoising_psnr_curve(model, x.to(config.device), sigmas, seed=config.seed)
+    curve = denoising_psnr_curve(model, x, sigmas, seed=config.seed)
     fit = psnr_slope(curve["input_psnr"], curve["output_psnr"], config.fit_range)
+    # the best linear denoiser (Wiener filter of the training set's mean and covariance)
+    # on the same noisy images: what a denoiser that ignores the contour's geometry reaches
+    linear = GaussianDenoiser.fit(_dataset(config, key, config.n_train, config.seed)[0])
+    linear_curve = denoising_psnr_curve(linear.to(config.device), x, sigmas, seed=config.seed)
+    linear_fit = psnr_slope(linear_curve["input_psnr"], linear_curve["output_psnr"],
+                            config.fit_range)
     return {"alpha": alpha, "optimal_slope": optimal_slope(alpha), **fit,
-            "fit_range": list(config.fit_range), "curve": curve}
+            "fit_range": list(config.fit_range), "curve": curve,
+            "linear_slope": linear_fit["slope"], "linear_curve": linear_curve}
 
 
 def _analyse_manifold(config, model, key):
@@ -345,7 +357,10 @@ def summary_lines(results: dict) -> list[str]:
     """The headline numbers of a run, one line per experiment and σ (printed by the CLI)."""
     s = results["summary"]
     lines = [f"C^alpha alpha={r['alpha']:g}: PSNR slope {r['slope']:.3f} "
-             f"(optimal {r['optimal_slope']:.3f})" for r in s.get("calpha", [])]
+             f"(optimal {r['optimal_slope']:.3f}"
+             + ("" if r.get("linear_slope") is None else
+                f"; best linear denoiser {r['linear_slope']:.3f}") + ")"
+             for r in s.get("calpha", [])]
     for key in ("disks", "ray"):
         lines += [f"{key} sigma={r['sigma']:g}: angles "
                   f"{', '.join(f'{a:.1f}' for a in r['mean_angles_deg'])} deg (random "
@@ -364,7 +379,9 @@ def summarize(config: OptimalBasisConfig, analyses: dict) -> dict:
     calpha = [analyses[k] for k in analyses if k.startswith("calpha_a")]
     if calpha:
         s["calpha"] = [{"alpha": a["alpha"], "slope": a["slope"],
-                        "optimal_slope": a["optimal_slope"]} for a in calpha]
+                        "optimal_slope": a["optimal_slope"],
+                        # None in analyses stored before the linear reference existed
+                        "linear_slope": a.get("linear_slope")} for a in calpha]
     for key in ("disks", "ray"):
         if key in analyses:
             a = analyses[key]

@@ -39,6 +39,7 @@ def test_end_to_end_tiny_run_resumes_and_cli(tmp_path, capsys):
     s = res["summary"]
     assert s["calpha"][0]["optimal_slope"] == pytest.approx(2 / 3)
     assert math.isfinite(s["calpha"][0]["slope"])
+    assert math.isfinite(s["calpha"][0]["linear_slope"])  # the Wiener reference
     assert len(s["disks"][0]["mean_angles_deg"]) == 5 and len(s["ray"][0]["mean_angles_deg"]) == 1
     assert all(0 <= a <= 90 for a in s["disks"][0]["mean_angles_deg"])
     assert s["gaussian"][0]["optimum_max_angle_deg"] < 1e-3

@@ -52,6 +52,14 @@ def test_calpha_verdict():
     assert not ok(_calpha({1.0: 0.50, 2.0: 0.48, 3.0: 0.76}))[2]   # not rising
 
 
+def test_calpha_ours_names_the_linear_reference():
+    rows = [{"alpha": a, "slope": s, "linear_slope": lin}
+            for a, s, lin in ((1.0, 0.47, 0.49), (3.0, 0.57, 0.58))]
+    ours, values, _ = rp.claim("calpha").measure({"summary": {"calpha": rows}})
+    assert ours == "0.470 / 0.570 (best linear denoiser 0.490 / 0.580)"
+    assert values["slopes"] == {1.0: 0.47, 3.0: 0.57}
+
+
 def _manifold(key, angles, mse):
     return {"summary": {key: [{"sigma": s, "mean_angles_deg": a, "mse_over_sigma2": m}
                               for s, a, m in zip((0.05, 0.4), angles, mse)]}}
