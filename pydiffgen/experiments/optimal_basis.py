@@ -179,8 +179,8 @@ def plan(config: OptimalBasisConfig) -> str:
     keys = _model_keys(c)
     lines = [
         f"optimal basis {c.name!r}: {len(keys)} bias-free UNets (levels {c.levels}, width "
-        f"{c.width}), {c.steps} steps × batch {c.batch_size} on {c.n_train} images each: "
-        + ", ".join(keys),
+        f"{c.width}), {c.steps} steps × batch {c.batch_size} on {c.n_train} images each, "
+        f"{_sigma_text(c)}: " + ", ".join(keys),
     ]
     if "calpha" in c.experiments:
         alphas = ", ".join(f"{a:g}" for a in c.alphas)
@@ -203,6 +203,15 @@ def plan(config: OptimalBasisConfig) -> str:
         lines.append(training_estimate(images, training_rate(
             "bf_unet", {"levels": c.levels, "width": c.width}, shape, _train_config(c))))
     return "\n".join(lines)
+
+
+def _sigma_text(c: OptimalBasisConfig) -> str:
+    """The training noise distribution in words, for the plan."""
+    if c.sigma_dist == "log-uniform":
+        return f"sigma log-uniform on [{c.sigma_min:g}, {c.sigma_max:g}]"
+    if c.sigma_dist == "edm":
+        return f"ln sigma ~ N({c.P_mean:g}, {c.P_std:g}^2)"
+    return f"sigma = U^2 * {c.sigma_max:g}"
 
 
 def _dataset(config: OptimalBasisConfig, key: str, n: int, seed: int):
