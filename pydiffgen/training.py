@@ -8,7 +8,10 @@ then minimises the loss of ``pydiffgen.diffusion.losses`` on y = x + σn:
 - ``sigma_dist="kadkhodaie"``: σ = U²·sigma_max, unweighted MSE ‖D(y) − x‖² (Kadkhodaie
   et al. 2024; sigma_max = 2 for our [-1, 1] data is their σ = U² on [0, 1] images);
 - ``sigma_dist="edm"``: ln σ ~ N(P_mean, P_std²) with λ(σ) = (σ² + σ_data²)/(σ σ_data)²
-  (Karras et al. 2022).
+  (Karras et al. 2022);
+- ``sigma_dist="log-uniform"``: ln σ ~ U(ln sigma_min, ln sigma_max) with the loss
+  ‖D(y) − x‖²/σ², the error relative to the noise (the MSE/σ² that the manifold
+  analyses of Kadkhodaie et al. read), so every σ of the range counts alike.
 
 Runs are deterministic given the seed (on one device and software stack): the same
 config gives bitwise the same weights, and a run interrupted after a checkpoint and
@@ -42,12 +45,12 @@ from .errors import CheckpointError, ConfigError, InputError, PydiffgenError
 
 __all__ = ["TrainConfig", "TrainResult", "data_identity", "train"]
 
-SIGMA_DISTS = ("kadkhodaie", "edm")
+SIGMA_DISTS = ("kadkhodaie", "edm", "log-uniform")
 # Fields that may change between a checkpoint and its resumption: they do not change the
 # math of the steps already taken (``steps`` may grow to train longer).
 _RESUMABLE_FIELDS = {"steps", "checkpoint_every", "log_every", "channels_last", "compile"}
-# Speed options written to checkpoints only when set, so older checkpoints still match.
-_DEFAULT_OMITTED = {"label_dropout": 0.0, "channels_last": False, "autocast_cpu": False,
+# Options written to checkpoints only when set, so older checkpoints still match.
+_DEFAULT_OMITTED = {"sigma_min": 0.02, "label_dropout": 0.0, "channels_last": False, "autocast_cpu": False,
                     "compile": False}
 
 
@@ -59,9 +62,12 @@ class TrainConfig:
     batch_size:       images per step, drawn uniformly with replacement.
     lr:               Adam learning rate (paper: 1e-3).
     lr_halve_every:   halve lr every this many steps (paper: every 100 epochs); None: constant.
-    sigma_dist:       "kadkhodaie" (σ = U²·sigma_max, unweighted loss) or "edm" (log-normal σ,
-                      λ(σ)-weighted loss).
-    sigma_max:        top of the Kadkhodaie σ range; 2 for [-1, 1] images (paper: 1 on [0, 1]).
+    sigma_dist:       "kadkhodaie" (σ = U²·sigma_max, unweighted loss), "edm" (log-normal σ,
+                      λ(σ)-weighted loss) or "log-uniform" (ln σ uniform on
+                      [ln sigma_min, ln sigma_max], loss ‖D(y) − x‖²/σ²).
+    sigma_min:        bottom of the log-uniform σ range.
+    sigma_max:        top of the Kadkhodaie and log-uniform σ ranges; 2 for [-1, 1] images
+                      (paper: 1 on [0, 1]).
     P_mean, P_std:    EDM log-normal σ (ln σ ~ N(P_mean, P_std²)).
     sigma_data:       σ_data of the EDM loss weighting.
     ema:              EMA decay of the weights (None: no EMA). The decay used at step t is
@@ -91,6 +97,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_halve_every: int | None = None
     sigma_dist: str = "kadkhodaie"
+    sigma_min: float = 0.02
     sigma_max: float = 2.0
     P_mean: float = -1.2
     P_std: float = 1.2
@@ -140,6 +147,7 @@ class TrainConfig:
         integer("checkpoint_every", 1, optional=True)
         integer("log_every", 1)
         number("lr")
+        number("sigma_min")
         number("sigma_max")
         number("P_mean", positive=False)
         number("P_std")
@@ -157,6 +165,9 @@ class TrainConfig:
                 f"TrainConfig.sigma_dist must be one of {', '.join(SIGMA_DISTS)}, "
                 f"got {self.sigma_dist!r}"
             )
+        if self.sigma_dist == "log-uniform" and not self.sigma_min < self.sigma_max:
+            raise ConfigError(f"TrainConfig.sigma_min ({self.sigma_min}) must be below "
+                              f"sigma_max ({self.sigma_max})")
         for flag in ("autocast", "autocast_cpu", "channels_last", "compile"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"TrainConfig.{flag} must be True or False, got "
@@ -639,19 +650,25 @@ def _as_labels(labels, model, n: int, device):
 
 
 def _loss_fn(config: TrainConfig):
-    from .diffusion.losses import blind_loss, edm_loss
+    from .diffusion.losses import blind_loss, denoising_loss, edm_loss
 
     if config.sigma_dist == "edm":
         return lambda model, x, sigma, noise: edm_loss(model, x, sigma, noise, config.sigma_data)
+    if config.sigma_dist == "log-uniform":  # the error relative to the noise, ‖D(y) − x‖²/σ²
+        return lambda model, x, sigma, noise: denoising_loss(model, x, sigma, noise,
+                                                             sigma.float() ** -2)
     return blind_loss
 
 
 def _draw_sigma(config: TrainConfig, gen, device) -> torch.Tensor:
-    from .diffusion.noise import sigma_edm, sigma_kadkhodaie
+    from .diffusion.noise import sigma_edm, sigma_kadkhodaie, sigma_log_uniform
 
     if config.sigma_dist == "edm":
         return sigma_edm(config.batch_size, P_mean=config.P_mean, P_std=config.P_std,
                          generator=gen, device=device)
+    if config.sigma_dist == "log-uniform":
+        return sigma_log_uniform(config.batch_size, sigma_min=config.sigma_min,
+                                 sigma_max=config.sigma_max, generator=gen, device=device)
     return sigma_kadkhodaie(config.batch_size, sigma_max=config.sigma_max, generator=gen,
                             device=device)
 

@@ -97,6 +97,24 @@ def test_loss_falls_on_simple_data():
     assert res.images_per_s > 0
 
 
+def test_log_uniform_loss_is_the_error_relative_to_the_noise():
+    """The first step's loss is mean ‖D(y) − x‖²/(d σ²) with σ log-uniform, drawn after the
+    batch indices and before the noise from the one seeded generator."""
+    from pydiffgen.diffusion.noise import sigma_log_uniform
+
+    data, model = _data(), _model()
+    cfg = TrainConfig(steps=1, batch_size=8, sigma_dist="log-uniform", sigma_min=0.05,
+                      sigma_max=0.5, seed=3, ema=None)
+    g = torch.Generator().manual_seed(3)
+    x = data[torch.randint(data.shape[0], (8,), generator=g)]
+    sigma = sigma_log_uniform(8, sigma_min=0.05, sigma_max=0.5, generator=g)
+    y = x + sigma.view(-1, 1, 1, 1) * torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        expect = ((model(y) - x).square().flatten(1).mean(1) / sigma**2).mean().item()
+    res = train(model, data, cfg, progress=False)
+    assert res.losses[0] == pytest.approx(expect, rel=1e-5)
+
+
 def test_edm_training_of_the_real_mlp_approaches_the_optimum():
     # 2-D toy data on the unit circle with the registered σ-conditioned MLP; the exact
     # optimum is the empirical denoiser (softmax-weighted mean of the training points)
@@ -156,7 +174,8 @@ class _Kill(Exception):
 
 
 @pytest.mark.parametrize(
-    "cls,sigma_dist", [(TinyTrainNet, "kadkhodaie"), (TinySigmaNet, "edm")]
+    "cls,sigma_dist", [(TinyTrainNet, "kadkhodaie"), (TinySigmaNet, "edm"),
+                       (TinyTrainNet, "log-uniform")]
 )
 def test_resume_after_kill_is_bitwise_identical(tmp_path, cls, sigma_dist):
     data = _data()
@@ -274,6 +293,8 @@ def test_checkpoint_files_and_torn_checkpoint(tmp_path, monkeypatch):
         (dict(lr_halve_every=0), "lr_halve_every"),
         (dict(sigma_dist="vp"), "sigma_dist"),
         (dict(sigma_max=-1.0), "sigma_max"),
+        (dict(sigma_min=0.0), "sigma_min"),
+        (dict(sigma_dist="log-uniform", sigma_min=2.0, sigma_max=1.0), "sigma_min"),
         (dict(P_std=0), "P_std"),
         (dict(sigma_data=0), "sigma_data"),
         (dict(ema=1.0), "ema"),

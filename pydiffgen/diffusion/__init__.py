@@ -12,7 +12,7 @@
 
 from .guidance import Guided, expand_cond, guided, guided_call, slice_cond, take_cond
 from .losses import blind_loss, denoising_loss, edm_loss, edm_weight
-from .noise import karras_sigmas, sigma_edm, sigma_kadkhodaie
+from .noise import karras_sigmas, sigma_edm, sigma_kadkhodaie, sigma_log_uniform
 from .sampling import (
     METHODS,
     Trajectory,
@@ -42,6 +42,7 @@ __all__ = [
     "sample",
     "sigma_edm",
     "sigma_kadkhodaie",
+    "sigma_log_uniform",
     "slice_cond",
     "take_cond",
 ]

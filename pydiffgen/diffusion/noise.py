@@ -8,18 +8,23 @@ Variance-exploding convention throughout: y = x + σ·n, n ~ N(0, I), images in 
   default ``sigma_max`` is 2 (σ = U²·sigma_max). Pass ``sigma_max=1`` for [0, 1] data.
 - ``sigma_edm``: Karras et al. (EDM, NeurIPS 2022, Table 1): ln σ ~ N(P_mean, P_std²)
   with P_mean = -1.2, P_std = 1.2.
+- ``sigma_log_uniform``: ln σ ~ Uniform(ln sigma_min, ln sigma_max), the same density on
+  every octave of a chosen range (for analyses that read the denoiser at σ in a known
+  range, e.g. MSE/σ² on the disk and ray manifolds of Kadkhodaie et al.).
 - ``karras_sigmas``: the EDM sampling schedule (Karras et al. 2022, Eq. 5) followed by
   σ_N = 0.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._checks import check_positive_float, check_positive_int
 from ..errors import InputError
 
-__all__ = ["sigma_kadkhodaie", "sigma_edm", "karras_sigmas"]
+__all__ = ["sigma_kadkhodaie", "sigma_edm", "sigma_log_uniform", "karras_sigmas"]
 
 
 def sigma_kadkhodaie(
@@ -59,6 +64,30 @@ def sigma_edm(
     device = _device(device, generator)
     rnd_normal = torch.randn(n, generator=generator, device=device)
     return (rnd_normal * P_std + float(P_mean)).exp()  # [n]
+
+
+def sigma_log_uniform(
+    n: int,
+    *,
+    sigma_min: float = 0.02,
+    sigma_max: float = 2.0,
+    generator: torch.Generator | None = None,
+    device=None,
+) -> torch.Tensor:
+    """Log-uniform σ: ln σ ~ Uniform(ln sigma_min, ln sigma_max), ``[n]`` float32.
+
+    Every octave of the range is drawn equally often, so small σ (rare under
+    σ = U²·sigma_max: P(σ < 0.1) ≈ 0.22 for sigma_max = 2) are seen as often as large.
+    """
+    n = check_positive_int(n, "n")
+    sigma_min = check_positive_float(sigma_min, "sigma_min")
+    sigma_max = check_positive_float(sigma_max, "sigma_max")
+    if sigma_min >= sigma_max:
+        raise InputError(f"sigma_min ({sigma_min}) must be below sigma_max ({sigma_max})")
+    device = _device(device, generator)
+    u = torch.rand(n, generator=generator, device=device)  # [0, 1)
+    lo, hi = math.log(sigma_min), math.log(sigma_max)
+    return (lo + u * (hi - lo)).exp()  # [n]
 
 
 def karras_sigmas(

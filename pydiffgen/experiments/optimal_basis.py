@@ -92,10 +92,16 @@ class OptimalBasisConfig:
                                         "(none: constant)"})
     sigma_dist: str = field(
         default="kadkhodaie",
-        metadata={"help": "training noise levels: kadkhodaie (σ = U²·2, unweighted loss) or "
-                          "edm (ln σ ~ N(P_mean, P_std²), λ(σ)-weighted loss)"})
+        metadata={"help": "training noise levels: kadkhodaie (σ = U²·sigma_max, unweighted "
+                          "loss), edm (ln σ ~ N(P_mean, P_std²), λ(σ)-weighted loss) or "
+                          "log-uniform (ln σ uniform on [ln sigma_min, ln sigma_max], loss "
+                          "‖D(y) − x‖²/σ²)"})
     P_mean: float = -1.2
     P_std: float = 1.2
+    sigma_min: float = field(default=0.02, metadata={"help": "bottom of the log-uniform σ range"})
+    sigma_max: float = field(default=2.0, metadata={
+        "help": "top of the kadkhodaie and log-uniform σ ranges (2: the paper's σ = U² on "
+                "[0, 1] images, for our [-1, 1] ones)"})
     psnr_levels: tuple[float, ...] = field(
         default=(0.0, 3.0, 6.0, 9.0, 12.0, 15.0, 18.0, 21.0, 24.0, 27.0, 30.0),
         metadata={"help": "input PSNRs (dB) of the C^α curves"})
@@ -137,6 +143,9 @@ class OptimalBasisConfig:
         if len(inside) < 2:
             raise ConfigError(f"at least 2 psnr_levels must lie in fit_range={self.fit_range}, "
                               f"got {self.psnr_levels}")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ConfigError(f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, "
+                              f"{self.sigma_max}")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1 or none, got {self.threads}")
 
@@ -173,8 +182,8 @@ def plan(config: OptimalBasisConfig) -> str:
     keys = _model_keys(c)
     lines = [
         f"optimal basis {c.name!r}: {len(keys)} bias-free UNets (levels {c.levels}, width "
-        f"{c.width}), {c.steps} steps × batch {c.batch_size} on {c.n_train} images each: "
-        + ", ".join(keys),
+        f"{c.width}), {c.steps} steps × batch {c.batch_size} on {c.n_train} images each, "
+        f"{_sigma_text(c)}: " + ", ".join(keys),
     ]
     if "calpha" in c.experiments:
         alphas = ", ".join(f"{a:g}" for a in c.alphas)
@@ -197,6 +206,15 @@ def plan(config: OptimalBasisConfig) -> str:
         lines.append(training_estimate(images, training_rate(
             "bf_unet", {"levels": c.levels, "width": c.width}, shape, _train_config(c))))
     return "\n".join(lines)
+
+
+def _sigma_text(c: OptimalBasisConfig) -> str:
+    """The training noise distribution in words, for the plan."""
+    if c.sigma_dist == "log-uniform":
+        return f"sigma log-uniform on [{c.sigma_min:g}, {c.sigma_max:g}]"
+    if c.sigma_dist == "edm":
+        return f"ln sigma ~ N({c.P_mean:g}, {c.P_std:g}^2)"
+    return f"sigma = U^2 * {c.sigma_max:g}"
 
 
 def _dataset(config: OptimalBasisConfig, key: str, n: int, seed: int):
@@ -232,7 +250,8 @@ def _train_config(config: OptimalBasisConfig):
 
     return TrainConfig(steps=config.steps, batch_size=config.batch_size, lr=config.lr,
                        lr_halve_every=config.lr_halve_every, sigma_dist=config.sigma_dist,
-                       sigma_max=2.0, P_mean=config.P_mean, P_std=config.P_std,
+                       sigma_min=config.sigma_min, sigma_max=config.sigma_max,
+                       P_mean=config.P_mean, P_std=config.P_std,
                        seed=config.seed, device=config.device)
 
 

@@ -1,5 +1,6 @@
 """pydiffgen.analysis.basis: known answers for the C^alpha slope fit, principal angles, disk
-tangent spaces (exact tangent projection) and the Gaussian optimum."""
+tangent spaces (exact tangent projection), the exact optimum of a ray and the Gaussian
+optimum."""
 
 import math
 
@@ -9,6 +10,7 @@ import torch
 from pydiffgen import data
 from pydiffgen.analysis import GaussianDenoiser, basis
 from pydiffgen.errors import InputError
+from pydiffgen.models.base import Denoiser
 
 
 def test_psnr_slope_recovers_a_planted_slope():
@@ -75,6 +77,44 @@ def test_tangent_projection_has_zero_angles_and_random_subspaces_large():
         wrong = basis.TangentProjection(x0[i], T[(i + 1) % 3])
         b = basis.manifold_alignment(wrong, x0[i : i + 1], T[i : i + 1], sigma=0.1, seed=3)
         assert torch.tensor(b["angles_deg"]).max() > 30
+
+
+class RayPosteriorMean(Denoiser):
+    """The exact optimal denoiser of the ray {a·x₀ : a ~ U(lo, hi)}: D(y) = E[s | t]·u with
+    u = x₀/‖x₀‖, t = ⟨y, u⟩ and s = a‖x₀‖ uniform on [lo‖x₀‖, hi‖x₀‖] (the noise
+    orthogonal to u carries no information), E[s | t] the mean of N(t, σ²) truncated to
+    that interval. Its MSE is E Var[s | t] ≤ σ²."""
+
+    blind = True
+
+    def __init__(self, x0, lo=0.1, hi=1.0):
+        super().__init__()
+        norm = float(x0.double().norm())
+        self.u = (x0.double() / norm).reshape(-1)  # [d]
+        self.lo, self.hi = lo * norm, hi * norm
+
+    def forward(self, y, sigma):
+        s = float(torch.as_tensor(sigma).reshape(-1)[0])
+        t = y.double().reshape(len(y), -1) @ self.u  # [B]
+        normal = torch.distributions.Normal(0.0, 1.0)
+        a, b = (self.lo - t) / s, (self.hi - t) / s
+        mass = (normal.cdf(b) - normal.cdf(a)).clamp_min(1e-300)
+        mean = t + s * (normal.log_prob(a).exp() - normal.log_prob(b).exp()) / mass
+        return (mean[:, None] * self.u).reshape(y.shape).to(y.dtype)
+
+
+def test_ray_optimum_measures_one_direction_and_mse_sigma2():
+    """The manifold analysis on the exact optimum of the ray data: top eigenvector the ray,
+    MSE/σ² ≈ 1 (χ²₁ per image; a little below 1 where the scale's bounds inform it)."""
+    x, info = data.load("ray", n=256, size=16, seed=0, return_info=True)
+    D = RayPosteriorMean(info["direction"])
+    tangent = info["direction"].reshape(1, -1, 1).double().expand(4, -1, -1)
+    for i, sigma in enumerate((0.05, 0.4)):
+        a = basis.manifold_alignment(D, x[:4], tangent, sigma, seed=i)
+        assert max(max(v) for v in a["angles_deg"]) < 1
+        y = basis.add_noise(x, sigma, 10 + i)
+        err = ((D(y, sigma).double() - x.double()) ** 2).reshape(256, -1).sum(1) / sigma**2
+        assert 0.75 < float(err.mean()) < 1.15
 
 
 def test_gaussian_optimum_recovers_the_covariance_eigenvectors():

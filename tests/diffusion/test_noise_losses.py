@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pydiffgen.diffusion.losses import blind_loss, denoising_loss, edm_loss, edm_weight
-from pydiffgen.diffusion.noise import karras_sigmas, sigma_edm, sigma_kadkhodaie
+from pydiffgen.diffusion.noise import (karras_sigmas, sigma_edm, sigma_kadkhodaie,
+                                      sigma_log_uniform)
 from pydiffgen.errors import InputError
 
 
@@ -43,6 +44,17 @@ def test_sigma_edm_lognormal():
     s = sigma_edm(200_000, generator=torch.Generator().manual_seed(1))
     assert s.log().mean().item() == pytest.approx(-1.2, abs=0.02)
     assert s.log().std().item() == pytest.approx(1.2, abs=0.02)
+
+
+def test_sigma_log_uniform():
+    s = sigma_log_uniform(200_000, sigma_min=0.02, sigma_max=2.0,
+                          generator=torch.Generator().manual_seed(2))
+    assert bool((s >= 0.02).all()) and bool((s <= 2.0).all())
+    # ln σ uniform on [ln 0.02, ln 2]: each of the two decades holds half the draws
+    assert (s < 0.2).float().mean().item() == pytest.approx(0.5, abs=0.01)
+    assert s.log().mean().item() == pytest.approx(math.log(0.2), abs=0.01)
+    with pytest.raises(InputError, match="below"):
+        sigma_log_uniform(3, sigma_min=1.0, sigma_max=1.0)
 
 
 def test_edm_weight_formula():
