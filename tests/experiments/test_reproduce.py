@@ -127,3 +127,14 @@ def test_gap_peaks_at_intermediate_sigma_and_grows(tmp_path):
     peaks = values["peaks"]
     assert all(0.05 <= p["sigma"] <= 10 for p in peaks)
     assert peaks[0]["gap"] < peaks[-1]["gap"]
+
+
+@pytest.mark.slow
+def test_gaussian_linear_part_near_gaussian_and_net_nears_it_with_N(tmp_path):
+    _, values, _ = _run_reduced("gaussian", "gaussian", "patches", {
+        "n_train": 4096, "sizes": (64, 4096), "width": 8, "widths": (8,), "steps": 1000,
+        "checkpoints": (), "n_eval": 128, "n_distill": 1024, "n_samples": 16}, tmp_path)
+    assert values["linearity"] > 0.96
+    assert values["rmse_L_G"] < values["rmse_G_M"]  # D_L follows D_G, not the empirical optimum
+    by_n = values["rmse_net_G_by_N"]
+    assert by_n["4096"] < by_n["64"]
