@@ -144,6 +144,15 @@ PRESETS: dict[str, GaussianConfig] = {
         widths=(4, 8, 16), steps=3000, checkpoints=(100, 500), lr_halve_every=1000,
         ema=0.999,
     ),
+    # the same on a GPU at the paper's sizes: N up to 65536 (the paper's FFHQ sweep ends at
+    # 70000), widths 4 … 64 as in its model-size sweep, 20000 steps (not yet run)
+    "patches-paper": GaussianConfig(
+        name="gaussian-patches-paper", dataset="patches", dataset_options=(("size", 8),),
+        n_train=65536, n_eval=512, n_distill=4096, sizes=(64, 1024, 16384, 65536),
+        width=32, widths=(4, 8, 16, 32, 64), steps=20000,
+        checkpoints=(200, 1000, 5000), lr=1e-3, lr_halve_every=5000, ema=0.999,
+        n_sigmas=24, n_samples=256, threads=None, device="cuda",
+    ),
 }
 
 

@@ -255,7 +255,7 @@ CLAIMS: tuple[Claim, ...] = (
         "linearity > 0.96 and RMSE(D_L, D_G) < 0.05 at intermediate σ",
         _experiment_run("gaussian", {
             "cpu": _preset("gaussian", "patches", name="reproduce-gaussian"),
-            "paper": _preset("gaussian", "digits")}),
+            "paper": _preset("gaussian", "patches-paper")}),
         _measure_gaussian),
     Claim(
         "gap", "Kaiser & Kollmann 2026, §3",
