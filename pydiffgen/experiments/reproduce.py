@@ -128,15 +128,27 @@ def _measure_manifold(key: str, k: int, mse_bound: float):
 # ---- Li, Dai & Qu: the linear part of a generalizing denoiser is the Gaussian one -------
 
 def _measure_gaussian(results: dict):
-    mid = results["summary"]["intermediate"]
+    summary = results["summary"]
+    mid = summary["intermediate"]
     lin, rmse = mid["linearity_net"], mid["rmse_L_G"]
     if lin is None or rmse is None:
         return "no intermediate σ in this run", {}, False
-    sizes = {n: e["rmse_net_G"] for n, e in results["summary"]["sizes"].items()}
-    trend = " → ".join(f"{v:.3f}" for _, v in sorted(sizes.items(), key=lambda kv: int(kv[0])))
-    ours = (f"linearity {lin:.3f}; RMSE(D_L, D_G) {rmse:.3f}; RMSE(D_θ, D_G) over N: {trend}")
-    return ours, {"linearity": lin, "rmse_L_G": rmse, "rmse_net_G_by_N": sizes}, \
-        lin > 0.96 and rmse < 0.05
+
+    def trend(key):
+        rows = sorted(summary[key].items(), key=lambda kv: int(kv[0]))
+        return ({k: e["rmse_net_G"] for k, e in rows},
+                " → ".join(f"{e['rmse_net_G']:.3f}" for _, e in rows),
+                "/".join(k for k, _ in rows))
+
+    by_n, n_text, ns = trend("sizes")
+    by_w, w_text, ws = trend("widths")
+    band = summary["intermediate_sigma"]
+    ours = (f"linearity {lin:.3f}; RMSE(D_L, D_G) {rmse:.3f} (RMSE(D_G, D_M) "
+            f"{mid['rmse_G_M']:.3f}) at σ ∈ [{band[0]:.2g}, {band[-1]:.2g}]; "
+            f"RMSE(D_θ, D_G) over N = {ns}: {n_text}; over width {ws}: {w_text}")
+    values = {"linearity": lin, "rmse_L_G": rmse, "rmse_G_M": mid["rmse_G_M"],
+              "intermediate_sigma": band, "rmse_net_G_by_N": by_n, "rmse_net_G_by_width": by_w}
+    return ours, values, lin > 0.96 and rmse < 0.05
 
 
 # ---- Kaiser & Kollmann: the per-σ gap peaks at intermediate σ and grows with time -------
@@ -254,8 +266,8 @@ CLAIMS: tuple[Claim, ...] = (
         "linearity > 0.96; RMSE(D_L, D_G) small",
         "linearity > 0.96 and RMSE(D_L, D_G) < 0.05 at intermediate σ",
         _experiment_run("gaussian", {
-            "cpu": _preset("gaussian", "demo", name="reproduce-gaussian"),
-            "paper": _preset("gaussian", "digits")}),
+            "cpu": _preset("gaussian", "patches", name="reproduce-gaussian"),
+            "paper": _preset("gaussian", "patches-paper")}),
         _measure_gaussian),
     Claim(
         "gap", "Kaiser & Kollmann 2026, §3",

@@ -68,6 +68,16 @@ def test_regime_labels():
     assert regimes([0.01, 1.0, 50.0], dist, 0.05) == ["low", "intermediate", "high"]
 
 
+def test_regimes_are_contiguous_bands():
+    # D_G dips within tol of D_M mid-range (smooth data): still one intermediate band
+    dist = {"G-y": {"rmse": [0.01, 0.1, 0.5, 1.0, 2.0, 9.0]},
+            "G-M": {"rmse": [0.06, 0.06, 0.04, 0.06, 0.03, 0.001]}}
+    assert regimes([0.01, 0.1, 0.5, 1.0, 2.0, 9.0], dist, 0.05) == [
+        "low", "intermediate", "intermediate", "intermediate", "high", "high"]
+    far = {"G-y": {"rmse": [0.01, 0.02]}, "G-M": {"rmse": [0.3, 0.3]}}
+    assert regimes([0.001, 0.002], far, 0.05) == ["low", "low"]
+
+
 def test_config_validation_and_cli(tmp_path, capsys, tiny_run):
     with pytest.raises(ConfigError, match="sizes must lie in"):
         GaussianConfig(sizes=(5000,))

@@ -86,6 +86,22 @@ def test_gap_verdict():
     assert not measure(_gap([(50, 0.01, 0.1), (400, 0.7, 1.0)]))[2]  # peak at tiny σ
 
 
+def _gaussian(linearity, rmse_L_G):
+    mid = {"linearity_net": linearity, "rmse_L_G": rmse_L_G, "rmse_G_M": 0.06}
+    return {"summary": {"intermediate": mid, "intermediate_sigma": [0.14, 0.28, 1.15],
+                        "sizes": {"64": {"rmse_net_G": 0.06}, "16384": {"rmse_net_G": 0.04}},
+                        "widths": {"4": {"rmse_net_G": 0.03}, "16": {"rmse_net_G": 0.04}}}}
+
+
+def test_gaussian_verdict():
+    measure = rp.claim("gaussian").measure
+    ours, values, good = measure(_gaussian(0.98, 0.014))
+    assert good and "over N = 64/16384: 0.060 → 0.040" in ours and "width 4/16" in ours
+    assert values["rmse_net_G_by_width"] == {"4": 0.03, "16": 0.04}
+    assert not measure(_gaussian(0.95, 0.014))[2]
+    assert not measure(_gaussian(0.98, 0.05))[2]
+
+
 def test_transition_verdict():
     def sizes(v0, v1):
         row = {"paired_median": 0.9, "nearest_median": 0.8, "baseline_median": 0.85,
@@ -151,3 +167,14 @@ def test_gap_peaks_at_intermediate_sigma_and_grows(tmp_path):
     peaks = values["peaks"]
     assert all(0.05 <= p["sigma"] <= 10 for p in peaks)
     assert peaks[0]["gap"] < peaks[-1]["gap"]
+
+
+@pytest.mark.slow
+def test_gaussian_linear_part_near_gaussian_and_net_nears_it_with_N(tmp_path):
+    _, values, _ = _run_reduced("gaussian", "gaussian", "patches", {
+        "n_train": 4096, "sizes": (64, 4096), "width": 8, "widths": (8,), "steps": 1000,
+        "checkpoints": (), "n_eval": 128, "n_distill": 1024, "n_samples": 16}, tmp_path)
+    assert values["linearity"] > 0.96
+    assert values["rmse_L_G"] < values["rmse_G_M"]  # D_L follows D_G, not the empirical optimum
+    by_n = values["rmse_net_G_by_N"]
+    assert by_n["4096"] < by_n["64"]
