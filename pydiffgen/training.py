@@ -50,8 +50,8 @@ SIGMA_DISTS = ("kadkhodaie", "edm", "log-uniform")
 # math of the steps already taken (``steps`` may grow to train longer).
 _RESUMABLE_FIELDS = {"steps", "checkpoint_every", "log_every", "channels_last", "compile"}
 # Options written to checkpoints only when set, so older checkpoints still match.
-_DEFAULT_OMITTED = {"sigma_min": 0.02, "label_dropout": 0.0, "channels_last": False, "autocast_cpu": False,
-                    "compile": False}
+_DEFAULT_OMITTED = {"sigma_min": 0.02, "label_dropout": 0.0, "channels_last": False,
+                    "autocast_cpu": False, "compile": False}
 
 
 @dataclass(frozen=True)

@@ -256,8 +256,8 @@ def _train_config(config: GaussianConfig, steps: int, seed: int):
     from ..training import TrainConfig
 
     return TrainConfig(steps=steps, batch_size=config.batch_size, lr=config.lr,
-                       lr_halve_every=config.lr_halve_every, sigma_dist="edm", ema=config.ema, checkpoint_every=None, seed=seed,
-                       device=config.device)
+                       lr_halve_every=config.lr_halve_every, sigma_dist="edm", ema=config.ema,
+                       checkpoint_every=None, seed=seed, device=config.device)
 
 
 def _model(config: GaussianConfig, run: RunDir, n, width, steps, train, progress):

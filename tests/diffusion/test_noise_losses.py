@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from pydiffgen.diffusion.losses import blind_loss, denoising_loss, edm_loss, edm_weight
-from pydiffgen.diffusion.noise import (karras_sigmas, sigma_edm, sigma_kadkhodaie,
-                                      sigma_log_uniform)
+from pydiffgen.diffusion.noise import karras_sigmas, sigma_edm, sigma_kadkhodaie, sigma_log_uniform
 from pydiffgen.errors import InputError
 
 
