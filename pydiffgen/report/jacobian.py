@@ -159,7 +159,8 @@ def psnr_slopes(per_alpha: list):
     """Output vs input PSNR of C^α denoisers with the fitted line and the α/(α+1) slope.
 
     per_alpha: [{"alpha", "slope", "intercept", "optimal_slope", "fit_range",
-    "curve": {"input_psnr", "output_psnr"}}].
+    "curve": {"input_psnr", "output_psnr"}}], optionally "linear_curve" (the best linear
+    denoiser on the same images, drawn as a thin line: the reference a network must beat).
     """
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     cmap = plt.get_cmap("viridis")
@@ -168,6 +169,10 @@ def psnr_slopes(per_alpha: list):
         x = np.asarray(a["curve"]["input_psnr"])
         y = np.asarray(a["curve"]["output_psnr"])
         ax.plot(x, y, "o", color=color, ms=3.5)
+        if a.get("linear_curve") is not None:
+            lin = a["linear_curve"]
+            ax.plot(lin["input_psnr"], lin["output_psnr"], "-", color=color, lw=0.6,
+                    alpha=0.6)
         lo, hi = a["fit_range"]
         xs = np.array([lo, hi])
         ax.plot(xs, a["slope"] * xs + a["intercept"], "-", color=color,
@@ -290,14 +295,17 @@ def optimal_basis_report(out, config, analyses: dict, summary: dict) -> Path:
 
 def _calpha_section(rep: Report, config, analyses: dict, rows: list) -> None:
     rep.heading("C^α images: PSNR slope vs α/(α+1)")
-    rep.table(["α", "fitted slope", "optimal α/(α+1)"],
-              [[r["alpha"], r["slope"], r["optimal_slope"]] for r in rows])
+    linear = all(r.get("linear_slope") is not None for r in rows)
+    rep.table(["α", "fitted slope", "optimal α/(α+1)"] + (["best linear denoiser"] * linear),
+              [[r["alpha"], r["slope"], r["optimal_slope"]] + ([r["linear_slope"]] * linear)
+               for r in rows])
     per_alpha = [a for k, a in analyses.items() if k.startswith("calpha_a")]
     rep.figure(psnr_slopes(per_alpha), "calpha_psnr",
                f"Output vs input PSNR on held-out C^α images ({config.size}×{config.size}); "
                f"solid: least-squares line over {config.fit_range[0]:g}–"
                f"{config.fit_range[1]:g} dB; dotted: the optimal slope α/(α+1) through the "
-               "same midpoint.")
+               "same midpoint; thin: the best linear denoiser (the class's Wiener filter) "
+               "on the same noisy images.")
 
 
 def _manifold_section(rep: Report, key: str, dim: int, what: str, a: dict, rows: list) -> None:
